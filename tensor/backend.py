@@ -1,0 +1,140 @@
+"""Device dispatch: the one place that knows numpy from CuPy.
+
+Op code writes ``xp = get_array_module(x)`` and then ``xp.exp(x)``; device moves and
+the "mixed devices" error live here too, so no other module has an ``if cupy`` branch.
+"""
+from __future__ import annotations
+
+import numpy
+
+try:  # CPU-only installs have no cupy; everything on the CPU still works.
+    import cupy  # type: ignore
+except Exception:  # ImportError, or a CUDA runtime that fails to load
+    cupy = None
+
+
+class device:
+    """A device, as ``torch.device``: ``device("cpu")``, ``device("cuda")``, ``device("cuda:1")``."""
+
+    __slots__ = ("type", "index")
+
+    def __init__(self, spec="cpu", index=None):
+        if isinstance(spec, device):
+            self.type, self.index = spec.type, spec.index
+            return
+        if isinstance(spec, int):
+            spec, index = "cuda", spec
+        if not isinstance(spec, str):
+            raise TypeError(f"device: expected a str like 'cpu' or 'cuda:0', got {type(spec).__name__}")
+        kind, _, idx = spec.partition(":")
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda[:N]', got {spec!r}")
+        if idx:
+            if index is not None:
+                raise ValueError(f"device: index given twice in {spec!r} and index={index}")
+            index = int(idx)
+        self.type = kind
+        self.index = None if kind == "cpu" else index
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            other = device(other)
+        if not isinstance(other, device):
+            return NotImplemented
+        if self.type != other.type:
+            return False
+        # 'cuda' (current device) compares equal to an explicit index
+        return self.index is None or other.index is None or self.index == other.index
+
+    def __hash__(self):
+        return hash(self.type)
+
+    def __repr__(self):
+        return f"device(type='{self.type}'" + ("" if self.index is None else f", index={self.index}") + ")"
+
+    def __str__(self):
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+CPU = device("cpu")
+
+
+def cuda_is_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def get_array_module(*arrays):
+    """Return numpy or cupy, whichever holds `arrays`."""
+    if cupy is None:
+        return numpy
+    return cupy.get_array_module(*arrays)
+
+
+def xp_for(dev: device):
+    """The array module for a device: numpy for cpu, cupy for cuda."""
+    if dev.type == "cpu":
+        return numpy
+    if cupy is None:
+        raise RuntimeError("device 'cuda' requested but CuPy is not installed. "
+                           "Install it with: pip install 'zgrad[gpu]' (needs an NVIDIA GPU).")
+    return cupy
+
+
+def device_of(x) -> device:
+    """The device an array lives on."""
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return device("cuda", x.device.id)
+    return CPU
+
+
+def is_array(x) -> bool:
+    """True for a numpy or cupy ndarray."""
+    return isinstance(x, numpy.ndarray) or (cupy is not None and isinstance(x, cupy.ndarray))
+
+
+def to_device(x, dev: device):
+    """Move an array to `dev` (a no-op when it is already there)."""
+    dev = device(dev)
+    src = device_of(x)
+    if src == dev:
+        return x
+    if dev.type == "cpu":
+        return cupy.asnumpy(x)
+    xp = xp_for(dev)
+    if dev.index is not None:
+        with cupy.cuda.Device(dev.index):
+            return xp.asarray(x)
+    return xp.asarray(x)
+
+
+def to_numpy(x) -> numpy.ndarray:
+    """The array as a numpy array (a copy only when it lives on a GPU)."""
+    if isinstance(x, numpy.ndarray):
+        return x
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return cupy.asnumpy(x)
+    return numpy.asarray(x)
+
+
+def check_same_device(op: str, *arrays):
+    """Raise a clear error when arrays of one op live on different devices."""
+    devs = {str(device_of(a)) for a in arrays if is_array(a)}
+    if len(devs) > 1:
+        raise RuntimeError(f"{op}: expected all tensors on the same device, got {sorted(devs)}. "
+                           "Move them with .to(device) first.")
+
+
+def scatter_add(xp, out, idx, src):
+    """out[idx] += src with repeated indices accumulating (np.add.at / cupyx.scatter_add)."""
+    if xp is numpy:
+        numpy.add.at(out, idx, src)
+    else:
+        import cupyx  # type: ignore
+        cupyx.scatter_add(out, idx, src)
+    return out
