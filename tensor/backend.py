@@ -138,3 +138,16 @@ def scatter_add(xp, out, idx, src):
         import cupyx  # type: ignore
         cupyx.scatter_add(out, idx, src)
     return out
+
+
+def erf(xp, x):
+    """The error function of an array (scipy.special / cupyx.scipy.special)."""
+    if xp is numpy:
+        try:
+            from scipy.special import erf as _erf
+        except ImportError:  # exact but slow fallback
+            import math
+            return numpy.vectorize(math.erf, otypes=[x.dtype])(x)
+        return _erf(x).astype(x.dtype, copy=False)
+    import cupyx.scipy.special  # type: ignore
+    return cupyx.scipy.special.erf(x)

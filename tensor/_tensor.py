@@ -1,0 +1,412 @@
+"""The Tensor and the autograd graph node.
+
+Note [Graph]
+~~~~~~~~~~~~
+An op computes its output array, then calls ``from_op(y, parents, backward, name)``. When grad
+mode is on and a parent requires grad, the output gets a ``Node`` that holds the backward
+closure and one *edge* per parent: ``(target, index, dtype)`` where target is the parent's
+Node (with the parent's output index in it), the parent tensor itself when it is a leaf that
+requires grad, or ``None``. The closure captures exactly what backward needs (the graph keeps
+it alive until backward releases it). Tensors that a closure captures are listed in ``saved``:
+their version counters are recorded, and backward refuses to run if an in-place op changed
+one since (PyTorch's "modified by an inplace operation" error). An op whose backward needs its
+own output (exp, tanh, sigmoid) passes ``save_output=True`` and receives the output as a second
+argument; the node keeps only the output *array*, so there is no Tensor -> Node -> Tensor cycle
+and the graph is freed by reference counting, not by the cyclic GC.
+
+Views (reshape, transpose, basic indexing) share their base's version counter, so an in-place
+change through a view is seen by every op that saved the base.
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+
+import numpy as np
+
+from . import backend, dtypes
+from ._grad_mode import state as _grad_state
+
+_seq = itertools.count()
+_object_new = object.__new__
+
+
+class Node:
+    """One recorded op: its backward closure and the edges to its inputs."""
+
+    __slots__ = ("fn", "edges", "name", "saved", "seq", "hooks", "n_out", "out_meta", "y",
+                 "out_vbox", "__weakref__")
+
+    def __init__(self, fn, edges, name, saved, n_out=1, out_meta=None):
+        self.fn = fn
+        self.edges = edges
+        self.name = name
+        self.saved = saved
+        self.seq = next(_seq)
+        self.hooks = None
+        self.n_out = n_out
+        self.out_meta = out_meta
+        self.y = None
+        self.out_vbox = None
+
+    def name_(self) -> str:
+        return f"{self.name.capitalize()}Backward"
+
+    def __repr__(self):
+        return f"<{self.name_()}>"
+
+    def next_functions(self):
+        return tuple((e[0], e[1]) if e is not None else (None, 0) for e in self.edges)
+
+
+class RemovableHandle:
+    """Returned by register_*hook; ``remove()`` takes the hook out again."""
+
+    def __init__(self, hooks: list, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        try:
+            self._hooks.remove(self._hook)
+        except ValueError:
+            pass
+
+
+def _edge(p):
+    if p is None or not p.requires_grad:
+        return None
+    node = p._node
+    if node is None:
+        return (p, 0, p.data.dtype)
+    return (node, p._out_idx, p.data.dtype)
+
+
+def _new(y, requires_grad=False):
+    """A Tensor around array y, no graph (the fast constructor every op uses)."""
+    t = _object_new(Tensor)
+    t.data = y
+    t.requires_grad = requires_grad
+    t._vbox = [0]
+    return t
+
+
+def from_op(y, parents, backward, name, saved=(), save_output=False):
+    """Wrap op output array `y`; record a Node when grad mode is on and a parent needs grad.
+
+    Args:
+        parents: the input Tensors (None for a non-tensor input), in the order backward
+            returns their gradients.
+        backward: ``backward(gy) -> tuple of grads`` (``backward(gy, out)`` with save_output).
+        saved: Tensors the closure captured; their versions are checked at backward.
+    """
+    t = _object_new(Tensor)
+    t.data = y
+    t._vbox = [0]
+    if _grad_state.enabled:
+        for p in parents:
+            if p is not None and p.requires_grad:
+                break
+        else:
+            return t
+        node = Node(backward, tuple(map(_edge, parents)), name,
+                    tuple((s._vbox, s._vbox[0], s) for s in saved) if saved else ())
+        if save_output:
+            node.y = y
+            node.out_vbox = t._vbox
+        t._node = node
+        t.requires_grad = True
+    return t
+
+
+def _rebuild_tensor(data, requires_grad):
+    """Unpickle a Tensor (its array pickled by handle when it lives in shared memory)."""
+    t = _new(data, requires_grad)
+    return t
+
+
+class Tensor:
+    """An n-dimensional array with define-by-run autograd, on numpy (CPU) or CuPy (GPU).
+
+    ``.data`` is the raw array (numpy.ndarray or cupy.ndarray). Most methods are attached by
+    ``tensor/_methods.py`` from the op modules.
+    """
+
+    # class-level defaults keep the per-op constructor short: an op sets only what differs
+    grad = None
+    requires_grad = False
+    _node = None
+    _out_idx = 0
+    _base = None
+    _hooks = None
+    _post_hooks = None
+    _retains_grad = False
+    _is_param = False
+    __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
+
+    def __init__(self, data=None, *, requires_grad=False):
+        # Tensor(array) wraps without copying; use tensor.tensor(...) for PyTorch's copy.
+        if data is None:
+            data = np.empty((0,), dtypes.get_default_dtype())
+        elif isinstance(data, Tensor):
+            data = data.data
+        elif not backend.is_array(data):
+            from .creation import _to_array
+            data = _to_array(data, None)
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self._vbox = [0]
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return Size(self.data.shape)
+
+    def size(self, dim=None):
+        if dim is None:
+            return Size(self.data.shape)
+        return self.data.shape[dim]
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self):
+        return backend.device_of(self.data)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    nelement = numel
+
+    def element_size(self) -> int:
+        return self.data.itemsize
+
+    def stride(self, dim=None):
+        st = tuple(s // self.data.itemsize for s in self.data.strides)
+        return st if dim is None else st[dim]
+
+    def is_contiguous(self) -> bool:
+        return bool(self.data.flags.c_contiguous)
+
+    def is_floating_point(self) -> bool:
+        return self.data.dtype.kind == "f"
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    @property
+    def _version(self) -> int:
+        return self._vbox[0]
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    # -- conversion --------------------------------------------------------------------------
+    def numpy(self, force: bool = False) -> np.ndarray:
+        """The data as a numpy array, sharing memory on the CPU (as Tensor.numpy)."""
+        if self.requires_grad and not force:
+            raise RuntimeError("numpy(): can't call numpy() on a Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
+        if not isinstance(self.data, np.ndarray):
+            if not force:
+                raise TypeError(f"numpy(): the tensor is on {self.device}; "
+                                "call .cpu() first to copy it to host memory.")
+            return backend.to_numpy(self.data)
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): a Tensor with {self.data.size} elements cannot be "
+                             "converted to a Python scalar; expected exactly one element.")
+        return self.data.reshape(()).item() if isinstance(self.data, np.ndarray) \
+            else backend.to_numpy(self.data).reshape(()).item()
+
+    def tolist(self):
+        return backend.to_numpy(self.data).tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+            raise TypeError("only integer tensors of a single element can be used as an index")
+        return int(self.item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(f"Boolean value of a Tensor with {self.data.size} elements is "
+                               "ambiguous; use .any() or .all().")
+        return bool(self.item())
+
+    def __array__(self, dtype=None, copy=None):
+        a = backend.to_numpy(self.data)
+        return a if dtype is None else a.astype(dtype)
+
+    __hash__ = object.__hash__
+
+    def __reduce_ex__(self, protocol):
+        if self._node is not None:
+            raise RuntimeError("pickling a non-leaf Tensor (one with a grad_fn) is not supported; "
+                               "pickle t.detach() instead.")
+        return (_rebuild_tensor, (self.data, self.requires_grad))
+
+    def __deepcopy__(self, memo):
+        if self._node is not None:
+            raise RuntimeError("Only leaf Tensors support deepcopy; detach() first.")
+        t = self.__class__.__new__(self.__class__)
+        t.data = self.data.copy()
+        t.requires_grad = self.requires_grad
+        t._vbox = [0]
+        if self.grad is not None:
+            t.grad = self.grad.__deepcopy__(memo)
+        memo[id(self)] = t
+        return t
+
+    # -- autograd ----------------------------------------------------------------------------
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Accumulate d(self)/d(leaf) into every leaf's .grad (as Tensor.backward)."""
+        from .autograd.engine import run_backward
+        run_backward([self], [gradient], retain_graph=create_graph if retain_graph is None
+                     else retain_graph, create_graph=create_graph, inputs=inputs)
+
+    def detach(self):
+        """A new Tensor on the same data, cut from the graph."""
+        t = _new(self.data)
+        t._vbox = self._vbox
+        return t
+
+    def detach_(self):
+        if self._base is not None and self._base.requires_grad:
+            raise RuntimeError("detach_(): can't detach a view of a tensor that requires grad "
+                               "in place; use detach() instead.")
+        self._node = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        if self._node is not None and not requires_grad:
+            raise RuntimeError("requires_grad_(False) on a non-leaf tensor: only leaves can "
+                               "change requires_grad; use detach() instead.")
+        if requires_grad and self.data.dtype.kind != "f":
+            raise RuntimeError(f"only floating point tensors can require gradients, got "
+                               f"{self.data.dtype}.")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self):
+        """Keep .grad for this non-leaf tensor after backward."""
+        if self._node is None:
+            return self  # leaves keep their grad anyway
+        if not self._retains_grad:
+            self._retains_grad = True
+            ref = weakref.ref(self)
+
+            def hook(g):
+                t = ref()
+                if t is not None:
+                    gd = g if _grad_state.enabled else g.detach()
+                    t.grad = gd if t.grad is None else t.grad + gd
+            self._add_node_hook(hook, keep_first=True)
+        return self
+
+    @property
+    def retains_grad(self) -> bool:
+        return self._retains_grad
+
+    def _add_node_hook(self, hook, keep_first=False):
+        node = self._node
+        if node.hooks is None:
+            node.hooks = {}
+        hooks = node.hooks.setdefault(self._out_idx, [])
+        hooks.append(hook)
+        return hooks
+
+    def register_hook(self, hook):
+        """hook(grad) -> Tensor or None, called with this tensor's gradient during backward."""
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that doesn't "
+                               "require gradient.")
+        if self._node is None:
+            if self._hooks is None:
+                self._hooks = []
+            self._hooks.append(hook)
+            return RemovableHandle(self._hooks, hook)
+        return RemovableHandle(self._add_node_hook(hook), hook)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """hook(tensor), called after this leaf's .grad was updated by backward (DDP uses it)."""
+        if self._node is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors have it.")
+        if self._post_hooks is None:
+            self._post_hooks = []
+        self._post_hooks.append(hook)
+        return RemovableHandle(self._post_hooks, hook)
+
+    # -- shared memory (see shm) ---------------------------------------------------------------
+    def share_memory_(self):
+        """Move the storage into shared memory (a no-op if it is there or on a GPU)."""
+        if isinstance(self.data, np.ndarray):
+            import shm
+            if not shm.is_shared(self.data):
+                self.data = shm.share(self.data)
+        if self.grad is not None:
+            self.grad.share_memory_()
+        return self
+
+    def is_shared(self) -> bool:
+        if not isinstance(self.data, np.ndarray):
+            return False
+        import shm
+        return shm.is_shared(self.data)
+
+    # -- repr ----------------------------------------------------------------------------------
+    def __repr__(self):
+        from ._format import format_tensor
+        return format_tensor(self)
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        if self.data.ndim == 0:
+            return self.item().__format__(spec)
+        return object.__format__(self, spec)
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
+
+class Size(tuple):
+    """A shape, as torch.Size: a tuple with numel()."""
+
+    def numel(self) -> int:
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"Size({list(self)})"

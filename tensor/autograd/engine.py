@@ -1,0 +1,270 @@
+"""The backward engine: an iterative walk over the recorded graph.
+
+Note [Backward order]
+~~~~~~~~~~~~~~~~~~~~~
+1. Count, for every Node and every leaf reachable from the roots, how many edges lead into it.
+2. Seed the roots' gradient buffers. A node runs once all its incoming gradients have arrived;
+   among ready nodes the most recently created runs first (a heap on the creation sequence),
+   so gradients become ready in reverse forward order, as in PyTorch. That is the order DDP's
+   gradient hooks rely on to launch all-reduces early.
+3. Running a node: apply the tensor hooks on its outputs' gradients, check the saved tensors'
+   versions, call the closure, release the closure (unless retain_graph) so that saved arrays
+   are freed as the walk goes, and add each returned gradient into its target's buffer.
+4. A leaf's buffer is complete when its count reaches zero: its hooks run, then the gradient is
+   accumulated into ``.grad`` (or captured for ``autograd.grad``), then post-accumulate hooks run.
+
+Nothing recurses, so a chain of 100,000 ops backpropagates without RecursionError.
+
+Note [Gradient ownership]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+Backward closures often pass a gradient array through unchanged (add, reshape), so one array
+can reach several buffers. Buffers are only ever summed out of place, but a leaf's first
+``.grad`` is later accumulated *in place*. So a leaf keeps an array without copying only when
+it is provably unaliased: not a view, not a gradient the caller passed in, and placed into
+exactly one slot during this backward. Otherwise it gets a copy.
+"""
+from __future__ import annotations
+
+import heapq
+
+from .. import _grad_mode
+from .._tensor import Node, Tensor, _new
+
+
+def _fmt_saved(t: Tensor) -> str:
+    return f"[{t.data.dtype} {list(t.data.shape)}]"
+
+
+def _check_saved(node: Node):
+    for box, version, t in node.saved:
+        if box[0] != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: {_fmt_saved(t)}, needed by {node.name_()}, is at version "
+                f"{box[0]}; expected version {version} instead. Use an out-of-place op, or "
+                ".clone() the tensor before changing it.")
+
+
+def _graph(roots):
+    """Count incoming edges for every Node and leaf reachable from the root nodes."""
+    deps: dict = {}
+    seen = set()
+    stack = [n for n in roots if n is not None]
+    for n in stack:
+        seen.add(n)
+    while stack:
+        node = stack.pop()
+        for e in node.edges:
+            if e is None:
+                continue
+            tgt = e[0]
+            k = id(tgt)
+            deps[k] = deps.get(k, 0) + 1
+            if type(tgt) is Node and tgt not in seen:
+                seen.add(tgt)
+                stack.append(tgt)
+    return deps
+
+
+def _as_grad(g, t: Tensor):
+    """Normalise a user-given gradient for output t."""
+    if g is None:
+        if t.data.size != 1:
+            raise RuntimeError(f"grad can be implicitly created only for scalar outputs; the "
+                               f"output has shape {tuple(t.data.shape)}. Pass gradient= "
+                               "(e.g. torch.ones_like(out)) or reduce the output first.")
+        from .. import backend
+        xp = backend.get_array_module(t.data)
+        return _new(xp.ones(t.data.shape, t.data.dtype)), True
+    if not isinstance(g, Tensor):
+        from ..creation import tensor as _tensor
+        g = _tensor(g, dtype=t.data.dtype, device=t.device)
+    if tuple(g.data.shape) != tuple(t.data.shape):
+        raise RuntimeError(f"backward: gradient has shape {tuple(g.data.shape)} but the output "
+                           f"has shape {tuple(t.data.shape)}; they must match.")
+    return g, False
+
+
+def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, inputs=None,
+                 allow_unused=False, accumulate=True):
+    """Backpropagate from `outputs`. With `inputs` and accumulate=False, return their grads."""
+    leaf_roots = []
+    root_nodes = []
+    root_grads = []
+    for i, (t, g) in enumerate(zip(outputs, grad_outputs)):
+        if not t.requires_grad:
+            raise RuntimeError(f"element {i} of tensors does not require grad and does not have "
+                               "a grad_fn. Did you compute it under no_grad, or forget "
+                               "requires_grad=True on the inputs?")
+        g, fresh = _as_grad(g, t)
+        root_grads.append((t, g, fresh))
+        if t._node is None:
+            leaf_roots.append(t)
+        else:
+            root_nodes.append(t._node)
+
+    capture = None  # id(target) -> list of (slot, out_idx)
+    captured = None
+    if inputs is not None:
+        inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        capture = {}
+        captured = [None] * len(inputs)
+        for slot, t in enumerate(inputs):
+            if not t.requires_grad:
+                raise RuntimeError(f"grad: input {slot} does not require grad; nothing can "
+                                   "flow to it.")
+            tgt = t if t._node is None else t._node
+            capture.setdefault(id(tgt), []).append((slot, t._out_idx))
+
+    deps = _graph(root_nodes)
+    buffers: dict = {}
+    leaves: dict = {}  # id(leaf) -> [leaf, grad]
+    placed: set = set()
+    aliased: set = set()
+
+    def place(tgt, idx, g):
+        a = id(g.data)
+        if a in placed:
+            aliased.add(a)
+        else:
+            placed.add(a)
+        k = id(tgt)
+        if type(tgt) is Node:
+            buf = buffers.get(k)
+            if buf is None:
+                buf = buffers[k] = [None] * tgt.n_out
+            cur = buf[idx]
+            buf[idx] = g if cur is None else cur + g
+        else:
+            ent = leaves.get(k)
+            if ent is None:
+                leaves[k] = [tgt, g]
+            else:
+                ent[1] = ent[1] + g
+
+    for t, g, fresh in root_grads:
+        if not fresh:
+            aliased.add(id(g.data))
+        place(t if t._node is None else t._node, t._out_idx, g)
+
+    heap = []
+    for n in set(root_nodes):
+        if deps.get(id(n), 0) == 0:
+            heapq.heappush(heap, (-n.seq, id(n), n))
+
+    prev_mode = _grad_mode.state.enabled
+    _grad_mode.state.enabled = create_graph
+    try:
+        ready_leaves = [t for t in leaf_roots if deps.get(id(t), 0) == 0]
+        while heap or ready_leaves:
+            for leaf in ready_leaves:
+                _finish_leaf(leaf, leaves.pop(id(leaf))[1], aliased, capture, captured,
+                             create_graph, accumulate and capture is None)
+            ready_leaves = []
+            if not heap:
+                break
+            _, key, node = heapq.heappop(heap)
+            grads = buffers.pop(key)
+            if node.hooks:
+                for i, hooks in node.hooks.items():
+                    for h in list(hooks):
+                        if grads[i] is None:
+                            continue
+                        r = h(grads[i])
+                        if r is not None:
+                            grads[i] = r
+            if capture is not None and key in capture:
+                for slot, i in capture[key]:
+                    captured[slot] = grads[i]
+            fn = node.fn
+            if fn is None:
+                raise RuntimeError(
+                    f"Trying to backward through the graph a second time (at {node.name_()}), "
+                    "or to use a gradient after it was freed. Saved tensors are released after "
+                    "backward; pass retain_graph=True to the first backward to keep them.")
+            if node.saved:
+                _check_saved(node)
+            if node.n_out > 1:
+                for i, g in enumerate(grads):
+                    if g is None:
+                        shape, dtype, xpmod = node.out_meta[i]
+                        grads[i] = _new(xpmod.zeros(shape, dtype))
+            if node.y is not None:
+                out = _new(node.y)
+                out._vbox = node.out_vbox
+                out._node = node
+                out.requires_grad = True
+                res = fn(grads[0], out)
+            else:
+                res = fn(*grads)
+            if not retain_graph:
+                node.fn = None
+                node.saved = ()
+                node.y = None
+            if type(res) is not tuple:
+                res = (res,) if not isinstance(res, list) else tuple(res)
+            edges = node.edges
+            if len(res) != len(edges):
+                raise RuntimeError(f"{node.name_()} returned {len(res)} gradients for "
+                                   f"{len(edges)} inputs; expected one per input (None for "
+                                   "non-differentiable ones).")
+            for e, g in zip(edges, res):
+                if e is None or g is None:
+                    continue
+                tgt, idx, dtype = e
+                if not isinstance(g, Tensor):
+                    g = _new(g)
+                if g.data.dtype != dtype:
+                    g = g.to(dtype)
+                place(tgt, idx, g)
+                k = id(tgt)
+                d = deps[k] - 1
+                deps[k] = d
+                if d == 0:
+                    if type(tgt) is Node:
+                        heapq.heappush(heap, (-tgt.seq, k, tgt))
+                    else:
+                        ready_leaves.append(tgt)
+    finally:
+        _grad_mode.state.enabled = prev_mode
+
+    if captured is not None:
+        for slot, (g, t) in enumerate(zip(captured, inputs)):
+            if g is None and not allow_unused:
+                raise RuntimeError(f"grad: input {slot} was not used in the graph of the "
+                                   "outputs; pass allow_unused=True to get None for it.")
+        return tuple(captured)
+    return None
+
+
+def _finish_leaf(leaf, g, aliased, capture, captured, create_graph, accumulate):
+    if leaf._hooks:
+        for h in list(leaf._hooks):
+            r = h(g)
+            if r is not None:
+                g = r
+    if capture is not None:
+        for slot, _ in capture.get(id(leaf), ()):
+            captured[slot] = g
+        return
+    if not accumulate:
+        return
+    if leaf.grad is None:
+        if create_graph:
+            leaf.grad = g
+        else:
+            a = g.data
+            owned = a.base is None and id(a) not in aliased
+            leaf.grad = _new(a if owned else a.copy())
+    elif create_graph or leaf.grad.requires_grad:
+        leaf.grad = leaf.grad + g
+    else:
+        gd = leaf.grad.data
+        if gd.shape != g.data.shape:
+            raise RuntimeError(f"backward: the existing .grad has shape {gd.shape} but the new "
+                               f"gradient has shape {g.data.shape}; zero the grads first.")
+        gd += g.data
+        leaf.grad._vbox[0] += 1
+    if leaf._post_hooks:
+        for h in list(leaf._post_hooks):
+            h(leaf)

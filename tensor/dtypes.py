@@ -1,0 +1,120 @@
+"""Dtypes and PyTorch's type-promotion rules.
+
+zgrad's dtypes are numpy dtypes (``tensor.float32 is numpy.dtype('float32')``), so an array's
+dtype *is* its tensor's dtype and no per-op conversion is needed. Promotion follows PyTorch, not
+numpy: an int tensor times a Python float is float32 (the default float dtype), and a 0-dim
+tensor does not widen a dimensioned tensor of the same category.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+float16 = half = np.dtype("float16")
+float32 = float = np.dtype("float32")
+float64 = double = np.dtype("float64")
+int8 = np.dtype("int8")
+int16 = short = np.dtype("int16")
+int32 = int = np.dtype("int32")
+int64 = long = np.dtype("int64")
+uint8 = np.dtype("uint8")
+bool = np.dtype("bool")  # noqa: A001 - PyTorch's name
+
+_DTYPES = {"float16": float16, "half": float16, "float32": float32, "float": float32,
+           "float64": float64, "double": float64, "int8": int8, "int16": int16, "short": int16,
+           "int32": int32, "int": int32, "int64": int64, "long": int64, "uint8": uint8,
+           "bool": bool}
+
+_default_float = [float32]
+
+
+def get_default_dtype() -> np.dtype:
+    """The dtype of float tensors made from Python floats (float32 unless changed)."""
+    return _default_float[0]
+
+
+def set_default_dtype(d) -> None:
+    """Set the default float dtype (float16, float32 or float64), as torch.set_default_dtype."""
+    d = as_dtype(d)
+    if d.kind != "f":
+        raise TypeError(f"set_default_dtype: expected a floating dtype, got {d}")
+    _default_float[0] = d
+    _CACHE.clear()
+
+
+def as_dtype(d) -> np.dtype:
+    """Normalise a dtype spec (tensor.float32, 'float32', numpy types) to a numpy dtype."""
+    if d is None:
+        return None
+    if isinstance(d, np.dtype):
+        out = d
+    elif isinstance(d, str):
+        out = _DTYPES.get(d.replace("tensor.", "").replace("torch.", ""))
+        if out is None:
+            raise TypeError(f"unknown dtype {d!r}; expected one of {sorted(_DTYPES)}")
+    else:
+        import builtins
+        if d is builtins.float:
+            return get_default_dtype()
+        if d is builtins.int:
+            return int64
+        if d is builtins.bool:
+            return bool
+        out = np.dtype(d)
+    if out.name not in _DTYPES:
+        raise TypeError(f"dtype {out} is not supported; expected one of float16/32/64, "
+                        "int8/16/32/64, uint8, bool")
+    return out
+
+
+builtins_bool = type(True)
+
+# category: 0 bool, 1 integer, 2 float
+_CAT = {"b": 0, "u": 1, "i": 1, "f": 2}
+_CACHE: dict = {}
+
+
+def result_type(a: np.dtype, b: np.dtype, a_dim0: builtins_bool, b_dim0: builtins_bool) -> np.dtype:
+    """PyTorch's promotion of two tensor dtypes; 0-dim tensors only win across categories."""
+    if a == b:
+        return a
+    key = (a, b, a_dim0, b_dim0)
+    r = _CACHE.get(key)
+    if r is None:
+        ca, cb = _CAT[a.kind], _CAT[b.kind]
+        if a_dim0 != b_dim0:
+            dim_t, zero_t = (b, a) if a_dim0 else (a, b)
+            r = dim_t if _CAT[dim_t.kind] >= _CAT[zero_t.kind] else zero_t
+        elif ca != cb:
+            r = a if ca > cb else b   # int64 + float16 -> float16, as PyTorch (numpy says float64)
+        else:
+            r = np.promote_types(a, b)
+        _CACHE[key] = r
+    return r
+
+
+def scalar_result_type(d: np.dtype, s) -> np.dtype:
+    """Dtype of (tensor of dtype d) op (Python scalar s), as PyTorch: the scalar is weak."""
+    t = type(s)
+    if t is builtins_bool:
+        return d
+    if t is type(1):
+        return int64 if d.kind == "b" else d
+    if t is type(1.0):
+        return d if d.kind == "f" else get_default_dtype()
+    if isinstance(s, np.generic):  # numpy scalars behave like Python scalars of their kind
+        return scalar_result_type(d, s.item())
+    raise TypeError(f"expected a Tensor or a Python number, got {t.__name__}")
+
+
+def scalar_dtype(s) -> np.dtype:
+    """Dtype of a tensor made from a Python scalar."""
+    t = type(s)
+    if t is builtins_bool:
+        return bool
+    if t is type(1):
+        return int64
+    if t is type(1.0):
+        return get_default_dtype()
+    if isinstance(s, np.generic):
+        return np.dtype(s.dtype)
+    raise TypeError(f"expected a Python number, got {t.__name__}")

@@ -1,0 +1,1 @@
+"""Differentiable ops, grouped by kind (elementwise, reduce, shape, index, linalg, nn)."""

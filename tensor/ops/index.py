@@ -1,0 +1,226 @@
+"""Indexing (``t[idx]``, ``t[idx] = v``) and in-place ops with version counters.
+
+Note [In-place ops]
+~~~~~~~~~~~~~~~~~~~
+An in-place op writes into the tensor's existing array (views and shared memory see it) and
+bumps its version counter, so any backward that saved the old value refuses to run. When the
+graph is being recorded, the op is computed out of place from an *alias* of the old value (a
+copy carrying the tensor's old graph position), the result is written into the array, and the
+tensor takes the new node as its grad_fn — so gradients flow through the in-place op as in
+PyTorch. In-place ops on a leaf that requires grad are refused (outside no_grad), as are
+in-place ops with grad through a view of a tensor that requires grad, which PyTorch handles by
+rewriting the base's graph and zgrad does not: the error says to clone().
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .._grad_mode import state as _grad_state
+from .._tensor import Tensor, _new, from_op
+from .elementwise import _xp, sum_to
+
+
+def _convert_index(idx, xp):
+    """Turn a Tensor/list index into arrays; report whether it has integer-array parts."""
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    out = []
+    int_adv = False
+    for i in idx:
+        if isinstance(i, Tensor):
+            d = i.data
+            if d.dtype.kind in "iu":
+                if d.ndim == 0:
+                    out.append(int(d))
+                    continue
+                int_adv = True
+            elif d.dtype.kind != "b":
+                raise IndexError(f"tensors used as indices must be long, int or bool tensors, "
+                                 f"got {d.dtype}")
+            out.append(d if type(d) is type(xp.empty(0)) else xp.asarray(backend.to_numpy(d)))
+        elif isinstance(i, (list, np.ndarray)) or backend.is_array(i):
+            arr = xp.asarray(i)
+            if arr.dtype.kind in "iu":
+                int_adv = True
+            elif arr.dtype.kind == "b":
+                pass
+            elif arr.size == 0:
+                arr = arr.astype(np.int64)
+                int_adv = True
+            else:
+                raise IndexError(f"index arrays must be integer or bool, got {arr.dtype}")
+            out.append(arr)
+        else:
+            out.append(i)
+    return tuple(out), int_adv
+
+
+def getitem(a, idx):
+    """a[idx] with ints, slices, None, Ellipsis, bool masks and integer arrays."""
+    xp = _xp(a)
+    key, int_adv = _convert_index(idx, xp)
+    x = a.data
+    try:
+        y = x[key]
+    except IndexError as e:
+        raise IndexError(f"index {idx!r} is out of bounds for a tensor of shape "
+                         f"{list(x.shape)}: {e}") from None
+    if not backend.is_array(y):
+        y = xp.asarray(y)
+    shape = x.shape
+
+    def backward(gy):
+        return (_index_backward(gy, key, shape, int_adv),)
+    t = from_op(y, (a,), backward, "index")
+    if y.base is not None and (y.base is x or y.base is x.base):
+        t._vbox = a._vbox
+        t._base = a._base if a._base is not None else a
+    return t
+
+
+def _index_backward(gy, key, shape, int_adv):
+    """Zeros of `shape` with gy added at `key` (repeated integer indices accumulate)."""
+    xp = _xp(gy)
+    gx = xp.zeros(shape, gy.data.dtype)
+    if int_adv:
+        backend.scatter_add(xp, gx, key, gy.data)
+    else:
+        gx[key] = gy.data
+    return from_op(gx, (gy,), lambda g: (getitem(g, key),), "index_backward")
+
+
+# ---------------------------------------------------------------------------------------------
+# in-place
+
+
+def _check_inplace(a: Tensor, op: str):
+    if a._node is None and a.requires_grad:
+        raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place "
+                           "operation. Wrap it in `with tensor.no_grad():` (as optimizers do) or "
+                           "use the out-of-place op.")
+    base = a._base
+    if base is not None and base.requires_grad:
+        raise RuntimeError(f"{op}: in-place operation with grad on a view of a tensor that "
+                           "requires grad is not supported by zgrad; call .clone() on the view "
+                           "first, or use the out-of-place op.")
+
+
+def _write(a: Tensor, y, op: str):
+    """Write array y into a's array, keeping its identity; check the dtype and writability."""
+    x = a.data
+    if y.dtype != x.dtype and not np.can_cast(y.dtype, x.dtype, casting="same_kind"):
+        raise RuntimeError(f"{op}: result type {y.dtype} can't be cast to the desired output "
+                           f"type {x.dtype}; convert the tensor first (e.g. .float()).")
+    try:
+        x[...] = y
+    except ValueError as e:
+        if "read-only" in str(e):
+            raise RuntimeError(f"{op}: unsupported operation: more than one element of the "
+                               "written-to tensor refers to a single memory location (an "
+                               "expand()ed view?). Call .clone() before writing.") from None
+        raise RuntimeError(f"{op}: output with shape {list(x.shape)} doesn't match the "
+                           f"broadcast shape {list(y.shape)}") from None
+
+
+def _needs_graph(a, args) -> bool:
+    if not _grad_state.enabled:
+        return False
+    if a.requires_grad:
+        return True
+    for v in args:
+        if isinstance(v, Tensor) and v.requires_grad:
+            return True
+    return False
+
+
+def _alias_old(a: Tensor) -> Tensor:
+    """The tensor's current value and graph position, detached from its array."""
+    old = _new(a.data.copy(), a.requires_grad)
+    old._node, old._out_idx = a._node, a._out_idx
+    return old
+
+
+def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
+    """Apply out-of-place op fn(a, *args) in place (see Note [In-place ops])."""
+    if _needs_graph(a, args):
+        _check_inplace(a, op)
+        r = fn(_alias_old(a), *args, **kw)
+        _write(a, r.data, op)
+        a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, r.requires_grad
+    else:
+        prev = _grad_state.enabled
+        _grad_state.enabled = False
+        try:
+            r = fn(a, *args, **kw)
+        finally:
+            _grad_state.enabled = prev
+        _write(a, r.data, op)
+    a._vbox[0] += 1
+    return a
+
+
+def _index_put(old, key, value):
+    xp = _xp(old)
+    y = old.data.copy()
+    vt = value if isinstance(value, Tensor) else None
+    v = vt.data if vt is not None else value
+    y[key] = v
+    shape = old.data.shape
+
+    def backward(gy):
+        mask = xp.ones(shape, bool)
+        mask[key] = False
+        g_old = gy * _new(mask)
+        g_val = None
+        if vt is not None and vt.requires_grad:
+            sel = getitem(gy, key)
+            g_val = sum_to(sel, vt.data.shape) if sel.data.shape != vt.data.shape else sel
+        return g_old, g_val
+    return from_op(y, (old, vt), backward, "index_put")
+
+
+def setitem(a, idx, value):
+    """a[idx] = value (a Tensor, an array or a number), recorded by autograd when needed."""
+    xp = _xp(a)
+    key, int_adv = _convert_index(idx, xp)
+    if isinstance(value, Tensor) and type(value.data) is not type(a.data):
+        raise RuntimeError(f"setitem: the value is on {value.device} but the tensor is on "
+                           f"{a.device}; move it with .to(device).")
+    if _needs_graph(a, (value,)):
+        _check_inplace(a, "setitem")
+        r = _index_put(_alias_old(a), key, value)
+        _write(a, r.data, "setitem")
+        a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, True
+    else:
+        v = value.data if isinstance(value, Tensor) else value
+        try:
+            a.data[key] = v
+        except ValueError as e:
+            raise RuntimeError(f"setitem: can't assign a value of shape "
+                               f"{list(getattr(v, 'shape', ()))} to index {idx!r} of a tensor of "
+                               f"shape {list(a.data.shape)}: {e}") from None
+    a._vbox[0] += 1
+
+
+def filled(a, value):
+    """A tensor like a filled with value; the gradient to a is zero."""
+    xp = _xp(a)
+    y = xp.full(a.data.shape, value, a.data.dtype)
+    return from_op(y, (a,), lambda gy: (gy * 0,), "fill")
+
+
+def copy_from(a, src):
+    """src broadcast to a's shape and cast to a's dtype (gradient flows to src only)."""
+    xp = _xp(a)
+    s = src.data if isinstance(src, Tensor) else xp.asarray(src)
+    if type(s) is not type(a.data):
+        s = backend.to_device(s, a.device)
+    y = xp.broadcast_to(s, a.data.shape).astype(a.data.dtype)
+    st = src if isinstance(src, Tensor) else None
+    sshape = s.shape
+
+    def backward(gy):
+        return gy * 0, (sum_to(gy, sshape) if st is not None else None)
+    return from_op(y, (a, st), backward, "copy")
+

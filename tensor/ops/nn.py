@@ -1,0 +1,300 @@
+"""Neural-network ops with fused forward/backward where speed or numerics need it.
+
+linear (one matmul each way, no transposed copies), softmax / log_softmax (stable, with the
+closed-form backward), nll_loss (a sparse gradient with no scatter), dropout, embedding.
+Losses that are cheap compositions (mse, l1, bce-with-logits) are built from primitives.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dtypes
+from .._tensor import Tensor, _new, from_op
+from .elementwise import _operands, _wrap, _xp
+from .index import getitem
+from .reduce import _dims
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias.   x: (..., n_in), weight: (n_out, n_in) -> y: (..., n_out)."""
+    xd, wd, _ = _operands("linear", x, weight)
+    if xd.shape[-1] != wd.shape[-1]:
+        raise RuntimeError(f"linear: input has {xd.shape[-1]} features (shape {list(xd.shape)}) "
+                           f"but weight is {list(wd.shape)}; expected input.shape[-1] == "
+                           f"weight.shape[1]. Check the layer sizes.")
+    y = xd @ wd.T
+    if bias is not None:
+        y += bias.data
+    n_in, n_out = wd.shape[1], wd.shape[0]
+
+    def backward(gy):
+        gx = gy @ weight if x.requires_grad else None
+        gw = gb = None
+        if weight.requires_grad or (bias is not None and bias.requires_grad):
+            g2 = gy.reshape(-1, n_out) if gy.data.ndim != 2 else gy
+            if weight.requires_grad:
+                x2 = x.reshape(-1, n_in) if x.data.ndim != 2 else x
+                gw = g2.mT @ x2
+            if bias is not None and bias.requires_grad:
+                gb = g2.sum(0)
+        return gx, gw, gb
+    return from_op(y, (x, weight, bias), backward, "linear", saved=(x, weight))
+
+
+def _softmax_dim(dim, ndim, op):
+    if dim is None:  # PyTorch's legacy implicit dim
+        dim = 0 if ndim in (0, 1, 3) else 1
+    return _dims(dim, ndim, op)[0] if ndim else 0
+
+
+def log_softmax(x, dim=None, dtype=None):
+    """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
+    xp = _xp(x)
+    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
+    if d.dtype.kind != "f":
+        d = d.astype(dtypes.get_default_dtype())
+    axis = _softmax_dim(dim, d.ndim, "log_softmax")
+    if d.ndim == 0:
+        y = xp.zeros_like(d)
+    else:
+        s = d - d.max(axis=axis, keepdims=True)
+        y = s - xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
+
+    def backward(gy, out):
+        return (gy - out.exp() * gy.sum(axis, keepdim=True),)
+    return from_op(y, (x,), backward, "log_softmax", save_output=True)
+
+
+def softmax(x, dim=None, dtype=None):
+    """exp(x) / sum(exp(x)) along dim, stably."""
+    xp = _xp(x)
+    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
+    if d.dtype.kind != "f":
+        d = d.astype(dtypes.get_default_dtype())
+    axis = _softmax_dim(dim, d.ndim, "softmax")
+    if d.ndim == 0:
+        y = xp.ones_like(d)
+    else:
+        e = xp.exp(d - d.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
+
+    def backward(gy, out):
+        return (out * (gy - (gy * out).sum(axis, keepdim=True)),)
+    return from_op(y, (x,), backward, "softmax", save_output=True)
+
+
+def _reduce(loss, reduction, op):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _class_target(op, logits, target):
+    if not isinstance(target, Tensor):
+        target = _wrap(target)
+    t = target.data
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: class-index target must be an integer tensor, got {t.dtype}; "
+                        "for class probabilities pass a float target of the input's shape.")
+    n_dim = logits.data.ndim
+    if n_dim < 1 or t.shape != (logits.data.shape[:1] + logits.data.shape[2:] if n_dim > 1 else ()):
+        expect = list(logits.data.shape[:1] + logits.data.shape[2:]) if n_dim > 1 else []
+        raise ValueError(f"{op}: input is {list(logits.data.shape)} (N, C, ...), target is "
+                         f"{list(t.shape)}; expected target shape {expect}.")
+    return target
+
+
+def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of class indices. logp: (N, C, ...) or (C,); target: (N, ...)."""
+    xp = _xp(logp)
+    target = _class_target("nll_loss", logp, target)
+    lp = logp.data
+    t = target.data
+    squeeze = lp.ndim == 1
+    if squeeze:
+        lp, t = lp[None], t[None]
+    C = lp.shape[1]
+    valid = t != ignore_index
+    tc = xp.where(valid, t, 0)
+    if bool(((tc < 0) | (tc >= C)).any()):
+        bad = int(backend_to_scalar(tc[(tc < 0) | (tc >= C)][0]))
+        raise IndexError(f"nll_loss: target {bad} is out of bounds for {C} classes; expected "
+                         f"targets in [0, {C - 1}] or ignore_index={ignore_index}.")
+    lpm = xp.moveaxis(lp, 1, -1)  # (N, ..., C)
+    picked = xp.take_along_axis(lpm, tc[..., None], -1)[..., 0]
+    w = xp.ones(C, lp.dtype) if weight is None else weight.data.astype(lp.dtype)
+    wt = w[tc] * valid
+    loss = -picked * wt
+    if reduction == "none":
+        y = loss
+        scale = wt
+    elif reduction == "sum":
+        y = loss.sum()
+        scale = wt
+    elif reduction == "mean":
+        den = wt.sum()
+        y = loss.sum() / den
+        scale = wt / den
+    else:
+        raise ValueError(f"nll_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    shape = lp.shape
+
+    def backward(gy):
+        # d loss / d logp is -scale at the target class and 0 elsewhere: linear in gy
+        g = xp.zeros(shape[:1] + shape[2:] + (C,), lp.dtype)
+        np_put = xp.put_along_axis
+        np_put(g, tc[..., None], (-scale)[..., None].astype(lp.dtype), -1)
+        gt = _new(xp.moveaxis(g, -1, 1))
+        if squeeze:
+            gt = gt.squeeze(0)
+        if reduction == "none":
+            gyb = gy.unsqueeze(1) if not squeeze else gy
+            return gyb * gt, None
+        return gy * gt, None
+    if squeeze and reduction == "none":
+        y = y[0]
+    return from_op(xp.asarray(y), (logp, target), backward, "nll_loss")
+
+
+def backend_to_scalar(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
+    """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    cdim = 1 if input.data.ndim > 1 else 0
+    logp = log_softmax(input, cdim)
+    if isinstance(target, Tensor) and target.data.dtype.kind == "f":
+        if tuple(target.data.shape) != tuple(input.data.shape):
+            raise ValueError(f"cross_entropy: probability target is {list(target.data.shape)} "
+                             f"but input is {list(input.data.shape)}; they must match.")
+        C = input.data.shape[cdim]
+        tgt = target * (1 - label_smoothing) + label_smoothing / C if label_smoothing else target
+        wl = logp if weight is None else logp * weight.reshape([-1] + [1] * (logp.ndim - cdim - 1))
+        loss = -(wl * tgt).sum(cdim)
+        if reduction == "mean":
+            return loss.sum() / (loss.numel() if loss.numel() else float("nan"))
+        return _reduce(loss, reduction, "cross_entropy")
+    nll = nll_loss(logp, target, weight, ignore_index, reduction)
+    if not label_smoothing:
+        return nll
+    C = input.data.shape[cdim]
+    target = _class_target("cross_entropy", input, target)
+    valid = _new(target.data != ignore_index)
+    wl = logp if weight is None else logp * weight.reshape([-1] + [1] * (logp.ndim - cdim - 1))
+    smooth = -wl.sum(cdim) * valid
+    if reduction == "none":
+        smooth_r = smooth
+    elif reduction == "sum":
+        smooth_r = smooth.sum()
+    else:
+        xp = _xp(input)
+        if weight is None:
+            den = valid.data.sum()
+        else:
+            tc = xp.where(target.data != ignore_index, target.data, 0)
+            den = (weight.data[tc] * valid.data).sum()
+        smooth_r = smooth.sum() / _new(xp.asarray(den, dtype=logp.data.dtype))
+    return nll * (1 - label_smoothing) + smooth_r * (label_smoothing / C)
+
+
+def dropout(x, p=0.5, training=True, generator=None):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (training only)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    from .. import random as _random
+    keep = _random.uniform_array(x.data.shape, x.data.dtype, x.device, generator) >= p
+    scale = (keep * (1.0 / (1.0 - p))).astype(x.data.dtype)
+    y = x.data * scale
+    return from_op(y, (x,), lambda gy: (gy * _new(scale),), "dropout")
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None):
+    """Rows of weight picked by integer indices; padding_idx gets no gradient."""
+    if input.data.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be an integer tensor, got {input.data.dtype}")
+    n = weight.data.shape[0]
+    if input.data.size and (int(input.data.max()) >= n or int(input.data.min()) < 0):
+        raise IndexError(f"embedding: index out of range; indices span "
+                         f"[{int(input.data.min())}, {int(input.data.max())}] but the table has "
+                         f"{n} rows.")
+    if max_norm is not None:
+        raise ValueError("embedding: max_norm is not supported by zgrad yet; renormalise the "
+                         "weight explicitly.")
+    if padding_idx is None:
+        return getitem(weight, input)
+    y = weight.data[input.data]
+    pad = padding_idx % n
+    keep = (input.data != pad)[..., None]
+    idx = input.data
+
+    def backward(gy):
+        from .index import _index_backward
+        return (_index_backward(gy * _new(keep.astype(gy.data.dtype)), (idx,),
+                                weight.data.shape, True),)
+    return from_op(y, (weight,), backward, "embedding")
+
+
+def one_hot(t, num_classes=-1):
+    """Integer tensor -> int64 one-hot tensor with a new last dim of num_classes."""
+    xp = _xp(t)
+    d = t.data
+    if d.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: expected an integer tensor, got {d.dtype}")
+    if num_classes < 0:
+        num_classes = int(d.max()) + 1 if d.size else 0
+    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
+        raise RuntimeError(f"one_hot: class values must be in [0, {num_classes - 1}], got "
+                           f"[{int(d.min())}, {int(d.max())}]")
+    return _new((d[..., None] == xp.arange(num_classes)).astype(np.int64))
+
+
+def mse_loss(input, target, reduction="mean"):
+    d = input - target
+    return _reduce(d * d, reduction, "mse_loss")
+
+
+def l1_loss(input, target, reduction="mean"):
+    return _reduce((input - target).abs(), reduction, "l1_loss")
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
+                                     pos_weight=None):
+    """Stable BCE on logits: max(x,0) - x*t + log(1 + exp(-|x|)) (with pos_weight as torch)."""
+    if tuple(input.data.shape) != tuple(_wrap(target).data.shape):
+        raise ValueError(f"binary_cross_entropy_with_logits: target size "
+                         f"{list(_wrap(target).data.shape)} must be the same as input size "
+                         f"{list(input.data.shape)}")
+    from .elementwise import softplus
+    if pos_weight is None:
+        loss = softplus(input) - input * target
+    else:
+        # (1 - t) x + (1 + (pw - 1) t) softplus(-x)
+        lw = (pos_weight - 1) * target + 1
+        loss = (1 - target) * input + lw * softplus(-input)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """BCE on probabilities, with logs clamped at -100 as PyTorch."""
+    lp = input.log().clamp(min=-100.0)
+    l1p = (1 - input).log().clamp(min=-100.0)
+    loss = -(target * lp + (1 - target) * l1p)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction, "binary_cross_entropy")
