@@ -29,6 +29,8 @@ from ._grad_mode import state as _grad_state
 
 _seq = itertools.count()
 _object_new = object.__new__
+_ndarray = np.ndarray
+_generic = np.generic
 
 
 class Node:
@@ -50,7 +52,7 @@ class Node:
         self.out_vbox = None
 
     def name_(self) -> str:
-        return f"{self.name.capitalize()}Backward"
+        return "".join(p[:1].upper() + p[1:] for p in self.name.split("_")) + "Backward0"
 
     def __repr__(self):
         return f"<{self.name_()}>"
@@ -83,6 +85,8 @@ def _edge(p):
 
 def _new(y, requires_grad=False):
     """A Tensor around array y, no graph (the fast constructor every op uses)."""
+    if y.__class__ is not _ndarray and isinstance(y, _generic):
+        y = np.asarray(y)  # numpy ufuncs return scalars for 0-d inputs; keep arrays
     t = _object_new(Tensor)
     t.data = y
     t.requires_grad = requires_grad
@@ -99,6 +103,8 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
         backward: ``backward(gy) -> tuple of grads`` (``backward(gy, out)`` with save_output).
         saved: Tensors the closure captured; their versions are checked at backward.
     """
+    if y.__class__ is not _ndarray and isinstance(y, _generic):
+        y = np.asarray(y)
     t = _object_new(Tensor)
     t.data = y
     t._vbox = [0]
