@@ -190,6 +190,12 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                         shape, dtype, xpmod = node.out_meta[i]
                         grads[i] = _new(xpmod.zeros(shape, dtype))
             if node.y is not None:
+                if node.out_vbox[0] != 0:
+                    raise RuntimeError(
+                        "one of the variables needed for gradient computation has been modified "
+                        f"by an inplace operation: the output of {node.name_()} is at version "
+                        f"{node.out_vbox[0]}; expected version 0 instead. Use an out-of-place "
+                        "op, or .clone() the output before changing it.")
                 out = _new(node.y)
                 out._vbox = node.out_vbox
                 out._node = node

@@ -145,7 +145,9 @@ def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
     """Apply out-of-place op fn(a, *args) in place (see Note [In-place ops])."""
     if _needs_graph(a, args):
         _check_inplace(a, op)
-        r = fn(_alias_old(a), *args, **kw)
+        old = _alias_old(a)
+        # a.mul_(a): the op's inputs are the old value, not the tensor being overwritten
+        r = fn(old, *(old if v is a else v for v in args), **kw)
         _write(a, r.data, op)
         a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, r.requires_grad
     else:
