@@ -26,6 +26,7 @@ exactly one slot during this backward. Otherwise it gets a copy.
 from __future__ import annotations
 
 import heapq
+import weakref
 
 from .. import _grad_mode
 from .._tensor import Node, Tensor, _new
@@ -119,15 +120,23 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     deps = _graph(root_nodes)
     buffers: dict = {}
     leaves: dict = {}  # id(leaf) -> [leaf, grad]
-    placed: set = set()
-    aliased: set = set()
+    aliased_ids: set = set()
+    # weak maps keyed by id: a dead array's id can be reused, so identity is re-checked
+    placed = weakref.WeakValueDictionary()
+    aliased = weakref.WeakValueDictionary()
+
+    def mark(a, table):
+        try:
+            table[id(a)] = a
+        except TypeError:  # an array type without weakref support: treat as shared
+            aliased_ids.add(id(a))
 
     def place(tgt, idx, g):
-        a = id(g.data)
-        if a in placed:
-            aliased.add(a)
+        a = g.data
+        if placed.get(id(a)) is a:
+            mark(a, aliased)
         else:
-            placed.add(a)
+            mark(a, placed)
         k = id(tgt)
         if type(tgt) is Node:
             buf = buffers.get(k)
@@ -144,7 +153,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     for t, g, fresh in root_grads:
         if not fresh:
-            aliased.add(id(g.data))
+            mark(g.data, aliased)
         place(t if t._node is None else t._node, t._out_idx, g)
 
     heap = []
@@ -158,7 +167,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         ready_leaves = [t for t in leaf_roots if deps.get(id(t), 0) == 0]
         while heap or ready_leaves:
             for leaf in ready_leaves:
-                _finish_leaf(leaf, leaves.pop(id(leaf))[1], aliased, capture, captured,
+                _finish_leaf(leaf, leaves.pop(id(leaf))[1], aliased, aliased_ids, capture, captured,
                              create_graph, accumulate and capture is None)
             ready_leaves = []
             if not heap:
@@ -243,7 +252,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     return None
 
 
-def _finish_leaf(leaf, g, aliased, capture, captured, create_graph, accumulate):
+def _finish_leaf(leaf, g, aliased, aliased_ids, capture, captured, create_graph, accumulate):
     if leaf._hooks:
         for h in list(leaf._hooks):
             r = h(g)
@@ -260,7 +269,7 @@ def _finish_leaf(leaf, g, aliased, capture, captured, create_graph, accumulate):
             leaf.grad = g
         else:
             a = g.data
-            owned = a.base is None and id(a) not in aliased
+            owned = a.base is None and aliased.get(id(a)) is not a and id(a) not in aliased_ids
             leaf.grad = _new(a if owned else a.copy())
     elif create_graph or leaf.grad.requires_grad:
         leaf.grad = leaf.grad + g

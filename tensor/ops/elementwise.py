@@ -12,6 +12,7 @@ from numbers import Number
 import numpy as np
 
 from .. import backend, dtypes
+from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
 
 _SCALARS = (int, float, bool, np.generic)
@@ -40,9 +41,10 @@ def _operands(op, a: Tensor, b):
         dx, dz = x.dtype, z.dtype
         if dx != dz:
             dt = dtypes.result_type(dx, dz, x.ndim == 0, z.ndim == 0)
-            if dx != dt:
+            # numpy's ufuncs already give the other dtype for a bool operand: no cast pass
+            if dx != dt and dx.kind != "b":
                 x = x.astype(dt)
-            if dz != dt:
+            if dz != dt and dz.kind != "b":
                 z = z.astype(dt)
         if type(x) is not type(z):
             _mixed(op, x, z)
@@ -336,6 +338,8 @@ def relu(a):
     y = xp.maximum(a.data, 0).astype(a.data.dtype, copy=False)
 
     def backward(gy, out):
+        if not _grad_state.enabled:  # first-order fast path
+            return (_new(gy.data * (out.data > 0)),)
         return (gy * (out.data > 0),)
     return from_op(y, (a,), backward, "relu", save_output=True)
 
