@@ -2,7 +2,8 @@
 
 Three implementations in one run, interleaved, with the same thread count:
   zgrad     tensor.nn-style model: linear -> relu -> linear -> relu -> linear, cross_entropy
-  numpy     the same network with hand-written backprop (the floor for this design)
+  numpy     the same network with hand-written backprop (the floor for this design; with
+            --device cuda the same code on CuPy)
   torch     PyTorch CPU eager (when installed)
 plus the per-op overhead: a tiny elementwise op with grad (forward + backward), zgrad vs torch.
 
@@ -38,10 +39,11 @@ def init_weights(seed=0):
     return ws, bs
 
 
-def make_zgrad(ws, bs):
+def make_zgrad(ws, bs, device="cpu"):
     params = []
     for w, b in zip(ws, bs):
-        params += [tensor.tensor(w, requires_grad=True), tensor.tensor(b, requires_grad=True)]
+        params += [tensor.tensor(w, device=device, requires_grad=True),
+                   tensor.tensor(b, device=device, requires_grad=True)]
 
     def step(x, y):
         h = x
@@ -61,11 +63,12 @@ def make_zgrad(ws, bs):
     return step
 
 
-def make_numpy(ws, bs):
-    ws = [w.copy() for w in ws]
-    bs = [b.copy() for b in bs]
+def make_numpy(ws, bs, xp=np):
+    ws = [xp.asarray(w).copy() for w in ws]
+    bs = [xp.asarray(b).copy() for b in bs]
 
     def step(x, y):
+        np = xp  # the same hand-written step runs on CuPy for --device cuda
         acts = [x]
         h = x
         for i, (w, b) in enumerate(zip(ws, bs)):
@@ -93,10 +96,11 @@ def make_numpy(ws, bs):
     return step
 
 
-def make_torch(ws, bs, torch):
+def make_torch(ws, bs, torch, device="cpu"):
     params = []
     for w, b in zip(ws, bs):
-        params += [torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)]
+        params += [torch.tensor(w, device=device, requires_grad=True),
+                   torch.tensor(b, device=device, requires_grad=True)]
     F = torch.nn.functional
 
     def step(x, y):
@@ -116,10 +120,15 @@ def make_torch(ws, bs, torch):
     return step
 
 
+_sync = lambda: None  # noqa: E731  replaced by a device synchronize for --device cuda
+
+
 def time_steps(step, args, n):
+    _sync()
     t0 = time.perf_counter()
     for _ in range(n):
         step(*args)
+    _sync()
     return (time.perf_counter() - t0) / n
 
 
@@ -147,7 +156,9 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    global _sync
 
     from threadpoolctl import threadpool_limits
     threadpool_limits(args.threads)
@@ -161,10 +172,19 @@ def main():
     x = rng.normal(size=(BATCH, SIZES[0])).astype(np.float32)
     y = rng.integers(0, SIZES[-1], BATCH)
     ws, bs = init_weights()
-    impls = {"zgrad": (make_zgrad(ws, bs), (tensor.tensor(x), tensor.tensor(y))),
-             "numpy": (make_numpy(ws, bs), (x, y))}
+    dev = args.device
+    xp = np
+    if dev == "cuda":
+        xp = tensor.backend.xp_for(tensor.device("cuda"))
+        _sync = lambda: xp.cuda.Device().synchronize()  # noqa: E731
+        if torch is not None and not torch.cuda.is_available():
+            torch = None
+    impls = {"zgrad": (make_zgrad(ws, bs, dev),
+                       (tensor.tensor(x, device=dev), tensor.tensor(y, device=dev))),
+             "numpy": (make_numpy(ws, bs, xp), (xp.asarray(x), xp.asarray(y)))}
     if torch is not None:
-        impls["torch"] = (make_torch(ws, bs, torch), (torch.tensor(x), torch.tensor(y)))
+        impls["torch"] = (make_torch(ws, bs, torch, dev),
+                          (torch.tensor(x, device=dev), torch.tensor(y, device=dev)))
 
     # same first loss from the same weights: the three compute the same thing
     losses = {k: float(f(*a)) for k, (f, a) in impls.items()}
@@ -183,7 +203,7 @@ def main():
             times[k].append(time_steps(f, a, args.steps))
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    print(f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, float32, {args.threads} threads, "
+    print(f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, float32, {dev}, {args.threads} threads, "
           f"median of {args.repeats} x {args.steps} steps")
     print(f"first-step loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
     print(f"{'impl':8s} {'ms/step':>9s} {'vs numpy':>9s} {'vs torch':>9s}")
