@@ -103,15 +103,19 @@ def _gen(generator):
     return default_generator if generator is None else generator
 
 
-def uniform_array(shape, dtype, device, generator=None, low=0.0, high=1.0):
-    """An array of U[low, high) samples on `device`."""
+def _draw(kind, shape, dtype, device, generator):
+    """Standard uniform or normal samples of `dtype` on `device`."""
     g = _gen(generator)
     dtype = np.dtype(dtype)
     fdt = dtype if dtype in (np.float32, np.float64) else np.float64
-    if backend.device(device).type == "cuda":
-        r = g.cupy_rng().random(shape, dtype=fdt)
-    else:
-        r = g.np_rng.random(shape, dtype=fdt)
+    rng = g.cupy_rng() if backend.device(device).type == "cuda" else g.np_rng
+    r = rng.random(shape, dtype=fdt) if kind == "uniform" else rng.standard_normal(shape, dtype=fdt)
+    return r, dtype
+
+
+def uniform_array(shape, dtype, device, generator=None, low=0.0, high=1.0):
+    """An array of U[low, high) samples on `device`."""
+    r, dtype = _draw("uniform", shape, dtype, device, generator)
     if low != 0.0 or high != 1.0:
         r = r * (high - low) + low
     return r.astype(dtype, copy=False)
@@ -119,13 +123,7 @@ def uniform_array(shape, dtype, device, generator=None, low=0.0, high=1.0):
 
 def normal_array(shape, dtype, device, generator=None, mean=0.0, std=1.0):
     """An array of N(mean, std^2) samples on `device`."""
-    g = _gen(generator)
-    dtype = np.dtype(dtype)
-    fdt = dtype if dtype in (np.float32, np.float64) else np.float64
-    if backend.device(device).type == "cuda":
-        r = g.cupy_rng().standard_normal(shape, dtype=fdt)
-    else:
-        r = g.np_rng.standard_normal(shape, dtype=fdt)
+    r, dtype = _draw("normal", shape, dtype, device, generator)
     if mean != 0.0 or std != 1.0:
         r = r * std + mean
     return r.astype(dtype, copy=False)

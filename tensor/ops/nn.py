@@ -52,19 +52,20 @@ def linear(x, weight, bias=None):
     return from_op(y, (x, weight, bias), backward, "linear", saved=(x, weight))
 
 
-def _softmax_dim(dim, ndim, op):
+def _softmax_input(x, dim, dtype, op):
+    """The (floating) input array and the axis of a softmax-like op."""
+    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
+    if d.dtype.kind != "f":
+        d = d.astype(dtypes.get_default_dtype())
     if dim is None:  # PyTorch's legacy implicit dim
-        dim = 0 if ndim in (0, 1, 3) else 1
-    return _dims(dim, ndim, op)[0] if ndim else 0
+        dim = 0 if d.ndim in (0, 1, 3) else 1
+    return d, (_dims(dim, d.ndim, op)[0] if d.ndim else 0)
 
 
 def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
-    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
-    if d.dtype.kind != "f":
-        d = d.astype(dtypes.get_default_dtype())
-    axis = _softmax_dim(dim, d.ndim, "log_softmax")
+    d, axis = _softmax_input(x, dim, dtype, "log_softmax")
     if d.ndim == 0:
         y = xp.zeros_like(d)
     else:
@@ -82,10 +83,7 @@ def log_softmax(x, dim=None, dtype=None):
 def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
-    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
-    if d.dtype.kind != "f":
-        d = d.astype(dtypes.get_default_dtype())
-    axis = _softmax_dim(dim, d.ndim, "softmax")
+    d, axis = _softmax_input(x, dim, dtype, "softmax")
     if d.ndim == 0:
         y = xp.ones_like(d)
     else:

@@ -42,15 +42,20 @@ def _expand_back(g: Tensor, shape, axes, keepdim) -> Tensor:
     return g.expand(shape)
 
 
-def sum(a, dim=None, keepdim=False, dtype=None):
-    """Sum over `dim` (all dims when None). Integer and bool inputs sum as int64, as PyTorch."""
+def _prep(a, dim, dtype, op):
+    """The input array of an accumulating reduction (ints accumulate as int64, as PyTorch),
+    its shape and the reduced axes."""
     x = a.data
     if dtype is not None:
         x = x.astype(dtypes.as_dtype(dtype))
     elif x.dtype.kind in "biu":
         x = x.astype(np.int64)
-    shape = x.shape
-    axes = _dims(dim, x.ndim, "sum")
+    return x, x.shape, _dims(dim, x.ndim, op)
+
+
+def sum(a, dim=None, keepdim=False, dtype=None):
+    """Sum over `dim` (all dims when None). Integer and bool inputs sum as int64, as PyTorch."""
+    x, shape, axes = _prep(a, dim, dtype, "sum")
     y = x.sum(axis=axes, keepdims=keepdim)
 
     def backward(gy):
@@ -81,13 +86,7 @@ def mean(a, dim=None, keepdim=False, dtype=None):
 
 def prod(a, dim=None, keepdim=False, dtype=None):
     """Product over `dim`; the gradient is exact where inputs contain zeros, too."""
-    x = a.data
-    if dtype is not None:
-        x = x.astype(dtypes.as_dtype(dtype))
-    elif x.dtype.kind in "biu":
-        x = x.astype(np.int64)
-    shape = x.shape
-    axes = _dims(dim, x.ndim, "prod")
+    x, shape, axes = _prep(a, dim, dtype, "prod")
     y = x.prod(axis=axes, keepdims=keepdim)
 
     def backward(gy, out):
