@@ -1,0 +1,30 @@
+"""Process groups and collectives over ZeroMQ (``import runtime.distributed as dist``),
+with torch.distributed's names and semantics.
+
+    dist.init_process_group()            # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    dist.all_reduce(t)                    # t: a zgrad Tensor or a numpy/CuPy array
+    w = dist.all_reduce(t, op=dist.ReduceOp.AVG, async_op=True); ...; w.wait()
+    dist.destroy_process_group()
+
+Modules: wire (framing, secret), store (rendezvous), transport (peer mesh, desync and
+dead-peer checks), algorithms (ring/direct over TCP), shm_comm (same-host reduction),
+process_group (groups, the communication thread), collectives, objects, nccl.
+"""
+from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,
+                  get_group_rank, get_process_group_ranks, get_rank, get_world_size,
+                  init_process_group, is_available, is_initialized, new_group)
+from .collectives import (all_gather, all_gather_into_tensor, all_reduce, all_to_all_single,
+                          barrier, broadcast, gather, reduce, reduce_scatter_tensor, scatter)
+from .objects import all_gather_object, broadcast_object_list
+from .process_group import ProcessGroup, ReduceOp, Work
+from .transport import AbortedError, DesyncError, PeerLostError
+
+__all__ = [
+    "init_process_group", "destroy_process_group", "is_available", "is_initialized",
+    "get_rank", "get_world_size", "get_backend", "new_group", "get_process_group_ranks",
+    "get_global_rank", "get_group_rank", "GroupMember", "ProcessGroup", "ReduceOp", "Work",
+    "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
+    "reduce_scatter_tensor", "gather", "scatter", "all_to_all_single", "barrier",
+    "broadcast_object_list", "all_gather_object", "DesyncError", "PeerLostError",
+    "AbortedError",
+]

@@ -1,0 +1,394 @@
+"""init_process_group, groups, and the collectives with PyTorch's names and semantics.
+
+Collectives take zgrad Tensors (the result is written in place into ``t.data``) or raw numpy /
+CuPy arrays. Ranks passed as ``src``/``dst`` are global ranks, as in PyTorch.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import socket
+import time
+import threading
+from urllib.parse import urlparse
+
+import numpy as np
+
+from tensor import backend
+
+from . import algorithms as algo
+from . import wire
+from .process_group import ProcessGroup, ReduceOp, Staged, check_op
+from .shm_comm import ShmComm
+from .store import StoreAuthError, StoreClient, StoreServer
+from .transport import PeerMesh
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("ZGRAD_TIMEOUT_S", "300"))
+
+
+class GroupMember:
+    """As torch.distributed.GroupMember: WORLD (the default group) and NON_GROUP_MEMBER."""
+    WORLD = None
+    NON_GROUP_MEMBER = object()
+
+
+class _State:
+    def __init__(self):
+        self.rank = -1
+        self.world_size = -1
+        self.backend = None
+        self.store: StoreClient | None = None
+        self.server: StoreServer | None = None
+        self.auth: wire.Auth | None = None
+        self.infos: list[dict] = []
+        self.world: ProcessGroup | None = None
+        self.groups: list = []
+        self.next_gid = 0
+        self.bind_host = "127.0.0.1"
+        self.secret_port: int | None = None
+        self.timeout_s = DEFAULT_TIMEOUT_S
+        self.machine = ""
+
+
+_state: _State | None = None
+_init_lock = threading.Lock()
+
+
+def _timeout_s(timeout) -> float:
+    if timeout is None:
+        return DEFAULT_TIMEOUT_S
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return float(timeout)
+    raise ValueError(f"init_process_group: timeout must be a datetime.timedelta or seconds > 0, "
+                     f"got {timeout!r}")
+
+
+def _env_int(name: str, given: int, what: str) -> int:
+    if given is not None and given >= 0:
+        return int(given)
+    v = os.environ.get(name)
+    if v is None:
+        raise ValueError(f"init_process_group: {what} not given and ${name} is not set. Pass "
+                         f"{what}= or launch with zgrad run / torchrun-style variables.")
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"init_process_group: ${name} must be an int, got {v!r}") from None
+
+
+def _machine_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return socket.gethostname() + "/" + f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def is_available() -> bool:
+    return True
+
+
+def is_initialized() -> bool:
+    """True between init_process_group and destroy_process_group."""
+    return _state is not None
+
+
+def _require(what: str) -> _State:
+    if _state is None:
+        raise RuntimeError(f"{what}: the default process group is not initialised. Call "
+                           "runtime.distributed.init_process_group() first.")
+    return _state
+
+
+def init_process_group(backend: str = "auto", init_method: str | None = None, timeout=None,
+                       world_size: int = -1, rank: int = -1, store=None, group_name: str = "",
+                       pg_options=None, device_id=None):
+    """Join the job: rendezvous through rank 0's store and build the default group.
+
+    Args:
+        backend: "zmq" (CPU arrays; CuPy arrays staged through host memory), "nccl" (CuPy
+            arrays, through CuPy's NCCL) or "auto" (zmq, plus NCCL for CuPy arrays when a GPU
+            and CuPy are present).
+        init_method: "env://" (default: MASTER_ADDR, MASTER_PORT) or "tcp://host:port".
+        timeout: datetime.timedelta or seconds; the deadline of every wait (default
+            $ZGRAD_TIMEOUT_S or 300 s).
+        world_size, rank: default to $WORLD_SIZE and $RANK.
+    """
+    global _state
+    with _init_lock:
+        if _state is not None:
+            raise RuntimeError("init_process_group: already initialised; call "
+                               "destroy_process_group() first.")
+        if backend not in ("auto", "zmq", "nccl", "gloo"):
+            raise ValueError(f"init_process_group: backend must be 'zmq', 'nccl' or 'auto', "
+                             f"got {backend!r}")
+        if store is not None:
+            raise ValueError("init_process_group: store= is not supported; zgrad always uses "
+                             "its own authenticated store at MASTER_ADDR:MASTER_PORT.")
+        st = _State()
+        st.timeout_s = _timeout_s(timeout)
+        st.rank = _env_int("RANK", rank, "rank")
+        st.world_size = _env_int("WORLD_SIZE", world_size, "world_size")
+        if not 0 <= st.rank < st.world_size:
+            raise ValueError(f"init_process_group: expected 0 <= rank < world_size, got rank "
+                             f"{st.rank}, world_size {st.world_size}")
+        host, port = _master(init_method)
+        _rendezvous(st, host, port)
+        st.backend = "zmq" if backend == "gloo" else backend
+        _state = st
+        try:
+            st.world = _new_group(st, list(range(st.world_size)), st.timeout_s)
+            if st.backend in ("nccl", "auto"):
+                from .nccl import attach_nccl
+                attach_nccl(st, st.world, required=st.backend == "nccl")
+        except BaseException:
+            _teardown(st, wait_peers=False)
+            _state = None
+            raise
+        atexit.register(_atexit)
+
+
+def _master(init_method):
+    if init_method in (None, "env://"):
+        host = os.environ.get("MASTER_ADDR")
+        port = os.environ.get("MASTER_PORT")
+        if not host or not port:
+            raise ValueError("init_process_group: init_method='env://' needs $MASTER_ADDR and "
+                             "$MASTER_PORT (e.g. 127.0.0.1 and a free port) on every rank.")
+        return host, int(port)
+    u = urlparse(init_method)
+    if u.scheme != "tcp" or not u.hostname or not u.port:
+        raise ValueError(f"init_process_group: init_method must be 'env://' or "
+                         f"'tcp://host:port', got {init_method!r}")
+    return u.hostname, u.port
+
+
+def _rendezvous(st: _State, host: str, port: int):
+    """See Note [Rendezvous] and Note [Job secret]."""
+    deadline = time.monotonic() + st.timeout_s
+    loopback = wire.is_loopback(host)
+    st.bind_host = "127.0.0.1" if loopback else \
+        os.environ.get("ZGRAD_BIND_ADDR") or wire.local_ip_towards(host, port)
+    wire.require_secret_for(st.bind_host, "init_process_group")
+    key = wire.env_secret()
+    if key is None and st.rank == 0:
+        key = wire.write_local_secret(port)
+        st.secret_port = port
+    elif key is None:
+        key = wire.read_local_secret(port, deadline)
+    st.auth = wire.Auth(key)
+    if st.rank == 0:
+        st.server = StoreServer(host, port, st.auth)
+    st.machine = _machine_id()
+    info = {"host": os.environ.get("ZGRAD_HOST_ID") or socket.gethostname(), "pid": os.getpid(),
+            "machine": st.machine, "ws": st.world_size}
+    while True:
+        st.store = StoreClient(host, port, st.auth, max(1.0, deadline - time.monotonic()))
+        try:
+            if st.store.add(f"init/joined/{st.rank}", 1) != 1:
+                raise RuntimeError(f"init_process_group: rank {st.rank} joined twice; every "
+                                   "process needs a distinct RANK.")
+            st.store.set(f"init/{st.rank}", wire.packb(info))
+            break
+        except StoreAuthError:
+            st.store.close()
+            if wire.env_secret() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)   # a stale secret file: rank 0 is replacing it
+            st.auth = wire.Auth(wire.read_local_secret(port, deadline))
+    st.store.timeout_s = st.timeout_s
+    keys = [f"init/{r}" for r in range(st.world_size)]
+    vals = st.store.multi_get(keys, max(0.1, deadline - time.monotonic()),
+                              what=f"init_process_group (rank {st.rank})")
+    st.infos = [wire.unpackb(v) for v in vals]
+    sizes = {i["ws"] for i in st.infos}
+    if len(sizes) != 1:
+        raise ValueError(f"init_process_group: ranks disagree on world_size: "
+                         f"{[i['ws'] for i in st.infos]} (by rank)")
+
+
+def _shm_available() -> bool:
+    if os.environ.get("ZGRAD_DIST_SHM", "1") == "0":
+        return False
+    try:
+        import shm
+        return hasattr(shm, "Segment")
+    except ImportError:
+        return False
+
+
+def _new_group(st: _State, ranks: list[int], timeout_s: float):
+    """Build group `ranks` (every rank of the world calls this, in the same order)."""
+    gid = st.next_gid
+    st.next_gid += 1
+    if st.rank not in ranks:
+        return GroupMember.NON_GROUP_MEMBER
+    pg = ProcessGroup(gid, ranks, st.rank, timeout_s)
+    try:
+        _connect_group(st, pg, gid, ranks, timeout_s)
+    except BaseException:
+        pg.shutdown()
+        raise
+    st.groups.append(pg)
+    return pg
+
+
+def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: float):
+    n, me, pre = len(ranks), pg.group_rank, f"g{gid}"
+    what = f"new_group {gid} (rank {st.rank})"
+    infos = [st.infos[r] for r in ranks]
+    pids = {i: infos[i]["pid"] for i in range(n) if infos[i]["machine"] == st.machine}
+    pg.mesh = PeerMesh(n, me, ranks, st.auth, st.bind_host, f"group {gid}")
+    st.store.set(f"{pre}/ep/{me}", pg.mesh.endpoint.encode())
+    eps = st.store.multi_get([f"{pre}/ep/{i}" for i in range(n)], timeout_s, what)
+    pg.mesh.connect([e.decode() for e in eps], pids)
+    hosts = [i["host"] for i in infos]
+    order = list(dict.fromkeys(hosts))
+    pg.single_host = len(order) == 1
+    local = [i for i in range(n) if hosts[i] == hosts[me]]
+    leaders = [hosts.index(h) for h in order]
+    pg.is_leader = me == local[0]
+    shm_ok = _shm_available()
+    if shm_ok and len(local) > 1:
+        pg.local = _attach_shm(st, pg, f"{pre}/shm/{hosts[me]}", local, ranks, infos, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    call = [-1, "barrier", None, None, None, None]
+    if shm_ok and not pg.single_host and any(hosts.count(h) > 1 for h in order) \
+            and pg.is_leader:
+        lm = PeerMesh(len(leaders), leaders.index(me), [ranks[i] for i in leaders], st.auth,
+                      st.bind_host, f"group {gid} leaders")
+        st.store.set(f"{pre}/lep/{leaders.index(me)}", lm.endpoint.encode())
+        leps = st.store.multi_get([f"{pre}/lep/{j}" for j in range(len(leaders))],
+                                  timeout_s, what)
+        lm.connect([e.decode() for e in leps],
+                   {j: pids[i] for j, i in enumerate(leaders) if i in pids})
+        pg.leader_mesh = lm
+        algo.barrier(lm, call, deadline)
+    algo.barrier(pg.mesh, call, deadline)   # every link is up and authenticated
+
+
+def _attach_shm(st, pg, key: str, local: list[int], ranks, infos, timeout_s) -> ShmComm:
+    import shm
+    lr = local.index(pg.group_rank)
+    nloc = len(local)
+    pids = [infos[i]["pid"] for i in local]
+    granks = [ranks[i] for i in local]
+    what = f"new_group {pg.gid} shared memory (rank {st.rank})"
+    if lr == 0:
+        seg = shm.Segment.create(ShmComm.segment_bytes(nloc), tag=f"dist{pg.gid}")
+        try:
+            st.store.set(key, seg.name.encode())
+            st.store.multi_get([f"{key}/att/{k}" for k in range(1, nloc)], timeout_s, what)
+        finally:
+            seg.unlink()   # see Note [Shm reduce]: the name goes once all have attached
+    else:
+        name = st.store.get(key, timeout_s).decode()
+        seg = shm.Segment.attach(name)
+        st.store.set(f"{key}/att/{lr}", b"1")
+    return ShmComm(seg, nloc, lr, granks, pids)
+
+
+def new_group(ranks=None, timeout=None, backend=None, pg_options=None, use_local_synchronization=False):
+    """A sub-group of `ranks` (global ranks); every rank of the job must call it, in the same
+    order, as in PyTorch. Ranks outside it get GroupMember.NON_GROUP_MEMBER."""
+    st = _require("new_group")
+    ranks = list(range(st.world_size)) if ranks is None else sorted(int(r) for r in ranks)
+    if len(set(ranks)) != len(ranks) or any(not 0 <= r < st.world_size for r in ranks):
+        raise ValueError(f"new_group: ranks must be distinct and in [0, {st.world_size}), "
+                         f"got {ranks}")
+    timeout_s = _timeout_s(timeout) if timeout is not None else st.timeout_s
+    pg = _new_group(st, ranks, timeout_s)
+    if pg is not GroupMember.NON_GROUP_MEMBER and st.backend in ("nccl", "auto"):
+        from .nccl import attach_nccl
+        attach_nccl(st, pg, required=st.backend == "nccl")
+    return pg
+
+
+def _teardown(st: _State, wait_peers: bool):
+    for pg in st.groups:
+        pg.shutdown()
+    if st.store is not None:
+        if wait_peers:
+            # rank 0 keeps the store up until every rank is done with it (bounded)
+            try:
+                st.store.add("exit", 1)
+                if st.server is not None:
+                    end = time.monotonic() + min(st.timeout_s, 10.0)
+                    while st.store.add("exit", 0) < st.world_size and time.monotonic() < end:
+                        time.sleep(0.02)
+            except (TimeoutError, RuntimeError):
+                pass
+        st.store.close()
+    if st.server is not None:
+        st.server.close()
+    if st.secret_port is not None:
+        wire.remove_local_secret(st.secret_port)
+
+
+def destroy_process_group(group=None):
+    """Tear down `group`, or everything (the default) and leave the job."""
+    global _state
+    st = _state
+    if st is None:
+        return
+    if group is not None and group is not st.world:
+        if group in st.groups:
+            group.shutdown()
+            st.groups.remove(group)
+        return
+    _state = None
+    _teardown(st, wait_peers=True)
+
+
+def _atexit():
+    if _state is not None:
+        destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# queries
+
+
+def _group(group, what: str):
+    st = _require(what)
+    if group is None or group is GroupMember.WORLD:
+        return st.world
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return None
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(f"{what}: group must be a ProcessGroup from new_group(), got "
+                        f"{type(group).__name__}")
+    return group
+
+
+def get_rank(group=None) -> int:
+    """This process's rank in `group` (the world by default); -1 if not a member."""
+    pg = _group(group, "get_rank")
+    return -1 if pg is None else pg.rank()
+
+
+def get_world_size(group=None) -> int:
+    """The number of ranks in `group` (the world by default); -1 if not a member."""
+    pg = _group(group, "get_world_size")
+    return -1 if pg is None else pg.size()
+
+
+def get_backend(group=None) -> str:
+    return _require("get_backend").backend
+
+
+def get_process_group_ranks(group) -> list[int]:
+    pg = _group(group, "get_process_group_ranks")
+    return [] if pg is None else list(pg.ranks)
+
+
+def get_global_rank(group, group_rank: int) -> int:
+    return _group(group, "get_global_rank").ranks[group_rank]
+
+
+def get_group_rank(group, global_rank: int) -> int:
+    pg = _group(group, "get_group_rank")
+    return pg.ranks.index(global_rank) if global_rank in pg.ranks else -1
