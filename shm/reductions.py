@@ -1,0 +1,47 @@
+"""Pickling shared arrays by handle under multiprocessing's ForkingPickler.
+
+Only ForkingPickler (queues, pipes, spawn arguments, Pool tasks) sends handles: a plain
+``pickle.dumps`` of a shared array still copies its bytes, because a handle means nothing on disk
+or on another host. Each pickled handle is one reference *in flight* until the receiver claims
+it (see Note [Shm lifetime] in segment.py), so the sender may drop its array right after
+``queue.put``.
+"""
+from __future__ import annotations
+
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+
+from . import _client
+from . import arrays as _arrays
+
+
+def _rebuild_ndarray(name, offset, shape, dtype, strides, token, writeable):
+    return _arrays.from_handle(name, offset, shape, dtype, strides, claim=token,
+                               writeable=writeable)
+
+
+def reduce_ndarray(a: np.ndarray):
+    """ForkingPickler reducer: a handle for a shared array, numpy's own pickle otherwise."""
+    m = _arrays._find_map(a)
+    if m is None:
+        return a.__reduce_ex__(4)
+    name, offset, shape, dtype, strides = _arrays.handle(a)
+    token = _client.flight(name)
+    return _rebuild_ndarray, (name, offset, shape, dtype, strides, token,
+                              bool(a.flags.writeable))
+
+
+_installed = False
+
+
+def init_reductions() -> None:
+    """Register the reducers (idempotent); done when ``shm`` is imported."""
+    global _installed
+    if _installed:
+        return
+    ForkingPickler.register(np.ndarray, reduce_ndarray)
+    from . import cuda_ipc
+
+    cuda_ipc.init_reductions()
+    _installed = True
