@@ -118,7 +118,7 @@ class WorkerRing:
                 self.free.pop(0)[0].close()
             size = max(_MIN_BLOCK_BYTES, _align(int(nbytes * _GROWTH)))
             seg = self._shm.Segment.create(size, tag=self.tag)
-            entry = (seg, np.frombuffer(seg.buf, np.uint8))
+            entry = (seg, seg.ndarray((seg.size,), np.uint8))
         else:
             entry = self.free.pop(best)
         self.busy[entry[0].name] = entry
@@ -198,7 +198,7 @@ class MainReceiver:
             # here means nothing is left in /dev/shm whatever happens later (see the Note).
             _unlink_quietly(seg)
             entry = self.segments[name] = (seg, worker_id)
-        base = np.frombuffer(entry[0].buf, np.uint8)
+        base = entry[0].ndarray((entry[0].size,), np.uint8)
         f = weakref.finalize(base, self.freed.append, (worker_id, name))
         f.atexit = False
         return base

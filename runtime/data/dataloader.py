@@ -479,7 +479,10 @@ class _MultiProcessIter(_BaseIter):
         if self._w.receiver.freed:
             self._flush_frees()
         i = self._send_idx
-        self._w.index_conns[wid].send(("task", (self._epoch_key, i), indices))
+        try:
+            self._w.index_conns[wid].send(("task", (self._epoch_key, i), indices))
+        except OSError:   # its pipe is closed: the worker died
+            self._raise_worker_died(wid, self._w.procs[wid])
         self._task_info[i] = (wid, indices)
         self._pending[wid] += 1
         self._in_flight += 1

@@ -112,7 +112,7 @@ class _Fetcher:
         return data
 
 
-def worker_loop(worker_id, dataset, index_conn, result_conn, result_lock, collate_fn,
+def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
                 auto_collation, batch_size, drop_last, base_seed, init_fn, num_workers,
                 rank, world_size, parent_pid, iterable, tag):
     """Serve requests from `index_conn` until the None sentinel (see Note [Loader protocol])."""
@@ -128,9 +128,7 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, result_lock, collat
     tensor_type = tensor.Tensor
 
     def send(msg):
-        data = ring.encode(msg, tensor_type)
-        with result_lock:
-            result_conn.send_bytes(data)
+        result_conn.send_bytes(ring.encode(msg, tensor_type))
 
     def send_error(key, where, exc):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -140,8 +138,7 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, result_lock, collat
         except Exception:  # a class defined in a function: the name is enough
             exc_type = None
         payload = (exc_type, type(exc).__name__, where, tb)
-        with result_lock:
-            result_conn.send_bytes(pickle.dumps((key, worker_id, "err", payload), protocol=5))
+        result_conn.send_bytes(pickle.dumps((key, worker_id, "err", payload), protocol=5))
 
     try:
         if init_fn is not None:
