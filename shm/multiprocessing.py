@@ -9,6 +9,7 @@ child's exception here with its rank and traceback, as torch.multiprocessing.spa
 """
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -110,7 +111,7 @@ class ProcessContext:
         self._stop_rest()
         p = self.processes[error_index]
         q = self.error_queues[error_index]
-        if q._reader.poll(5.0):
+        if q._reader.poll(0.1):  # the child wrote before exiting; no wait needed
             tb = q.get()
             raise ProcessRaisedException(
                 f"\n\n-- Process {error_index} (pid {p.pid}) terminated with the following "
@@ -159,7 +160,7 @@ def start_processes(fn, args=(), nprocs=1, join=True, daemon=False, start_method
         if deadline is not None and time.monotonic() >= deadline:
             running = [i for i, p in enumerate(processes) if p.is_alive()]
             context._stop_rest()
-            raise TimeoutError(f"shm.multiprocessing.spawn: processes {running} still running "
+            raise builtins.TimeoutError(f"shm.multiprocessing.spawn: processes {running} still running "
                                f"after {timeout_s:.0f}s; they were terminated. Raise timeout_s "
                                "or look for a hang in fn.")
     return None

@@ -46,6 +46,7 @@ every worker, in one small manager process per job (``shm/manager.py``):
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import mmap
 import os
@@ -139,11 +140,40 @@ def _shm_unlink(name: str) -> bool:
         return False
 
 
-class _ShmMap(mmap.mmap):
-    """One process's mapping of one segment; arrays on it keep it (and so the mapping) alive."""
+# Python's mmap.mmap keeps a dup() of the file descriptor for its whole life (until 3.13's
+# trackfd=False), which is one fd per mapped segment: 10,000 tensors would hit the fd limit. So
+# segments are mapped with libc's mmap and closed at once; the memory is exposed as a ctypes
+# char array whose deallocation (after every array and memoryview on it is gone) unmaps it.
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _ShmMap:
+    """Marker base: one process's mapping of one segment (instances are ctypes char arrays).
+
+    Arrays on it keep it (and so the mapping) alive; it has `.name` and `.addr`.
+    """
 
     name: str
     addr: int
+
+    def __del__(self):
+        _libc.munmap(self.addr, ctypes.sizeof(self))
+
+
+_map_types: dict[int, type] = {}
+
+
+def _map_type(size: int) -> type:
+    t = _map_types.get(size)
+    if t is None:
+        t = _map_types[size] = type("_ShmMapOf%d" % size, (ctypes.c_char * size, _ShmMap), {})
+    return t
 
 
 # name -> weakref to the live _ShmMap of this process (see Note [Shm lifetime]).
@@ -166,13 +196,13 @@ def _register(m: _ShmMap) -> None:
 
 
 def _map_fd(fd: int, name: str, size: int) -> _ShmMap:
-    m = _ShmMap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    m.name = name
-    mv = memoryview(m)
-    import ctypes
-
-    m.addr = ctypes.addressof(ctypes.c_char.from_buffer(mv))
-    mv.release()
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"shm: mmap of segment {name} ({size} bytes) failed: "
+                           f"{os.strerror(err)}")
+    m = _map_type(size).from_address(addr)
+    m.name, m.addr = name, addr
     return m
 
 
@@ -313,8 +343,8 @@ class Segment:
     def __init__(self, m: _ShmMap):
         self._map: _ShmMap | None = m
         self.name = m.name
-        self.size = len(m)
-        self.buf: memoryview | None = memoryview(m)
+        self.size = ctypes.sizeof(m)
+        self.buf: memoryview | None = memoryview(m).cast("B")
 
     @classmethod
     def create(cls, size_bytes: int, tag: str = "") -> "Segment":
