@@ -47,11 +47,9 @@ def _to_array(data, dtype, device=None):
 def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor holding a copy of `data` (lists, numbers, arrays, Tensors)."""
     arr = _to_array(data, dtype, device)
-    if arr is data or (isinstance(data, Tensor) and arr is data.data) or \
-            (backend.is_array(arr) and getattr(arr, "base", None) is not None):
-        arr = arr.copy()
-    elif isinstance(data, np.ndarray) and np.shares_memory(arr, data):
-        arr = arr.copy()
+    src = data.data if isinstance(data, Tensor) else data
+    if arr is src or (isinstance(arr, np.ndarray) and arr.base is not None and arr.base is src):
+        arr = arr.copy()  # never alias the caller's array (np.asarray of a memmap is a view)
     t = _new(arr)
     if requires_grad:
         t.requires_grad_(True)

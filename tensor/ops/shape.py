@@ -46,21 +46,18 @@ def view(a, *shape):
         raise TypeError("view(dtype) is not supported; use .to(dtype)")
     shape = _shape_arg(shape)
     x = a.data
-    try:
-        y = x.view()
-        y.shape = shape  # raises instead of copying when the strides don't allow a view
-    except (AttributeError, ValueError) as e:
-        if "size" in str(e) or "reshape" in str(e) and x.size != abs(int(np.prod(shape))):
-            raise RuntimeError(f"view: shape {list(shape)} is invalid for input of size "
-                               f"{x.size}.") from None
-        try:
-            y = x.reshape(shape)
-        except ValueError:
-            raise RuntimeError(f"view: shape {list(shape)} is invalid for input of size "
-                               f"{x.size}.") from None
-        if y.base is None or not (y.base is x or y.base is x.base):
-            raise RuntimeError("view size is not compatible with input tensor's size and stride; "
-                               "use .reshape(...) instead.") from None
+    n = 1
+    for d in shape:
+        n *= d if d != -1 else 1
+    if (-1 not in shape and n != x.size) or (-1 in shape and (n == 0 or x.size % n)):
+        raise RuntimeError(f"view: shape {list(shape)} is invalid for input of size {x.size}.")
+    try:  # copy=False raises instead of copying when the strides don't allow a view
+        y = x.reshape(shape, copy=False) if isinstance(x, np.ndarray) else x.reshape(shape)
+    except ValueError:
+        y = None
+    if y is None or not (x.size == 0 or y.base is x or (y.base is not None and y.base is x.base)):
+        raise RuntimeError("view size is not compatible with input tensor's size and "
+                           "stride; use .reshape(...) instead.")
     src = x.shape
     return _as_view(from_op(y, (a,), lambda gy: (gy.reshape(src),), "view"), a)
 
