@@ -256,8 +256,8 @@ def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: 
         pg.local = _attach_shm(st, pg, f"{pre}/shm/{hosts[me]}", local, ranks, infos, timeout_s)
     deadline = time.monotonic() + timeout_s
     call = [-1, "barrier", None, None, None, None]
-    if shm_ok and not pg.single_host and any(hosts.count(h) > 1 for h in order) \
-            and pg.is_leader:
+    pg.hierarchical = shm_ok and not pg.single_host and any(hosts.count(h) > 1 for h in order)
+    if pg.hierarchical and pg.is_leader:
         lm = PeerMesh(len(leaders), leaders.index(me), [ranks[i] for i in leaders], st.auth,
                       st.bind_host, f"group {gid} leaders")
         st.store.set(f"{pre}/lep/{leaders.index(me)}", lm.endpoint.encode())
@@ -314,6 +314,7 @@ def _teardown(st: _State, wait_peers: bool):
         if wait_peers:
             # rank 0 keeps the store up until every rank is done with it (bounded)
             try:
+                st.store.timeout_s = min(st.timeout_s, 5.0)
                 st.store.add("exit", 1)
                 if st.server is not None:
                     end = time.monotonic() + min(st.timeout_s, 10.0)

@@ -130,6 +130,8 @@ class ProcessGroup:
         self.local = None                          # ShmComm among this host's members
         self.is_leader = True
         self.single_host = True
+        self.hierarchical = False                  # shm per host, then leaders over TCP
+        self.nccl = None
         self._lock = threading.Condition()
         self._queue: collections.deque = collections.deque()
         self._busy = False
@@ -237,7 +239,7 @@ class ProcessGroup:
         if self.size() > 1:
             if self.local is not None and self.single_host:
                 self.local.all_reduce(call, x, ufunc, deadline)
-            elif self.leader_mesh is not None:
+            elif self.hierarchical:
                 if self.local is not None:
                     self.local.all_reduce(call, x, ufunc, deadline)
                 if self.is_leader:

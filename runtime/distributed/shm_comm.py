@@ -81,16 +81,17 @@ class ShmComm:
     def __init__(self, seg, n: int, rank: int, global_ranks: list[int], pids: list[int]):
         self.seg, self.n, self.rank = seg, n, rank
         self.global_ranks, self.pids = global_ranks, pids
-        self.ctl = np.frombuffer(seg.buf, np.int64, count=n * _LINE + 8)
+        # views through seg.ndarray keep the mapping alive while they exist (never unmapped
+        # under a live array), so close() cannot pull memory from under a late reader
+        self.ctl = seg.ndarray((n * _LINE + 8,), np.int64, 0)
         self.flags = self.ctl[0:n * _LINE:_LINE]
         self.abort_at = n * _LINE
-        self.msg = np.frombuffer(seg.buf, np.uint8, count=_MSG_BYTES,
-                                 offset=self.ctl.nbytes)
+        self.msg = seg.ndarray((_MSG_BYTES,), np.uint8, self.ctl.nbytes)
         base = self.ctl.nbytes + _MSG_BYTES
         base = (base + 4095) // 4096 * 4096
         self.slot_bytes = (seg.size - base) // (2 * n) // 64 * 64
-        self.slots = [[np.frombuffer(seg.buf, np.uint8, count=self.slot_bytes,
-                                     offset=base + (s * n + k) * self.slot_bytes)
+        self.slots = [[seg.ndarray((self.slot_bytes,), np.uint8,
+                                   base + (s * n + k) * self.slot_bytes)
                        for k in range(n)] for s in range(2)]
         self.epoch = 0
         self.parity = 0
@@ -214,7 +215,4 @@ class ShmComm:
 
     def close(self):
         self.flags = self.ctl = self.msg = self.slots = None
-        try:
-            self.seg.close()
-        except BufferError:
-            pass   # a view is still alive somewhere; the mapping goes with the process
+        self.seg.close()

@@ -260,12 +260,9 @@ class PeerMesh:
                 raise PeerLostError(msg)
 
     def close(self):
+        # no disable_monitor(): it blocks when the monitor pipe holds unread events
+        for s in self.push.values():
+            s.close()
         for mon in self.monitors:
             mon.close(0)
-        for peer, s in self.push.items():
-            try:
-                s.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            s.close()
         self.pull.close(0)

@@ -1,0 +1,187 @@
+"""Every collective and reduce op against numpy, in real processes, on every path:
+one host (shared memory), every rank its own "host" (TCP ring/direct), and mixed layouts
+(shm within a host, then TCP between hosts). Many checks share one spawned job per case to
+keep the suite fast on two cores."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import shm_listing, spawn_ranks
+
+
+def spawn(fn, ws, *args, timeout_s=90, **kw):
+    """spawn_ranks, checking leaks of *our* segments only (tag "dist"): other suites running
+    at the same time on this machine create and drop their own."""
+    before = {n for n in shm_listing() if "dist" in n}
+    out = spawn_ranks(fn, ws, *args, timeout_s=timeout_s, check_shm=False, **kw)
+    deadline = time.monotonic() + 5
+    while {n for n in shm_listing() if "dist" in n} - before:
+        assert time.monotonic() < deadline, f"leaked: {sorted(shm_listing() - before)}"
+        time.sleep(0.05)
+    return out
+
+DTYPES = [np.float32, np.float64, np.int64]
+# 0 (empty), 1, odd and not divisible by 2/3/4, and sizes above the ring threshold
+SIZES = [0, 1, 7, 1001, 70001]
+OPS = ["SUM", "AVG", "MAX", "MIN", "PRODUCT"]
+
+
+def _input(rank, dtype, n, op, salt=0):
+    rng = np.random.default_rng([rank, n, salt, np.dtype(dtype).num])
+    if np.dtype(dtype).kind == "i":
+        lo, hi = (1, 4) if op == "PRODUCT" else (-1000, 1000)
+        return rng.integers(lo, hi, size=n).astype(dtype)
+    if op == "PRODUCT":
+        return rng.uniform(0.5, 1.5, size=n).astype(dtype)
+    return rng.normal(size=n).astype(dtype)
+
+
+def _expected(op, parts):
+    stack = np.stack(parts)
+    if op == "SUM":
+        return stack.sum(0)
+    if op == "AVG":
+        return stack.sum(0) / len(parts)
+    if op == "MAX":
+        return stack.max(0)
+    if op == "MIN":
+        return stack.min(0)
+    return np.prod(stack, axis=0)
+
+
+def _close(got, want, what):
+    if got.dtype.kind == "i":
+        assert np.array_equal(got, want), what
+    else:
+        tol = 1e-5 if got.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=what)
+
+
+def _layout(rank, layout):
+    if layout == "tcp":
+        os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
+    elif layout == "mixed":
+        os.environ["ZGRAD_HOST_ID"] = f"host{rank // 2}"
+
+
+def _all_collectives(rank, ws, layout):
+    _layout(rank, layout)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=30)
+    assert dist.is_initialized() and dist.get_rank() == rank and dist.get_world_size() == ws
+    digests = []
+    for dtype in DTYPES:
+        for n in SIZES:
+            for op in OPS:
+                if op == "AVG" and np.dtype(dtype).kind == "i":
+                    with pytest.raises(TypeError, match="AVG needs a floating-point"):
+                        dist.all_reduce(_input(rank, dtype, n, op), op=dist.ReduceOp.AVG)
+                    continue
+                if n == 70001 and op not in ("SUM", "MAX"):
+                    continue
+                x = _input(rank, dtype, n, op)
+                x2 = x.copy()
+                dist.all_reduce(x, op=getattr(dist.ReduceOp, op))
+                want = _expected(op, [_input(r, dtype, n, op) for r in range(ws)])
+                _close(x, want, f"all_reduce {op} {np.dtype(dtype)} n={n}")
+                dist.all_reduce(x2, op=getattr(dist.ReduceOp, op))
+                assert x.tobytes() == x2.tobytes(), "all_reduce is not bitwise reproducible"
+                digests.append(hash(x.tobytes()))
+        # 2-d, the other collectives
+        n = 5 * ws + 3
+        parts = [_input(r, dtype, n, "SUM", 1).reshape(-1, 1) for r in range(ws)]
+        mine = parts[rank].copy()
+
+        b = mine.copy()
+        dist.broadcast(b, src=ws - 1)
+        assert np.array_equal(b, parts[ws - 1])
+
+        r = mine.copy()
+        dist.reduce(r, dst=0, op=dist.ReduceOp.MAX)
+        assert np.array_equal(r, np.max(np.stack(parts), 0) if rank == 0 else mine)
+
+        outs = [np.empty_like(mine) for _ in range(ws)]
+        dist.all_gather(outs, mine)
+        for a, p in zip(outs, parts):
+            assert np.array_equal(a, p)
+
+        cat = np.empty((ws * n, 1), dtype)
+        dist.all_gather_into_tensor(cat, mine)
+        assert np.array_equal(cat, np.concatenate(parts))
+
+        big = _input(rank, dtype, ws * n, "SUM", 2)
+        out = np.empty(n, dtype)
+        dist.reduce_scatter_tensor(out, big)
+        full = _expected("SUM", [_input(rk, dtype, ws * n, "SUM", 2) for rk in range(ws)])
+        _close(out, full[rank * n:(rank + 1) * n], "reduce_scatter_tensor")
+
+        g = [np.empty_like(mine) for _ in range(ws)] if rank == 1 % ws else None
+        dist.gather(mine, g, dst=1 % ws)
+        if g is not None:
+            for a, p in zip(g, parts):
+                assert np.array_equal(a, p)
+
+        s = np.empty_like(mine)
+        dist.scatter(s, parts if rank == 0 else None, src=0)
+        assert np.array_equal(s, parts[rank])
+
+        # all_to_all_single with uneven splits: rank i sends (i + p) % 3 + 1 rows to rank p
+        rows = lambda i, p: (i + p) % 3 + 1  # noqa: E731
+        send = np.concatenate([np.full((rows(rank, p), 2), 100 * rank + p, dtype)
+                               for p in range(ws)])
+        recv = np.empty((sum(rows(p, rank) for p in range(ws)), 2), dtype)
+        dist.all_to_all_single(recv, send, [rows(p, rank) for p in range(ws)],
+                               [rows(rank, p) for p in range(ws)])
+        want = np.concatenate([np.full((rows(p, rank), 2), 100 * p + rank, dtype)
+                               for p in range(ws)])
+        assert np.array_equal(recv, want)
+    dist.barrier()
+    objs = [None]
+    if rank == 0:
+        objs = [{"lr": 0.1, "names": ["a", "b"], "w": np.arange(3.0), "n": np.int64(7)}]
+    dist.broadcast_object_list(objs, src=0)
+    assert objs[0]["names"] == ["a", "b"] and objs[0]["w"].tolist() == [0.0, 1.0, 2.0]
+    assert objs[0]["n"] == 7
+    gathered = [None] * ws
+    dist.all_gather_object(gathered, {"rank": rank, "pad": "x" * rank})
+    assert [o["rank"] for o in gathered] == list(range(ws))
+    dist.destroy_process_group()
+    assert not dist.is_initialized()
+    return digests
+
+
+@pytest.mark.parametrize("ws,layout", [(1, "shm"), (2, "shm"), (3, "shm"), (4, "shm"),
+                                       (2, "tcp"), (3, "tcp"), (4, "tcp"),
+                                       (3, "mixed"), (4, "mixed")])
+def test_every_collective_matches_numpy(ws, layout):
+    digests = spawn(_all_collectives, ws, layout)
+    # the same bits on every rank
+    assert all(d == digests[0] for d in digests)
+
+
+def _tensor_inputs(rank, ws):
+    import tensor
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=30)
+    t = tensor.tensor([1.0, 2.0, 3.0]) * (rank + 1)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    before = t.data
+    dist.broadcast(t, src=0)
+    assert t.data is before          # written in place into t.data
+    with pytest.raises(TypeError, match="zgrad Tensor or a numpy"):
+        dist.all_reduce([1.0, 2.0])
+    with pytest.raises(ValueError, match="ReduceOp"):
+        dist.all_reduce(np.zeros(2), op="MEAN")
+    with pytest.raises(ValueError, match="not a member"):
+        dist.broadcast(np.zeros(2), src=ws + 3)
+    out = t.tolist()
+    dist.destroy_process_group()
+    return out
+
+
+def test_tensors_in_place_and_bad_arguments():
+    pytest.importorskip("tensor")
+    res = spawn(_tensor_inputs, 2, timeout_s=30)
+    assert res[0] == res[1] == [3.0, 6.0, 9.0]
