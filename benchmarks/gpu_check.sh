@@ -16,7 +16,8 @@ print("cupy", cupy.__version__, "numpy", numpy.__version__, "gpus", cupy.cuda.ru
 PY
 rc=0
 python3 -m pytest -q -rs -p no:cacheprovider --timeout 120 \
-    tests/tensor/test_tensor.py tests/tensor/test_ops.py -k "gpu" || rc=1
+    tests/tensor/test_tensor.py tests/tensor/test_ops.py -k "gpu" 2>&1 | tee ${OUT:-/tmp}/gpu_tensor.log | tail -15
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
 for f in tests/shm/test_cuda_ipc.py tests/runtime/test_dist_nccl.py tests/runtime/test_dist_gpu.py; do
     [ -f "$f" ] && { python3 -m pytest -q -rs -p no:cacheprovider --timeout 120 "$f" || rc=1; }
 done

@@ -100,11 +100,11 @@ def _install():
     T = Tensor
     # operators
     T.__add__ = E.add
-    T.__radd__ = _r(E.add)
+    T.__radd__ = E.add  # commutative: a Python scalar stays a scalar (no CPU tensor on cuda)
     T.__sub__ = E.sub
     T.__rsub__ = lambda a, b: E.rsub(a, b)
     T.__mul__ = E.mul
-    T.__rmul__ = _r(E.mul)
+    T.__rmul__ = E.mul
     T.__truediv__ = E.div
     T.__rtruediv__ = lambda a, b: E.mul(E.reciprocal(a), b)
     T.__floordiv__ = E.floor_divide

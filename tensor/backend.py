@@ -131,12 +131,8 @@ def check_same_device(op: str, *arrays):
 
 
 def scatter_add(xp, out, idx, src):
-    """out[idx] += src with repeated indices accumulating (np.add.at / cupyx.scatter_add)."""
-    if xp is numpy:
-        numpy.add.at(out, idx, src)
-    else:
-        import cupyx  # type: ignore
-        cupyx.scatter_add(out, idx, src)
+    """out[idx] += src with repeated indices accumulating (numpy's and CuPy's add.at)."""
+    xp.add.at(out, idx, src)
     return out
 
 

@@ -87,7 +87,7 @@ def sum_to(g: Tensor, shape) -> Tensor:
 def add(a, b, alpha=1):
     """a + alpha * b, with broadcasting."""
     if not isinstance(a, Tensor):
-        return add(_wrap(a), b, alpha)
+        return add(b, a) if alpha == 1 and isinstance(b, Tensor) else add(_wrap(a), b, alpha)
     if alpha != 1:
         b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     x, z, bt = _operands("add", a, b)
@@ -134,7 +134,7 @@ def rsub(a, b, alpha=1):
 def mul(a, b):
     """Elementwise a * b, with broadcasting."""
     if not isinstance(a, Tensor):
-        return mul(_wrap(a), b)
+        return mul(b, a) if isinstance(b, Tensor) else mul(_wrap(a), b)
     x, z, bt = _operands("mul", a, b)
     y = x * z
     sa = a.data.shape

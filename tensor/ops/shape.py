@@ -372,8 +372,10 @@ def scatter(a, dim, index, src):
 
 def _scatter_index(xp, index, d):
     """The fancy index that addresses out[..., index, ...] along dim d."""
-    grids = xp.indices(index.shape, sparse=True)
-    return tuple(index if i == d else grids[i] for i in range(index.ndim))
+    nd = index.ndim
+    return tuple(index if i == d else
+                 xp.arange(n).reshape((1,) * i + (n,) + (1,) * (nd - i - 1))
+                 for i, n in enumerate(index.shape))
 
 
 def masked_fill(a, mask, value):
