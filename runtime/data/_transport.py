@@ -10,7 +10,6 @@ array of that batch is garbage collected. See Note [Loader protocol] in dataload
 """
 from __future__ import annotations
 
-import functools
 import io
 import os
 import pickle
@@ -171,24 +170,16 @@ class MainReceiver:
         self._shm, self._from_numpy = shm, tensor.from_numpy
         self.segments: dict = {}      # name -> (segment, worker_id)
         self.freed: deque = deque()   # (worker_id, name), appended by finalizers
+        self.n_attached = 0           # blocks mapped so far (how well the rings are reused)
 
     def decode(self, data: bytes, worker_id: int):
         """Unpickle a worker's message; handles become arrays/Tensors over mapped blocks."""
         u = _BatchUnpickler(io.BytesIO(data))
-        u.receiver, u.worker_id, u.bases = self, worker_id, {}
-        return u.load()
-
-    def rebuild(self, u, name, offset, shape, dtype, kind, requires_grad):
-        base = u.bases.get(name)
-        if base is None:
-            base = u.bases[name] = self._batch_base(name, u.worker_id)
-        dtype = np.dtype(dtype)
-        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        arr = base[offset:offset + n].view(dtype).reshape(shape)
-        if kind == "n":
-            return arr
-        t = self._from_numpy(arr)
-        return t.requires_grad_() if requires_grad else t
+        u.ctx = ctx = _Decode(self, worker_id)
+        try:
+            return u.load()
+        finally:
+            ctx.bases = None   # only the batch's arrays may keep its base (and block) alive
 
     def _batch_base(self, name, worker_id):
         entry = self.segments.get(name)
@@ -198,6 +189,7 @@ class MainReceiver:
             # here means nothing is left in /dev/shm whatever happens later (see the Note).
             _unlink_quietly(seg)
             entry = self.segments[name] = (seg, worker_id)
+            self.n_attached += 1
         base = entry[0].ndarray((entry[0].size,), np.uint8)
         f = weakref.finalize(base, self.freed.append, (worker_id, name))
         f.atexit = False
@@ -209,12 +201,33 @@ class MainReceiver:
             del self.segments[name]
 
 
+class _Decode:
+    """Per-message state of the main process's unpickler (no reference back to it: no cycle)."""
+
+    __slots__ = ("receiver", "worker_id", "bases")
+
+    def __init__(self, receiver, worker_id):
+        self.receiver, self.worker_id, self.bases = receiver, worker_id, {}
+
+    def rebuild(self, name, offset, shape, dtype, kind, requires_grad):
+        base = self.bases.get(name)
+        if base is None:
+            base = self.bases[name] = self.receiver._batch_base(name, self.worker_id)
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        arr = base[offset:offset + n].view(dtype).reshape(shape)
+        if kind == "n":
+            return arr
+        t = self.receiver._from_numpy(arr)
+        return t.requires_grad_() if requires_grad else t
+
+
 class _BatchUnpickler(pickle.Unpickler):
-    receiver = worker_id = bases = None
+    ctx = None
 
     def find_class(self, module, name):
         if name == "_leaf" and module == __name__:
-            return functools.partial(self.receiver.rebuild, self)
+            return self.ctx.rebuild
         return super().find_class(module, name)
 
 

@@ -58,7 +58,7 @@ import time
 import warnings
 import weakref
 
-from ._random import draw_seed
+from ._random import draw_seed, generator_state, set_generator_state
 from .collate import default_collate, default_convert
 from .dataset import IterableDataset
 from .sampler import BatchSampler, RandomSampler, SequentialSampler
@@ -90,6 +90,7 @@ class _Progress:
         self.served = 0            # batches yielded in the current epoch
         self.in_progress = False
         self.sampler_state = None  # the index sampler's state at the start of this epoch
+        self.gen_state = None      # the loader generator's state at the start of this epoch
         self.skip = 0              # set by load_state_dict: batches to skip in the next epoch
         self.replay = False
 
@@ -242,13 +243,14 @@ class DataLoader:
         """
         p = self._progress
         if p.in_progress:
-            sampler_state = p.sampler_state
+            sampler_state, gen_state = p.sampler_state, p.gen_state
         else:
             fn = getattr(self._index_sampler, "state_dict", None)
             sampler_state = fn() if callable(fn) else None
+            gen_state = generator_state(self.generator)
         return {"epoch": p.epoch, "batches_served": p.served if p.in_progress else 0,
                 "in_progress": p.in_progress, "batch_size": self.batch_size,
-                "sampler": sampler_state}
+                "sampler": sampler_state, "generator": gen_state}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a position from ``state_dict()``: the next epoch resumes where it stopped."""
@@ -266,20 +268,34 @@ class DataLoader:
         sampler_state = state.get("sampler")
         fn = getattr(self._index_sampler, "load_state_dict", None)
         if sampler_state is not None and callable(fn):
-            if not p.replay and "epoch_seed" in sampler_state:
-                sampler_state = dict(sampler_state, epoch_seed=None)   # draw a fresh epoch
             fn(sampler_state)
+            if not p.replay and isinstance(sampler_state, dict) \
+                    and sampler_state.get("epoch_seed") is not None:
+                # the state is that of the last, finished epoch: consume its replay so the
+                # next epoch draws exactly what the original run draws next
+                iter(self._index_sampler)
+        # last: when the sampler shares the loader's generator, the loader's (earlier) state wins
+        set_generator_state(self.generator, state.get("generator"))
 
 
 def _begin_epoch(loader: DataLoader, it) -> None:
-    """Start an epoch: the index iterator (with any resume skip) and the progress record."""
+    """Start an epoch: the index iterator (with any resume skip) and the progress record.
+
+    Order of the random draws (replayed exactly after load_state_dict): the loader's
+    generator state is recorded, the workers' base seed is drawn (every epoch, whatever
+    num_workers is, as PyTorch, so the shuffle does not depend on the worker count), then the
+    sampler draws its epoch seed.
+    """
     p = loader._progress
     if p.in_progress:   # the previous iteration was abandoned: that epoch is over
         p.epoch += 1
     sampler = loader._index_sampler
+    state_fn = getattr(sampler, "state_dict", None)
+    state_fn = state_fn if callable(state_fn) else None
+    p.gen_state = generator_state(loader.generator)
+    it._base_seed = draw_seed(loader.generator)
     it._sampler_iter = iter(sampler)
-    fn = getattr(sampler, "state_dict", None)
-    p.sampler_state = fn() if callable(fn) else None
+    p.sampler_state = state_fn() if state_fn is not None else None
     skip, p.skip, p.replay = p.skip, 0, False
     p.in_progress, p.served = True, skip
     it._skip_to = skip
@@ -394,8 +410,14 @@ class _MultiProcessIter(_BaseIter):
         w = self._w = _Workers(tag)
         self._finalizer = weakref.finalize(self, w.shutdown)
         ctx = loader._mp_context()
-        base_seed = draw_seed(loader.generator)
+        _begin_epoch(loader, self)
+        base_seed = self._base_seed
         rank, world_size = _distributed_position()
+        # A daemonic process (a spawn_ranks/Pool child) may not start children through
+        # multiprocessing; our workers need no such protection (they exit when their parent
+        # goes, see Note [Loader protocol]), so the flag is lifted while they start.
+        config = multiprocessing.current_process()._config
+        daemonic = config.pop("daemon", None)
         try:
             for wid in range(self._n):
                 idx_r, idx_w = ctx.Pipe(duplex=False)
@@ -416,10 +438,14 @@ class _MultiProcessIter(_BaseIter):
         except BaseException:
             w.shutdown()
             raise
+        finally:
+            if daemonic is not None:
+                config["daemon"] = daemonic
         self._epoch_key = 0
-        self._start_epoch(loader)
+        self._start_epoch()
 
-    def _start_epoch(self, loader):
+    def _start_epoch(self):
+        """Counters for a new epoch (after _begin_epoch), then the first requests."""
         self._epoch_key += 1
         self._send_idx = self._rcvd_idx = 0
         self._task_info = {}      # batch index -> (worker id, indices)
@@ -428,8 +454,6 @@ class _MultiProcessIter(_BaseIter):
         self._pending = [0] * self._n   # requests sent to each worker and not yet answered
         self._in_flight = 0             # requested and not yet yielded
         self._exhausted = False
-        self._wait_started = None
-        _begin_epoch(loader, self)
         if not self._iterable:   # resumed map-style epochs keep batch i on worker i % n
             self._send_idx = self._rcvd_idx = self._skip_to
             self._skip_to = 0
@@ -439,9 +463,10 @@ class _MultiProcessIter(_BaseIter):
 
     def _reset(self, loader):
         """Persistent workers: start the next epoch on the same processes."""
+        _begin_epoch(loader, self)
         for c in self._w.index_conns:
             c.send(("reset",))
-        self._start_epoch(loader)
+        self._start_epoch()
 
     # -- requests ------------------------------------------------------------------------------
     def _flush_frees(self):
@@ -587,6 +612,13 @@ class _MultiProcessIter(_BaseIter):
                 return got
 
     def _raise_worker_died(self, wid, p):
+        conn = self._w.result_conns[wid]
+        try:
+            sent = conn.poll()
+        except (OSError, EOFError):
+            sent = False
+        if sent:   # what it sent before dying (a worker_init_fn error is raised from here)
+            self._read(wid, conn)
         p.join(0.1)
         code = p.exitcode
         if code is not None and code < 0:

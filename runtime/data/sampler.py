@@ -45,19 +45,26 @@ class _EpochSeeded(Sampler):
 
     generator = None
     _seed = None
+    _gen_before = None
     _pending_seed = None
 
     def _next_seed(self) -> int:
+        self._gen_before = generator_state(self.generator)
         if self._pending_seed is not None:   # restored by load_state_dict: replay that epoch
             seed, self._pending_seed = self._pending_seed, None
+            draw_seed(self.generator)   # the original run drew it here: keep the sequence
         else:
             seed = draw_seed(self.generator)
         self._seed = seed
         return seed
 
     def state_dict(self) -> dict:
-        """The current epoch's seed and the generator's state (to replay it after a restart)."""
-        return {"epoch_seed": self._seed, "generator": generator_state(self.generator)}
+        """The current epoch's seed and the generator's state before that epoch drew it.
+
+        Loading it makes the next ``__iter__`` replay that epoch (``epoch_seed``; None: draw a
+        new one), and the generator then continues exactly as in the original run."""
+        gen = self._gen_before if self._seed is not None else generator_state(self.generator)
+        return {"epoch_seed": self._seed, "generator": gen}
 
     def load_state_dict(self, state: dict) -> None:
         """Make the next ``__iter__`` replay the epoch recorded in `state`."""
@@ -180,7 +187,12 @@ class BatchSampler(Sampler):
         self.drop_last = drop_last
 
     def __iter__(self):
-        it, bs = iter(self.sampler), self.batch_size
+        # iter(sampler) runs now, not at the first next(): a random sampler draws its epoch
+        # seed at once, so the loader can record it (see DataLoader.state_dict)
+        return self._batches(iter(self.sampler))
+
+    def _batches(self, it):
+        bs = self.batch_size
         while True:
             batch = list(itertools.islice(it, bs))
             if not batch or (self.drop_last and len(batch) < bs):

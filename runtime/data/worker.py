@@ -183,9 +183,14 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
                     batch = _collate(data, _transport.pending_leaf)
                 else:
                     batch = collate_fn(data)
-                send((key, worker_id, "ok", batch))
             except Exception as e:
                 send_error(key, f"in collate_fn for indices {_short(indices)}", e)
+                continue
+            try:   # default_collate's leaves are stacked into the block here
+                send((key, worker_id, "ok", batch))
+            except Exception as e:
+                send_error(key, f"while collating or sending batch {key[1]} (indices "
+                           f"{_short(indices)}); a collate_fn result must be picklable", e)
     except KeyboardInterrupt:
         pass   # the main process handles Ctrl-C and shuts workers down
     finally:
