@@ -170,6 +170,7 @@ def _rendezvous(st: _State, host: str, port: int):
     """See Note [Rendezvous] and Note [Job secret]."""
     deadline = time.monotonic() + st.timeout_s
     loopback = wire.is_loopback(host)
+    wire.require_secret_for(host, "init_process_group")
     st.bind_host = "127.0.0.1" if loopback else \
         os.environ.get("ZGRAD_BIND_ADDR") or wire.local_ip_towards(host, port)
     wire.require_secret_for(st.bind_host, "init_process_group")
@@ -315,11 +316,9 @@ def _teardown(st: _State, wait_peers: bool):
             # rank 0 keeps the store up until every rank is done with it (bounded)
             try:
                 st.store.timeout_s = min(st.timeout_s, 5.0)
-                st.store.add("exit", 1)
+                st.store.set(f"exit/{st.rank}", b"1")
                 if st.server is not None:
-                    end = time.monotonic() + min(st.timeout_s, 10.0)
-                    while st.store.add("exit", 0) < st.world_size and time.monotonic() < end:
-                        time.sleep(0.02)
+                    _wait_exits(st)
             except (TimeoutError, RuntimeError):
                 pass
         st.store.close()
@@ -327,6 +326,20 @@ def _teardown(st: _State, wait_peers: bool):
         st.server.close()
     if st.secret_port is not None:
         wire.remove_local_secret(st.secret_port)
+
+
+def _wait_exits(st: _State):
+    """Rank 0 keeps the store up until every live rank has left (bounded by 10 s)."""
+    from .transport import pid_alive
+    keys = [f"exit/{r}" for r in range(st.world_size)]
+    end = time.monotonic() + min(st.timeout_s, 10.0)
+    while time.monotonic() < end:
+        present = st.store.check(keys)
+        waiting = [r for r in range(st.world_size) if not present[r] and not (
+            st.infos[r]["machine"] == st.machine and not pid_alive(st.infos[r]["pid"]))]
+        if not waiting:
+            return
+        time.sleep(0.02)
 
 
 def destroy_process_group(group=None):

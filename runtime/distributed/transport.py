@@ -126,10 +126,10 @@ class PeerMesh:
             s.setsockopt(zmq.LINGER, 2000)
             self._heartbeat(s)
             mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
-            s.connect(endpoints[peer])
-            self.push[peer] = s
             self.monitors[mon] = peer
             self.poller.register(mon, zmq.POLLIN)
+            s.connect(endpoints[peer])
+            self.push[peer] = s
 
     def grank(self, r: int) -> int:
         return self.global_ranks[r]
@@ -260,9 +260,14 @@ class PeerMesh:
                 raise PeerLostError(msg)
 
     def close(self):
-        # no disable_monitor(): it blocks when the monitor pipe holds unread events
+        # Order matters (a monitor left attached stalls the context's I/O thread, a monitor
+        # closed before disable_monitor() blocks it): drain, disable, close the monitor, then
+        # the socket.
+        for mon, peer in self.monitors.items():
+            while mon.poll(0):
+                mon.recv_multipart(zmq.NOBLOCK)
+            self.push[peer].disable_monitor()
+            mon.close(0)
         for s in self.push.values():
             s.close()
-        for mon in self.monitors:
-            mon.close(0)
         self.pull.close(0)

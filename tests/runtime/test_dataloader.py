@@ -471,3 +471,19 @@ def test_resume_iterable_dataset_fast_forwards():
     assert sorted(seen + rest) == list(range(20))
     with pytest.raises(ValueError, match="batch_size=3 but this loader has batch_size=4"):
         DataLoader(Stream(20), batch_size=4).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_distributed_sampler_through_loaders_covers_each_index_once(replicas):
+    n = 36 if replicas == 3 else 30    # divisible: every index exactly once
+    seen = []
+    for rank in range(replicas):
+        s = DistributedSampler(list(range(n)), num_replicas=replicas, rank=rank, seed=7)
+        s.set_epoch(1)
+        seen += _ids(DataLoader(Squares(n), batch_size=4, sampler=s, num_workers=1))
+    assert sorted(seen) == list(range(n))
+    # not divisible: PyTorch pads with the head of the shuffled list, so each rank has 4
+    counts = [len(_ids(DataLoader(Squares(10), batch_size=3, num_workers=1,
+                                  sampler=DistributedSampler(list(range(10)), replicas, r))))
+              for r in range(replicas)]
+    assert counts == [5] * 2 if replicas == 2 else counts == [4] * 3

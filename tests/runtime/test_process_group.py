@@ -1,0 +1,321 @@
+"""Process groups: init variants, async overlap, sub-groups, and every failure mode ending in a
+clear error on every rank (desync, timeout, a dying rank, a peer without the secret)."""
+import datetime
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.runtime.test_collectives import spawn
+
+
+def _layout(rank, tcp):
+    if tcp:
+        os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
+
+
+# --------------------------------------------------------------------------------------------
+# init
+
+
+def _init_variants(rank, ws):
+    import runtime.distributed as dist
+    assert "ZGRAD_SECRET" not in os.environ
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        dist.get_rank()
+    # only PyTorch's variables are set (spawn_ranks): env:// with a loopback MASTER_ADDR
+    dist.init_process_group(timeout=datetime.timedelta(seconds=20))
+    assert (dist.get_rank(), dist.get_world_size()) == (rank, ws)
+    with pytest.raises(RuntimeError, match="already initialised"):
+        dist.init_process_group()
+    x = np.array([rank + 1.0])
+    dist.all_reduce(x)
+    dist.destroy_process_group()
+    # tcp:// with explicit rank and world size, on the next port
+    port = int(os.environ["MASTER_PORT"]) + 1
+    dist.init_process_group("zmq", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=ws, timeout=20)
+    y = np.array([rank + 1.0])
+    dist.all_reduce(y, op=dist.ReduceOp.MAX)
+    dist.destroy_process_group()
+    return float(x[0]), float(y[0])
+
+
+def test_init_with_pytorch_variables_only_and_tcp_init_method():
+    os.environ.pop("ZGRAD_SECRET", None)
+    res = spawn(_init_variants, 3, timeout_s=60)
+    assert res == [(6.0, 3.0)] * 3
+
+
+def test_non_loopback_without_secret_refuses_to_start(monkeypatch):
+    import runtime.distributed as dist
+    monkeypatch.delenv("ZGRAD_SECRET", raising=False)
+    with pytest.raises(RuntimeError, match="ZGRAD_SECRET=.*secrets.token_hex"):
+        dist.init_process_group(init_method="tcp://10.123.45.67:29511", rank=0, world_size=1)
+    assert not dist.is_initialized()
+
+
+def test_bad_arguments():
+    import runtime.distributed as dist
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        dist.init_process_group(init_method="tcp://127.0.0.1:29512", rank=3, world_size=2)
+    with pytest.raises(ValueError, match="backend"):
+        dist.init_process_group("mpi")
+    with pytest.raises(ValueError, match="init_method"):
+        dist.init_process_group(init_method="file:///tmp/x", rank=0, world_size=1)
+
+
+# --------------------------------------------------------------------------------------------
+# async
+
+
+def _async_overlap(rank, ws, tcp):
+    _layout(rank, tcp)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=30)
+    big = np.full(2_000_003, rank + 1.0, np.float32)
+    work = dist.all_reduce(big, async_op=True)
+    # the communication thread makes progress while this thread computes and never waits
+    acc, deadline = 0.0, time.monotonic() + 25
+    while not work.is_completed():
+        acc += float(np.sin(np.arange(10_000.0)).sum())
+        assert time.monotonic() < deadline, "async all_reduce made no progress without wait()"
+    assert work.wait() is True and work.is_success()
+    assert np.all(big == sum(range(1, ws + 1)))
+    # many launches, some from another thread (as DDP's autograd hooks), waited in any order
+    arrays = [np.full(1000 + i, float(rank + i), np.float64) for i in range(8)]
+    works = [None] * 8
+
+    def launch(i):
+        works[i] = dist.all_reduce(arrays[i], op=dist.ReduceOp.SUM, async_op=True)
+    t = threading.Thread(target=lambda: [launch(i) for i in range(0, 8, 2)])
+    # launches from two threads must happen in the same order on every rank
+    t.start()
+    t.join()
+    for i in range(1, 8, 2):
+        launch(i)
+    for w in reversed(works):
+        w.wait(timeout=datetime.timedelta(seconds=20))
+    for i, a in enumerate(arrays):
+        assert np.all(a == sum(r + i for r in range(ws)))
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_async_all_reduce_overlaps_and_keeps_order(tcp):
+    assert spawn(_async_overlap, 2, tcp, timeout_s=60) == [True, True]
+
+
+# --------------------------------------------------------------------------------------------
+# sub-groups
+
+
+def _subgroups(rank, ws):
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=30)
+    odd = dist.new_group([1, 3])
+    first3 = dist.new_group([0, 1, 2])
+    out = {}
+    if rank in (1, 3):
+        assert dist.get_rank(odd) == [1, 3].index(rank) and dist.get_world_size(odd) == 2
+        x = np.array([float(rank)])
+        dist.all_reduce(x, group=odd)
+        out["odd"] = float(x[0])
+        b = np.array([rank], np.int64)
+        dist.broadcast(b, src=3, group=odd)
+        out["bcast"] = int(b[0])
+    else:
+        assert odd is dist.GroupMember.NON_GROUP_MEMBER and dist.get_rank(odd) == -1
+        assert dist.all_reduce(np.zeros(1), group=odd) is None
+    if rank < 3:
+        y = np.arange(5, dtype=np.int64) * (rank + 1)
+        dist.all_reduce(y, group=first3)
+        out["first3"] = y.tolist()
+        objs = [None] * 3
+        dist.all_gather_object(objs, rank * 10, group=first3)
+        out["objs"] = objs
+    z = np.array([1.0])
+    dist.all_reduce(z)
+    out["world"] = float(z[0])
+    dist.destroy_process_group()
+    return out
+
+
+def test_subgroups():
+    res = spawn(_subgroups, 4, timeout_s=60)
+    for r in (1, 3):
+        assert res[r]["odd"] == 4.0 and res[r]["bcast"] == 3
+    for r in range(3):
+        assert res[r]["first3"] == [0, 6, 12, 18, 24] and res[r]["objs"] == [0, 10, 20]
+    assert all(o["world"] == 4.0 for o in res)
+
+
+# --------------------------------------------------------------------------------------------
+# failures: every rank gets a clear error, nobody hangs
+
+
+def _desync(rank, ws, tcp):
+    _layout(rank, tcp)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    x = np.ones(4 if rank != 1 else 5, np.float32)
+    with pytest.raises(RuntimeError) as e:
+        dist.all_reduce(x)
+    msg = str(e.value)
+    with pytest.raises(RuntimeError, match="broken"):
+        dist.all_reduce(np.ones(4))
+    dist.destroy_process_group()
+    return msg
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_desync_names_both_calls_on_every_rank(tcp):
+    msgs = spawn(_desync, 3, tcp, timeout_s=60)
+    for m in msgs:
+        assert "out of step" in m, m
+        assert "shape=[4]" in m and "shape=[5]" in m, m
+
+
+def _desync_kind(rank, ws):
+    os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    x = np.ones(3, np.float32)
+    with pytest.raises(RuntimeError) as e:
+        if rank == 0:
+            dist.all_reduce(x)
+        else:
+            dist.all_gather_into_tensor(np.empty(3 * ws, np.float32), x)
+    dist.destroy_process_group()
+    return str(e.value)
+
+
+def test_desync_different_collectives():
+    for m in spawn(_desync_kind, 2, timeout_s=60):
+        assert "all_reduce(SUM" in m and "all_gather_into_tensor(" in m, m
+
+
+def _timeout(rank, ws, tcp):
+    _layout(rank, tcp)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=1.0)
+    t0 = time.monotonic()
+    if rank == 1:
+        time.sleep(2.5)        # "stuck in other work"
+        msg = "skipped"
+    else:
+        with pytest.raises((TimeoutError, RuntimeError)) as e:
+            dist.all_reduce(np.ones(10))
+        msg = str(e.value)
+        assert time.monotonic() - t0 < 30
+    dist.destroy_process_group()
+    return msg
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_timeout_names_missing_ranks(tcp):
+    msgs = spawn(_timeout, 3, tcp, timeout_s=60)
+    for m in (msgs[0], msgs[2]):
+        assert "timed out" in m and "[1]" in m and "did not arrive" in m, m
+
+
+def _dying_child(ws, tcp):
+    os.environ["RANK"] = str(ws - 1)
+    _layout(ws - 1, tcp)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    dist.all_reduce(np.ones(10))
+    dist.all_reduce(np.ones(8_000_000, np.float32), async_op=True)
+    time.sleep(0.01)
+    os._exit(3)                # dies in the middle of the collective
+
+
+def _dying(rank, ws, tcp):
+    if rank == ws - 1:
+        # the dying rank runs in a grandchild, so spawn_ranks sees this rank exit cleanly
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _dying_child(ws, tcp)
+            finally:
+                os._exit(1)
+        deadline = time.monotonic() + 50
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return "hung"
+    _layout(rank, tcp)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    dist.all_reduce(np.ones(10))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        dist.all_reduce(np.ones(8_000_000, np.float32))
+    took = time.monotonic() - t0
+    dist.destroy_process_group()
+    return str(e.value), took
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_rank_dying_mid_collective_is_reported(tcp):
+    res = spawn(_dying, 3, tcp, timeout_s=60)
+    assert res[2] == 3
+    for msg, took in res[:2]:
+        assert "rank 2" in msg and ("died" in msg or "dropped" in msg), msg
+        assert "timed out" not in msg, msg
+
+
+class _Grab(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _secret(rank, ws):
+    import zmq
+    import runtime.distributed as dist
+    from runtime.distributed import wire
+    from runtime.distributed.store import StoreAuthError, StoreClient
+    _layout(rank, True)               # the TCP path reads the mesh socket
+    grab = _Grab()
+    logging.getLogger("runtime.distributed").addHandler(grab)
+    dist.init_process_group(timeout=20)
+    pg = dist.api._state.world
+    if rank == 0:
+        # a peer without the secret pushes a well-formed message to rank 1's endpoint
+        s = wire.context().socket(zmq.PUSH)
+        s.connect(pg.mesh.endpoints[1])
+        wrong = wire.Auth(b"not-the-secret")
+        wire.send_msg(s, wrong, {"t": "abort", "src": 0, "n": 0, "msg": "forged"})
+        s.close(linger=1000)
+        # and asks the store for something
+        c = StoreClient("127.0.0.1", int(os.environ["MASTER_PORT"]), wrong, 5)
+        with pytest.raises(StoreAuthError, match="secret differs"):
+            c.get("init/0")
+        c.close()
+    dist.barrier()
+    time.sleep(0.3)
+    x = np.array([rank + 1.0])
+    dist.all_reduce(x)                 # the forged abort was dropped: the group still works
+    dist.destroy_process_group()
+    return float(x[0]), [ln for ln in grab.lines if "refused" in ln]
+
+
+def test_message_without_secret_is_refused_and_logged():
+    res = spawn(_secret, 2, timeout_s=60, env={"ZGRAD_SECRET": "job-secret-123"})
+    assert res[0][0] == res[1][0] == 3.0
+    assert any("HMAC does not match" in ln and "ZGRAD_SECRET" in ln for ln in res[1][1]), res
+    assert any("store: refused" in ln for ln in res[0][1]), res
