@@ -25,7 +25,7 @@ try:  # shm sits under tensor and may not import tensor.backend; same lookup as 
 except Exception:  # ImportError, or a CUDA runtime that fails to load
     cupy = None
 
-_exported: dict[int, object] = {}      # block base pointer -> the MemoryPointer keeping it alive
+_exported: dict[tuple, object] = {}    # (handle, memory ptr) -> the cupy Memory kept alive
 _opened: dict[bytes, weakref.ref] = {}  # handle -> this process's _Opened mapping
 _lock = threading.Lock()
 _libcuda = None
@@ -45,17 +45,28 @@ def share(a):
     return a
 
 
-def _address_range(ptr: int) -> tuple[int, int]:
-    """(base, size) of the cudaMalloc block containing device pointer `ptr`."""
+def _address_range(ptr: int, device: int) -> tuple[int, int]:
+    """(base, size) of the cudaMalloc block containing device pointer `ptr`.
+
+    Runs in whatever thread pickles (a Queue's feeder thread, which has no current CUDA
+    context), so the device's primary context (the one CuPy's runtime calls use) is pushed
+    around the driver call.
+    """
     global _libcuda
     if _libcuda is None:
         _libcuda = ctypes.CDLL("libcuda.so.1")
-    base, size = ctypes.c_uint64(), ctypes.c_size_t()
-    rc = _libcuda.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
-                                          ctypes.c_uint64(ptr))
+    ctx, base, size = ctypes.c_void_p(), ctypes.c_uint64(), ctypes.c_size_t()
+    rc = _libcuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), ctypes.c_int(device))
+    if rc == 0:
+        rc = _libcuda.cuCtxPushCurrent_v2(ctx)
+        if rc == 0:
+            rc = _libcuda.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                                  ctypes.c_uint64(ptr))
+            _libcuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        _libcuda.cuDevicePrimaryCtxRelease_v2(ctypes.c_int(device))
     if rc != 0:
-        raise RuntimeError(f"shm.cuda_ipc: cuMemGetAddressRange({ptr:#x}) failed with CUDA "
-                           f"error {rc}; is the array's device current?")
+        raise RuntimeError(f"shm.cuda_ipc: cuMemGetAddressRange({ptr:#x}) on device {device} "
+                           f"failed with CUDA driver error {rc}")
     return base.value, size.value
 
 
@@ -75,16 +86,15 @@ class _Opened:
             pass
 
 
-def _rebuild_cupy(handle, block_size, offset, shape, dtype, strides, device, pid):
-    if pid == os.getpid():  # same process: CUDA cannot open our own handle; use the block
+def _rebuild_cupy(handle, block_size, offset, shape, dtype, strides, device, pid, mem_ptr,
+                  offset_in_mem):
+    if pid == os.getpid():  # CUDA cannot open our own handle: use the exported memory itself
         with _lock:
-            base_mem = _exported.get(_handle_key(handle))
-        if base_mem is None:
-            raise RuntimeError("shm.cuda_ipc: this process exported the array but released it")
-        mem = base_mem
-        ptr = cupy.cuda.MemoryPointer(mem.mem, mem.ptr - mem.mem.ptr + offset) \
-            if hasattr(mem, "mem") else None
-        return cupy.ndarray(shape, dtype, ptr, strides)
+            mem = _exported.get((handle, mem_ptr))
+        if mem is None:
+            raise RuntimeError("shm.cuda_ipc: this process exported the array, then released "
+                               "it with release_exported(); it cannot be rebuilt here")
+        return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, offset_in_mem), strides)
     with _lock:
         ref = _opened.get(handle)
         opened = ref() if ref is not None else None
@@ -95,23 +105,17 @@ def _rebuild_cupy(handle, block_size, offset, shape, dtype, strides, device, pid
     return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, offset), strides)
 
 
-def _handle_key(handle: bytes) -> int:
-    return hash(handle)
-
-
 def reduce_cupy(a):
     """ForkingPickler reducer for cupy.ndarray: an IPC handle plus offset, shape, dtype, strides."""
     device = a.device.id
+    mem = a.data.mem
     with cupy.cuda.Device(device):
-        base, block_size = _address_range(a.data.ptr)
+        base, block_size = _address_range(a.data.ptr, device)
         handle = bytes(cupy.cuda.runtime.ipcGetMemHandle(base))
-        with _lock:
-            # keep the block alive for consumers (module docstring); for a same-process
-            # rebuild, a pointer at the block's base
-            _exported[_handle_key(handle)] = cupy.cuda.MemoryPointer(
-                a.data.mem, base - a.data.mem.ptr) if a.data.mem.ptr <= base else a.data
+    with _lock:  # keeps the memory alive for consumers (module docstring)
+        _exported[(handle, mem.ptr)] = mem
     return _rebuild_cupy, (handle, block_size, a.data.ptr - base, a.shape, a.dtype.str,
-                           a.strides, device, os.getpid())
+                           a.strides, device, os.getpid(), mem.ptr, a.data.ptr - mem.ptr)
 
 
 def release_exported() -> int:

@@ -1,0 +1,83 @@
+"""CuPy arrays between processes through CUDA IPC handles (skipped without CuPy and a GPU).
+
+CUDA cannot be used in a forked child of a process that initialised it: these tests use spawn.
+"""
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+import pytest
+
+import shm
+import shm.multiprocessing as mp
+from tests.helpers import requires_cupy
+from tests.shm.test_multiprocessing import _get, _join
+
+pytestmark = requires_cupy
+
+
+def _child_adds_one(q, r):
+    import cupy
+
+    x, view = q.get(timeout=60)
+    assert isinstance(x, cupy.ndarray) and x.device.id == 0
+    x += 1                     # in place, in the parent's device memory
+    view[...] = -5             # a view at an offset inside the block
+    cupy.cuda.Device(0).synchronize()
+    r.put((float(x.sum()), x.shape, view.shape))
+    assert q.get(timeout=60) == "parent wrote"
+    r.put(float(x[0, 0]))
+
+
+def test_cupy_array_and_view_through_a_queue():
+    import cupy
+
+    ctx = mp.get_context("spawn")
+    q, r = ctx.Queue(), ctx.Queue()
+    pad = cupy.zeros(1000, cupy.float32)  # so that x sits at an offset in a pool block, likely
+    x = cupy.zeros((4, 8), cupy.float32)
+    p = ctx.Process(target=_child_adds_one, args=(q, r))
+    p.start()
+    q.put((x, x[2:, 3:5]))
+    total, shape, vshape = _get(r, p, 120)
+    assert total == 32 - 4 - 4 * 5 and shape == (4, 8) and vshape == (2, 2)
+    host = cupy.asnumpy(x)
+    assert (host[2:, 3:5] == -5).all() and host[0, 0] == 1.0
+    x[0, 0] = 42
+    cupy.cuda.Device(0).synchronize()
+    q.put("parent wrote")
+    assert _get(r, p, 60) == 42.0
+    _join(p, 60)
+    del pad
+
+
+def test_cupy_roundtrip_in_the_same_process_shares_memory():
+    import cupy
+
+    x = cupy.arange(10, dtype=cupy.float64)
+    assert shm.is_shared(x) and shm.share(x) is x
+    y = pickle.loads(ForkingPickler.dumps(x[3:]))
+    y[0] = 100
+    assert float(x[3]) == 100.0 and y.shape == (7,)
+    assert len(ForkingPickler.dumps(x)) < 1000  # a handle, not the data
+    assert shm.cuda_ipc.release_exported() >= 1
+
+
+def _child_returns_gpu_array(q):
+    import cupy
+
+    a = cupy.full((3,), 7, dtype=cupy.int32)
+    q.put(a)
+    import time
+    time.sleep(2)  # the producer must outlive the consumer's use (see cuda_ipc's docstring)
+
+
+def test_child_produced_cupy_array_reaches_parent():
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_returns_gpu_array, args=(q,))
+    p.start()
+    a = _get(q, p, 120)
+    assert np.array_equal(a.get(), [7, 7, 7])
+    del a
+    _join(p, 60)
