@@ -156,6 +156,11 @@ def request(cmd: str, timeout_s: float = 10.0) -> str:
     return buf.decode().strip()
 
 
+def stats(timeout_s: float = 10.0) -> dict[str, int]:
+    """The manager's counts: segments it tracks, handles in flight, clients, and its pid."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in request("S", timeout_s).split())}
+
+
 def sync(timeout_s: float = 10.0) -> None:
     """Wait until the manager has processed everything this process sent."""
     request("P", timeout_s)

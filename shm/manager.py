@@ -12,7 +12,7 @@ Lines from a client (its n-th line has seq n):
   F name [name ...]         one handle to each name is in flight (token = (cid, seq))
   C cid seq [name=0|1 ...]  claim token (cid, seq); name=1: this client now holds name
   P                         ping: answer "P" once everything before it is processed
-  S                         stats: answer one line "segments=N flights=N clients=N"
+  S                         stats: one line "segments=N flights=N clients=N pid=N"
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ class Manager:
             cl.sock.sendall(b"P\n")
         elif op == "S":
             msg = (f"segments={len(self.count)} flights={len(self.flights)} "
-                   f"clients={len(self.clients)}\n")
+                   f"clients={len(self.clients)} pid={os.getpid()}\n")
             cl.sock.sendall(msg.encode())
         else:
             self.log(f"ignored bad line {line!r}")

@@ -5,6 +5,11 @@ Only ForkingPickler (queues, pipes, spawn arguments, Pool tasks) sends handles: 
 or on another host. Each pickled handle is one reference *in flight* until the receiver claims
 it (see Note [Shm lifetime] in segment.py), so the sender may drop its array right after
 ``queue.put``.
+
+A handle pickled and never unpickled (a message dropped with its queue) holds its segment until
+the sender exits, plus ``ZGRAD_SHM_FLIGHT_GRACE_S`` (30 s), or until the job ends. Send a
+handle once: the second unpickling of the same bytes works only while someone else still holds
+the segment.
 """
 from __future__ import annotations
 

@@ -132,3 +132,12 @@ def test_result_put_by_a_child_that_exited_is_still_there(method):
     _join(p)
     a = q.get(timeout=30)
     assert (a == 9).all()
+
+
+@pytest.mark.parametrize("scenario", ["unclaimed_handle_expires", "manager_killed_and_replaced"])
+def test_scenario_in_a_job_of_its_own(scenario):
+    env = {k: v for k, v in os.environ.items() if k not in ("ZGRAD_JOB_ID", "ZGRAD_JOB_ROOT_PID")}
+    env["ZGRAD_SHM_FLIGHT_GRACE_S"] = "0.5"
+    out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios", scenario], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
