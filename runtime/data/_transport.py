@@ -6,7 +6,7 @@ array leaf into the block (default_collate's leaves are stacked straight into it
 (4) pickles the structure with every array replaced by a handle ``(segment, offset, shape,
 dtype)``. Only those bytes cross the result pipe. The main process maps each block once, wraps
 the handles as Tensors without copying, and gives the block back to its worker when the last
-array of that batch is garbage collected. See Note [Loader protocol] in dataloader.py.
+array of that batch is garbage collected. See Note [Loader protocol] in _multiprocess_iter.py.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ field by field (a tuple of fields comes back as a list, as PyTorch does).
 The traversal is written once (`_collate`) with the leaf builder passed in: in the main process
 a leaf is stacked into a new Tensor at once, while a loader worker records the leaves first,
 sizes one shared-memory block for all of them and stacks each straight into it
-(see Note [Loader protocol] in dataloader.py).
+(see Note [Loader protocol] in _multiprocess_iter.py).
 """
 from __future__ import annotations
 

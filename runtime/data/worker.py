@@ -1,6 +1,6 @@
 """The loader's worker process: ``get_worker_info()`` and the loop that serves batch requests.
 
-The messages and the shutdown order are described in Note [Loader protocol] (dataloader.py).
+The messages and the shutdown order are described in Note [Loader protocol] (_multiprocess_iter.py).
 """
 from __future__ import annotations
 
