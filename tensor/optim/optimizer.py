@@ -1,0 +1,213 @@
+"""The Optimizer base class: param_groups, per-parameter state, zero_grad, state_dict.
+
+Note [Optimizer updates]
+~~~~~~~~~~~~~~~~~~~~~~~~
+``step()`` is not recorded by autograd and does not go through Tensor ops: each optimizer
+updates ``p.data`` (and its state arrays) in place with the array module's ufuncs
+(``xp = get_array_module(p.data)``, so CuPy parameters update on the GPU), then bumps
+``p._vbox[0]`` so that a graph that saved the old value refuses to backpropagate through it.
+Updating in place keeps the Parameter objects and their arrays, which matters when a
+parameter lives in shared memory (Hogwild-style workers see the update) or is viewed by
+someone else (DDP's flat buffers).
+
+State is a dict keyed by the Parameter object; each entry maps names to Tensors, with the
+key names PyTorch uses ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq',
+'square_avg', 'grad_avg', and 'step' as a 0-d float32 tensor), so state_dict() has
+PyTorch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [index, ...]}]}``
+with parameters numbered in param_groups order.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import chain
+
+import numpy as np
+
+from .. import backend
+from .._grad_mode import enable_grad
+from .._tensor import Tensor, _new
+
+
+class _RequiredParameter:
+    def __repr__(self):
+        return "<required parameter>"
+
+
+required = _RequiredParameter()
+
+
+class Optimizer:
+    """Base class: holds param_groups (dicts of 'params' and hyper-parameters) and state.
+
+    Args:
+        params: an iterable of Tensors, or of dicts (param groups) each with a 'params' key
+            and optional per-group options that override ``defaults``.
+        defaults: the default hyper-parameters of every group.
+    """
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = defaults
+        self.state = defaultdict(dict)
+        self.param_groups = []
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            f"Tensors or dicts, but got {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of parameters with its own options (e.g. a different lr)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters need to be organized in ordered collections, "
+                            "but the ordering of tensors in sets will change between runs. "
+                            "Please use a list instead.")
+        else:
+            params = list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
+                                f"{type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError("can't optimize a non-leaf Tensor; optimize the leaf it was "
+                                 "computed from, or .detach().requires_grad_() it.")
+        group = dict(param_group, params=params)
+        for k, v in self.defaults.items():
+            if v is required and k not in group:
+                raise ValueError(f"parameter group didn't specify a value of required "
+                                 f"optimization parameter {k}")
+            group.setdefault(k, v)
+        if len({id(p) for p in params}) != len(params):
+            import warnings
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; in "
+                          "future, this will cause an error", stacklevel=3)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's gradient: to None (default) or to zeros in place."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad = p.grad.detach()
+                    p.grad.data[...] = 0
+                    p.grad._vbox[0] += 1
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns closure() if given."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._update_group(group)
+        return loss
+
+    def _update_group(self, group: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _update_group")
+
+    # -- helpers for subclasses (Note [Optimizer updates]) -----------------------------------
+    @staticmethod
+    def _grad(p, maximize: bool):
+        g = p.grad.data
+        if g.shape != p.data.shape:
+            raise RuntimeError(f"optimizer: a parameter of shape {list(p.data.shape)} has a "
+                               f"gradient of shape {list(g.shape)}; they must match.")
+        return -g if maximize else g
+
+    @staticmethod
+    def _zeros_like(a) -> Tensor:
+        return _new(backend.get_array_module(a).zeros_like(a))
+
+    @staticmethod
+    def _step_tensor() -> Tensor:
+        return _new(np.zeros((), np.float32))
+
+    # -- state dict --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """{'state': {index: {name: Tensor}}, 'param_groups': [{..., 'params': [index]}]}.
+
+        The layout of PyTorch's Optimizer.state_dict; the tensors are the live state (not
+        copies), so save or clone the result before stepping again if you need a snapshot.
+        """
+        index = {}
+        groups = []
+        for g in self.param_groups:
+            packed = {k: v for k, v in g.items() if k != "params"}
+            for p in g["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in g["params"]]
+            groups.append(packed)
+        state = {index[id(p)]: v for p, v in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore state and hyper-parameters saved by state_dict() (copies the arrays)."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
+                or "state" not in state_dict:
+            raise ValueError("optimizer.load_state_dict: expected a dict with 'state' and "
+                             f"'param_groups' (from optimizer.state_dict()), got "
+                             f"{type(state_dict).__name__} with keys "
+                             f"{sorted(map(str, state_dict)) if isinstance(state_dict, dict) else '-'}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, the "
+                             f"optimizer has {len(self.param_groups)}; they must match.")
+        for i, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError(f"loaded state dict contains a parameter group that doesn't "
+                                 f"match the size of optimizer's group: group {i} has "
+                                 f"{len(s['params'])} parameters in the state dict and "
+                                 f"{len(g['params'])} in the optimizer.")
+        id_map = dict(zip(chain.from_iterable(s["params"] for s in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        state = defaultdict(dict)
+        for k, v in state_dict["state"].items():
+            key = int(k)  # JSON-like round trips may turn int keys into strings
+            if key not in id_map:
+                continue
+            p = id_map[key]
+            state[p] = {name: self._cast_state(p, name, val) for name, val in v.items()}
+        self.state = state
+        self.param_groups = [dict(s, params=g["params"])
+                             for g, s in zip(self.param_groups, saved_groups)]
+
+    @staticmethod
+    def _cast_state(p, name: str, val):
+        """A private copy of a saved state value on p's device (floats in p's dtype)."""
+        if isinstance(val, Tensor) or backend.is_array(val):
+            a = val.data if isinstance(val, Tensor) else val
+            if name == "step":  # a counter: stays a float32 scalar on the CPU, as PyTorch's
+                return _new(np.array(backend.to_numpy(a), np.float32).reshape(()))
+            a = backend.to_device(a, p.device)
+            if a.dtype.kind == "f" and a.dtype != p.data.dtype:
+                a = a.astype(p.data.dtype)
+            return _new(a.copy())
+        if isinstance(val, (int, float)) and name == "step":
+            return _new(np.array(val, np.float32))
+        return val
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,78 @@
+"""RMSprop (Hinton's lecture 6e), with momentum and the centered variant (Graves, 2013)."""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .optimizer import Optimizer
+
+
+class RMSprop(Optimizer):
+    """PyTorch's RMSprop. Per parameter, with g the gradient (negated when maximize):
+
+        g = g + weight_decay * p
+        s = alpha * s + (1 - alpha) * g^2
+        a = g_avg = alpha * g_avg + (1 - alpha) * g   (centered: denom uses s - a^2)
+        d = sqrt(s [- a^2]) + eps
+        b = momentum * b + g / d;  p = p - lr * b    (momentum > 0)
+        p = p - lr * g / d                           (otherwise)
+
+    See Note [Optimizer updates] for how the arrays are updated in place.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 maximize: bool = False):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if alpha < 0.0:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize))
+
+    def _update_group(self, group: dict) -> None:
+        lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+        wd, mom, centered = group["weight_decay"], group["momentum"], group["centered"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            x = p.data
+            xp = get_array_module(x)
+            g = self._grad(p, group["maximize"])
+            st = self.state[p]
+            if not st:
+                st["step"] = self._step_tensor()
+                st["square_avg"] = self._zeros_like(x)
+                if mom > 0:
+                    st["momentum_buffer"] = self._zeros_like(x)
+                if centered:
+                    st["grad_avg"] = self._zeros_like(x)
+            st["step"].data += 1
+            if wd != 0:
+                g = g + wd * x
+            s = st["square_avg"].data
+            s *= alpha
+            s += (1 - alpha) * (g * g)
+            if centered:
+                a = st["grad_avg"].data
+                a *= alpha
+                a += (1 - alpha) * g
+                denom = s - a * a
+                xp.sqrt(denom, out=denom)
+            else:
+                denom = xp.sqrt(s)
+            denom += eps
+            if mom > 0:
+                buf = st["momentum_buffer"].data
+                buf *= mom
+                buf += g / denom
+                x -= lr * buf
+            else:
+                xp.divide(g, denom, out=denom)
+                denom *= lr
+                x -= denom
+            p._vbox[0] += 1
