@@ -194,6 +194,7 @@ def _after_fork_child():
     if old.sock is not None:
         old.sock.close()  # our copy only: the parent's connection stays open
     _conn = _Conn()
+    _seg._maps_lock = threading.Lock()  # another parent thread may have held it at fork
     from . import arrays
 
     arrays._reset_after_fork()
