@@ -18,13 +18,17 @@ parity runs on across calls):
      and copy it back into my slot's slice; barrier B;
   3. copy every other rank's reduced slice from its slot into my output.
 A rank can only overwrite set s (chunk i+2) after barrier A of chunk i+1, which every rank
-reaches after its step 3 of chunk i, so two barriers per chunk suffice. The order of every
+reaches after its step 3 of chunk i, so two barriers per chunk suffice. Arrays up to
+``ZGRAD_SHM_SMALL_BYTES`` (64 KiB) take one barrier: after step 1 every rank reduces the whole
+array over all slots in rank order (latency-bound sizes: one synchronisation, not two). The order of every
 reduction is fixed, so results are bitwise identical run to run.
 
 Desync check: before the first barrier of a collective each rank writes its call descriptor
 (seq, collective, op, dtype, root, shape) into its line; after the barrier every rank compares
 all of them, so every rank raises the same DesyncError naming both calls. (Descriptors are
-double-buffered by seq parity: a rank can be one collective ahead, never two.)
+double-buffered by the parity of the count of descriptor barriers, not of seq: collectives that
+bypass shared memory, e.g. a TCP broadcast in a mixed layout, do not advance it. A rank writes
+descriptor j+2 only after passing barrier j+1, which the others reach after reading j.)
 Waiting spins briefly, then yields, then sleeps 50 us; every few ms it checks the abort flag,
 its deadline (TimeoutError names the ranks whose epoch is behind) and the pids of those ranks
 (PeerLostError). A rank that fails sets the abort flag with its message, which the others raise.
@@ -41,6 +45,7 @@ import numpy as np
 from .transport import AbortedError, DesyncError, PeerLostError, describe, pid_alive
 
 SLOT_BYTES = int(os.environ.get("ZGRAD_SHM_SLOT_BYTES", 4 << 20))
+SMALL_BYTES = int(os.environ.get("ZGRAD_SHM_SMALL_BYTES", 64 << 10))
 _LINE = 32                     # int64s per rank line
 _DESC = 15                     # int64s per descriptor
 _MSG_BYTES = 4096
@@ -95,6 +100,7 @@ class ShmComm:
                        for k in range(n)] for s in range(2)]
         self.epoch = 0
         self.parity = 0
+        self.ndesc = 0     # descriptor barriers so far: picks the descriptor buffer
 
     @staticmethod
     def segment_bytes(n: int) -> int:
@@ -119,7 +125,8 @@ class ShmComm:
         """Arrive and wait for every member (with the call descriptor check when `desc`)."""
         line = self.rank * _LINE
         if desc:
-            at = line + 1 + (call[0] & 1) * _DESC
+            self.ndesc += 1
+            at = line + 1 + (self.ndesc & 1) * _DESC
             self.ctl[at:at + _DESC] = _encode(call)
         self.epoch += 1
         e = self.epoch
@@ -128,12 +135,16 @@ class ShmComm:
         spins = 0
         while flags.min() < e:
             spins += 1
-            if spins < 100:
+            if spins < 32:
                 continue
             if spins & 63 == 0:
                 self._check_abort()
                 self._check_late(call, deadline, e)
-            time.sleep(0 if spins < 1000 else 5e-5)
+            # yield the core (2 ranks may share one); after ~1 ms sleep in 50 us steps
+            if spins < 1000:
+                os.sched_yield()
+            else:
+                time.sleep(5e-5)
         self._check_abort()
         if desc:
             self._check_calls(call)
@@ -155,7 +166,7 @@ class ShmComm:
             raise TimeoutError(msg)
 
     def _check_calls(self, call):
-        at = 1 + (call[0] & 1) * _DESC
+        at = 1 + (self.ndesc & 1) * _DESC
         mine = _encode(call)
         for k in range(self.n):
             theirs = self.ctl[k * _LINE + at:k * _LINE + at + _DESC]
@@ -172,6 +183,17 @@ class ShmComm:
     def all_reduce(self, call: list, x: np.ndarray, ufunc, deadline: float):
         """In place on flat contiguous x: the reduction over all members (see Note above)."""
         n, me = self.n, self.rank
+        if x.nbytes <= SMALL_BYTES:
+            # one barrier: every rank reduces the whole (small) array itself, same order
+            slots = [s.view(x.dtype)[:x.size] for s in self.slots[self.parity]]
+            self.parity ^= 1
+            slots[me][:] = x
+            self.barrier(call, deadline, desc=True)
+            if x.size:
+                ufunc(slots[0], slots[1], out=x)
+                for k in range(2, n):
+                    ufunc(x, slots[k], out=x)
+            return
         chunk = max(1, self.slot_bytes // x.itemsize)
         first = True
         for c0 in range(0, max(x.size, 1), chunk):
