@@ -13,6 +13,7 @@ the segment.
 """
 from __future__ import annotations
 
+import threading
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -33,8 +34,33 @@ def reduce_ndarray(a: np.ndarray):
         return a.__reduce_ex__(4)
     name, offset, shape, dtype, strides = _arrays.handle(a)
     token = _client.flight(name)
+    frames = getattr(_dumping, "frames", None)
+    if frames:
+        frames[-1].append(token)
     return _rebuild_ndarray, (name, offset, shape, dtype, strides, token,
                               bool(a.flags.writeable))
+
+
+# Tokens put in flight by the dump in progress (per thread, nested dumps stacked): if the dump
+# fails (an unpicklable function after the arrays, say), nobody will ever receive them, so they
+# are cancelled at once instead of holding their segments until this process exits.
+_dumping = threading.local()
+_plain_dump = ForkingPickler.dump
+
+
+def _dump_cancelling_on_error(self, obj):
+    frames = getattr(_dumping, "frames", None)
+    if frames is None:
+        frames = _dumping.frames = []
+    frames.append([])
+    try:
+        return _plain_dump(self, obj)
+    except BaseException:
+        for token in frames[-1]:
+            _client.claim(token, None, new=False)  # a claim by nobody: the flight ends
+        raise
+    finally:
+        frames.pop()
 
 
 _installed = False
@@ -46,6 +72,7 @@ def init_reductions() -> None:
     if _installed:
         return
     ForkingPickler.register(np.ndarray, reduce_ndarray)
+    ForkingPickler.dump = _dump_cancelling_on_error
     from . import cuda_ipc
 
     cuda_ipc.init_reductions()

@@ -187,3 +187,14 @@ def test_sweep_and_cli_remove_a_dead_jobs_leftovers():
     assert f"removed {names[0]}" in out.stdout
     with pytest.raises(ValueError, match="job id"):
         shm.sweep("../etc")
+
+
+def test_failed_pickle_cancels_the_handles_it_put_in_flight():
+    a = shm.empty((200, 200))
+    name = shm.handle(a)[0]
+    with pytest.raises(Exception):
+        ForkingPickler.dumps((a, lambda: 0))  # the lambda fails after a's handle was made
+    del a
+    gc.collect()
+    _client.sync()
+    assert not os.path.exists(f"/dev/shm/{name}")  # no flight left holding it

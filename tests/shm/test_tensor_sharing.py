@@ -76,3 +76,17 @@ def test_tensors_views_and_grads_through_a_queue(method):
     q.put("parent wrote")
     assert _get(r, p) == [-1.0] * 4
     _join(p)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_hogwild_example_trains_one_shared_model(method, monkeypatch):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("tensor.nn")
+    import importlib
+    import os
+    # importable by name, so that spawned workers can unpickle `train`
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    hogwild = importlib.import_module("hogwild_digits")
+    # the workers' updates land in the parent's model: its accuracy rises from chance
+    acc = hogwild.main(["--procs", "2", "--epochs", "2", "--start-method", method])
+    assert acc > 0.8
