@@ -14,7 +14,7 @@ import tensor
 from runtime.data import (BatchSampler, DataLoader, DataLoaderTimeoutError, Dataset,
                           DistributedSampler, IterableDataset, SequentialSampler,
                           get_worker_info, shard)
-from tests.helpers import assert_no_new_shm, shm_listing, spawn_ranks
+from tests.helpers import assert_no_new_shm, requires_cupy, shm_listing, spawn_ranks
 
 
 @pytest.fixture(autouse=True)
@@ -197,6 +197,17 @@ def test_pin_memory_without_cuda_warns_and_passes_batches_through():
     with pytest.warns(UserWarning, match="no CUDA device"):
         out = list(DataLoader(Squares(6), batch_size=3, pin_memory=True, num_workers=1))
     assert _ids(out) == list(range(6))
+
+
+@requires_cupy
+def test_pin_memory_gives_page_locked_batches_on_cuda():
+    out = list(DataLoader(Squares(6), batch_size=3, pin_memory=True, num_workers=1))
+    assert _ids(out) == list(range(6))
+    cupy = tensor.backend.cupy
+    attrs = cupy.cuda.runtime.pointerGetAttributes(out[0][0].data.ctypes.data)
+    assert attrs.type == cupy.cuda.runtime.memoryTypeHost, "the batch is in page-locked memory"
+    x = tensor.backend.to_device(out[1][0].data, tensor.device("cuda"))
+    assert float(x.sum()) == 15 * (3 + 4 + 5)
 
 
 # -- prefetch bound ----------------------------------------------------------------------------------
