@@ -1,4 +1,4 @@
-"""zgrad's torch.multiprocessing: the standard multiprocessing API with shared arrays sent by handle.
+"""zgrad's torch.multiprocessing: the standard multiprocessing API, shared arrays sent by handle.
 
 Everything in the standard ``multiprocessing`` module is re-exported (Process, Queue,
 SimpleQueue, Pipe, Pool, get_context, ...), for every start method: importing ``shm``
@@ -160,9 +160,9 @@ def start_processes(fn, args=(), nprocs=1, join=True, daemon=False, start_method
         if deadline is not None and time.monotonic() >= deadline:
             running = [i for i, p in enumerate(processes) if p.is_alive()]
             context._stop_rest()
-            raise builtins.TimeoutError(f"shm.multiprocessing.spawn: processes {running} still running "
-                               f"after {timeout_s:.0f}s; they were terminated. Raise timeout_s "
-                               "or look for a hang in fn.")
+            raise builtins.TimeoutError(
+                f"shm.multiprocessing.spawn: processes {running} still running after "
+                f"{timeout_s:.0f}s; they were terminated. Raise timeout_s or look for a hang in fn.")
     return None
 
 

@@ -348,7 +348,7 @@ class Segment:
 
     @classmethod
     def create(cls, size_bytes: int, tag: str = "") -> "Segment":
-        """A new zero-filled segment of `size_bytes`. Raises OutOfSharedMemoryError if it won't fit."""
+        """A new zero-filled segment of `size_bytes`; OutOfSharedMemoryError if it won't fit."""
         return cls(create_map(size_bytes, tag))
 
     @classmethod

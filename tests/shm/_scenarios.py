@@ -6,8 +6,6 @@ import signal
 import sys
 import time
 
-import numpy as np
-
 import shm
 import shm.multiprocessing as mp
 from shm import _client

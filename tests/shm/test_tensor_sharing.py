@@ -1,4 +1,4 @@
-"""Tensors whose storage is shared cross process boundaries by handle (tensor's integration of shm)."""
+"""Tensors with shared storage cross process boundaries by handle (tensor's integration of shm)."""
 import gc
 import pickle
 from multiprocessing.reduction import ForkingPickler
