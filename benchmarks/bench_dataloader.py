@@ -59,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--show-runs", action="store_true", help="print every run, not only medians")
     args = ap.parse_args()
 
     from runtime.data import DataLoader
@@ -88,6 +89,9 @@ def main():
     if torch is not None:
         head += f" {'torch samples/s':>16} {'zgrad/torch':>12}"
     print(head)
+    if args.show_runs:
+        for (name, w), runs in results.items():
+            print(f"  {name} {w} workers: {[round(r) for r in runs]}")
     for w in args.workers:
         z = statistics.median(results["zgrad", w])
         line = f"{w:>7} {z:>16,.0f}"

@@ -47,7 +47,11 @@ def _fill(out, items):
     """Stack `items` (arrays or numbers) into the preallocated `out`."""
     if out.ndim > 1 or (items and isinstance(items[0], np.ndarray)):
         try:
-            np.stack(items, out=out)
+            if out.ndim > 1 and len({np.shape(x) for x in items}) == 1:
+                # same as stack (equal shapes checked), without a per-item expand_dims
+                np.concatenate(items, out=out.reshape((-1,) + out.shape[2:]))
+            else:
+                np.stack(items, out=out)
         except ValueError as e:
             shapes = sorted({tuple(np.shape(x)) for x in items})
             raise RuntimeError(f"default_collate: cannot stack samples of different shapes "
@@ -73,7 +77,7 @@ def _collate(batch, leaf):
         dtype = _NUMBER_DTYPES.get(type(elem))
         if dtype is None:  # a subclass of int/float (IntEnum, ...)
             dtype = _NUMBER_DTYPES[float if isinstance(elem, float) else int]
-        if dtype.kind != "f" and any(isinstance(x, float) for x in batch):
+        if dtype.kind != "f" and float in set(map(type, batch)):
             dtype = _NUMBER_DTYPES[float]
         return leaf(batch, (len(batch),), dtype, False)
     if isinstance(elem, (str, bytes)):
@@ -90,7 +94,7 @@ def _collate(batch, leaf):
         return type(elem)(*(_collate(list(s), leaf) for s in zip(*batch)))
     if isinstance(elem, cabc.Sequence):
         n = len(elem)
-        if any(len(x) != n for x in batch):
+        if len(set(map(len, batch))) != 1:
             raise RuntimeError("default_collate: each element in list of batch should be of "
                                f"equal size; got sizes {sorted({len(x) for x in batch})}")
         out = [_collate(list(s), leaf) for s in zip(*batch)]
