@@ -52,6 +52,7 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import time
 import warnings
@@ -143,7 +144,16 @@ class _MultiProcessIter(_BaseIter):
                           loader._auto_collation, loader.batch_size, loader.drop_last,
                           base_seed, loader.worker_init_fn, self._n, rank, world_size,
                           os.getpid(), loader._iterable, f"{tag}w{wid}"))
-                p.start()
+                try:
+                    p.start()
+                except (TypeError, AttributeError, pickle.PicklingError) as e:
+                    for c in (idx_r, idx_w, res_r, res_w):
+                        c.close()
+                    raise RuntimeError(
+                        f"DataLoader: cannot start worker {wid} with the "
+                        f"{ctx.get_start_method()!r} start method: the dataset, collate_fn and "
+                        f"worker_init_fn must be picklable ({e}). Define them at module "
+                        "level, or use multiprocessing_context='fork'.") from e
                 idx_r.close()   # the worker's ends: only the worker holds them now
                 res_w.close()
                 w.procs.append(p)

@@ -167,6 +167,18 @@ def test_spawn_context():
     assert _ids(out) == list(range(10))
 
 
+def test_spawn_with_unpicklable_dataset_says_what_to_do():
+    class Local(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return i
+
+    with pytest.raises(RuntimeError, match="must be picklable"):
+        list(DataLoader(Local(), num_workers=1, multiprocessing_context="spawn"))
+
+
 def test_argument_errors():
     ds = Squares(4)
     with pytest.raises(ValueError, match="num_workers option should be a non-negative"):
