@@ -20,8 +20,8 @@ arrays replaced by block handles), "stop" (the worker's IterableDataset is exhau
 epoch the user abandoned.
 
 Order and flow. The main process numbers batches i = 0, 1, ... in sampler order and sends batch
-i to worker i % num_workers (in_order=False: to the worker with the fewest requests pending, and
-batches are yielded as they arrive). At most prefetch_factor * num_workers batches are requested
+i to worker i % num_workers, also in an epoch resumed at batch k (in_order=False: to the worker
+with the fewest requests pending, and batches are yielded as they arrive). At most prefetch_factor * num_workers batches are requested
 and not yet yielded; each yielded batch releases one more request.
 
 Block lifetime (see runtime/data/_transport.py). A worker keeps a ring of shm segments; a batch
@@ -31,8 +31,9 @@ then on the memory lives exactly as long as the two mappings, so a crash of eith
 leave a file in /dev/shm. Each batch's arrays are views of a per-batch base array; a finalizer
 on it queues ("free", name), which the main process sends with its next request (never from the
 finalizer itself, which can run in the middle of another send). Blocks a worker created but the
-main process never mapped (the worker died, or shutdown came first) carry the iterator's tag in
-their name and are unlinked by the shutdown sweep.
+main process never mapped (the worker died, or shutdown came first) are released by shm's
+manager when the worker's connection closes (Note [Shm lifetime]); they also carry the
+iterator's tag in their name and the shutdown sweep unlinks them at once.
 
 Shutdown order (end of epoch without persistent_workers, leaving a loop early, deleting the
 loader, interpreter exit): (1) send None to every index pipe; (2) join all workers with a shared
