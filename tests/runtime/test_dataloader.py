@@ -365,12 +365,24 @@ def test_timeout_raises_with_what_it_waited_for():
 
 
 # -- lifetime ----------------------------------------------------------------------------------------
-def test_leaving_a_loop_early_stops_workers():
+def test_leaving_a_loop_early_stops_workers_and_frees_blocks():
     loader = DataLoader(Squares(400), batch_size=2, num_workers=2)
-    for i, _ in enumerate(loader):
+    it = iter(loader)
+    pids = [p.pid for p in it._w.procs]
+    for i, _ in enumerate(it):
         if i == 2:
             break
-    # the fixture checks that no worker and no segment is left
+    del it, _
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids) and time.monotonic() - t0 < 5:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in pids)
+    # the fixture checks that no segment is left in /dev/shm
+
+
+def test_map_style_drop_last_with_workers():
+    out = list(DataLoader(Squares(10), batch_size=4, drop_last=True, num_workers=2))
+    assert _ids(out) == list(range(8))
 
 
 def test_persistent_workers_reused_across_epochs_and_stopped_with_loader():
