@@ -1,7 +1,7 @@
 """One training step (forward, backward, SGD) of an MLP 784-512-512-10 at batch 128, float32.
 
 Three implementations in one run, interleaved, with the same thread count:
-  zgrad     tensor.nn-style model: linear -> relu -> linear -> relu -> linear, cross_entropy
+  zgrad     nn.Sequential(Linear, ReLU, Linear, ReLU, Linear), F.cross_entropy, optim.SGD
   numpy     the same network with hand-written backprop (the floor for this design; with
             --device cuda the same code on CuPy)
   torch     PyTorch CPU eager (when installed)
@@ -22,7 +22,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensor  # noqa: E402
-from tensor.ops.nn import cross_entropy, linear  # noqa: E402
 
 SIZES = (784, 512, 512, 10)
 BATCH = 128
@@ -40,25 +39,23 @@ def init_weights(seed=0):
 
 
 def make_zgrad(ws, bs, device="cpu"):
-    params = []
-    for w, b in zip(ws, bs):
-        params += [tensor.tensor(w, device=device, requires_grad=True),
-                   tensor.tensor(b, device=device, requires_grad=True)]
+    """The step as a user writes it: nn.Sequential, F.cross_entropy, optim.SGD."""
+    nn, F = tensor.nn, tensor.nn.functional
+    layers = []
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        with tensor.no_grad():
+            lin.weight.copy_(tensor.tensor(w))
+            lin.bias.copy_(tensor.tensor(b))
+        layers += [lin] + ([nn.ReLU()] if i < len(ws) - 1 else [])
+    model = nn.Sequential(*layers).to(device)
+    opt = tensor.optim.SGD(model.parameters(), lr=LR)
 
     def step(x, y):
-        h = x
-        for i in range(0, len(params), 2):
-            h = linear(h, params[i], params[i + 1])
-            if i + 2 < len(params):
-                h = h.relu()
-        loss = cross_entropy(h, y)
-        for p in params:
-            p.grad = None
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        with tensor.no_grad():
-            for p in params:  # what optim.SGD does: in place on the arrays
-                p.data -= LR * p.grad.data
-                p._vbox[0] += 1
+        opt.step()
         return loss
     return step
 
