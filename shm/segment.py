@@ -161,9 +161,9 @@ class _ShmMap:
 
     name: str
     addr: int
-
-    def __del__(self):
-        _libc.munmap(self.addr, ctypes.sizeof(self))
+    # No __del__: a __del__ runs while weakrefs still resolve, and munmap (a ctypes call that
+    # drops the GIL) would let another thread fetch the dying map from the cache and use the
+    # unmapped memory. The weakref callback in _register unmaps once no one can reach it.
 
 
 _map_types: dict[int, type] = {}
@@ -185,9 +185,10 @@ _counter = itertools.count()
 def _register(m: _ShmMap) -> None:
     from . import _client
 
-    name = m.name
+    name, addr, size = m.name, m.addr, ctypes.sizeof(m)
 
     def _gone(ref, name=name):
+        _libc.munmap(addr, size)
         if _maps.get(name) is ref:
             _maps.pop(name, None)
         _client.release(name)

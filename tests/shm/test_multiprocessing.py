@@ -167,3 +167,44 @@ def test_10k_tensors_in_flight_without_running_out_of_descriptors(separate_segme
     assert all(int(a[0]) == i and shm.is_shared(a) for i, a in enumerate(got))
     assert len(os.listdir("/proc/self/fd")) < 200
     del got, a
+
+
+def _fill_row(args):
+    row, value = args
+    row[:] = value  # in place: `row` is a view of the parent's array
+    return shm.is_shared(row)
+
+
+def test_pool_map_writes_through_views():
+    a = shm.zeros((4, 3), np.int64)
+    with mp.get_context("fork").Pool(2) as pool:
+        shared = pool.map(_fill_row, [(a[i], i + 1) for i in range(4)], chunksize=1)
+    assert shared == [True] * 4
+    assert a.tolist() == [[1] * 3, [2] * 3, [3] * 3, [4] * 3]
+
+
+def _echo_pipe(conn, sq):
+    x = conn.recv()
+    x *= 2
+    conn.send(x[::2])
+    y = sq.get()
+    y += 1
+    sq.put("done")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pipe_and_simple_queue(method):
+    ctx = mp.get_context(method)
+    parent, child = ctx.Pipe()
+    sq = ctx.SimpleQueue()
+    p = ctx.Process(target=_echo_pipe, args=(child, sq))
+    p.start()
+    a = shm.share(np.arange(6.0))
+    parent.send(a)
+    assert parent.poll(30), "no answer on the pipe"
+    back = parent.recv()
+    assert np.shares_memory(back, a) and back.tolist() == [0.0, 4.0, 8.0]
+    b = shm.zeros((2,))
+    sq.put(b)
+    _join(p)
+    assert sq.get() == "done" and b.tolist() == [1.0, 1.0]

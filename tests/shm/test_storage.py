@@ -198,3 +198,36 @@ def test_failed_pickle_cancels_the_handles_it_put_in_flight():
     gc.collect()
     _client.sync()
     assert not os.path.exists(f"/dev/shm/{name}")  # no flight left holding it
+
+
+def _drop_and_attach_race(iterations=3000):
+    """Thread A drops its last array on a segment while thread B maps the same segment."""
+    import queue
+    import threading
+
+    q = queue.Queue(maxsize=8)
+
+    def producer():
+        for i in range(iterations):
+            a = shm.empty((70_000,), np.uint8)  # its own segment
+            a[-1] = i % 251
+            q.put(ForkingPickler.dumps(a))
+            del a  # often the last reference, while the consumer maps it
+        q.put(None)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    while (payload := q.get(timeout=60)) is not None:
+        b = pickle.loads(payload)
+        b[0] = b[-1]  # touches the memory: a use after unmap would crash here
+        del b
+    t.join()
+
+
+def test_dropping_and_attaching_in_two_threads_is_safe():
+    # in a child process: the failure this guards against is a segfault
+    import multiprocessing
+    p = multiprocessing.get_context("fork").Process(target=_drop_and_attach_race)
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0, f"exit code {p.exitcode} (negative: killed by that signal)"
