@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import sys
 import time
 
@@ -94,14 +95,22 @@ def main(argv=None) -> float:
     procs = mp.spawn(train, args=(model, x, y, x_test, y_test, args.epochs, args.lr,
                                   args.batch_size, progress),
                      nprocs=args.procs, join=False, start_method=args.start_method)
+    deadline = time.monotonic() + 600
     while True:  # rank 0's view of the shared model after each of its epochs
-        item = progress.get(timeout=300)
+        try:
+            item = progress.get(timeout=0.5)
+        except queue.Empty:
+            procs.join(timeout=0)  # raises with the worker's traceback if one failed
+            if time.monotonic() > deadline:
+                raise TimeoutError("hogwild: no progress from rank 0 in 600s") from None
+            continue
         if item is None:
             break
         epoch, loss, acc = item
         print(f"  epoch {epoch + 1}: rank 0 loss {loss:.3f}, test accuracy {acc:.3f}")
-    while not procs.join(timeout=300):
-        pass
+    while not procs.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            raise TimeoutError("hogwild: workers still running after 600s")
     acc1 = accuracy(model, x_test, y_test)
     print(f"test accuracy after training: {acc1:.3f} (was {acc0:.3f}); "
           f"{time.perf_counter() - t0:.1f}s")
