@@ -17,8 +17,21 @@ class _Progress:
         self.in_progress = False
         self.sampler_state = None  # the index sampler's state at the start of this epoch
         self.gen_state = None      # the loader generator's state at the start of this epoch
+        self.ahead = set()         # batches yielded past the first `served` (in_order=False)
         self.skip = 0              # set by load_state_dict: batches to skip in the next epoch
+        self.skip_ahead = set()    # ... and single batches past those (served out of order)
         self.replay = False
+
+    def mark_served(self, i: int) -> None:
+        """Batch i (its number in sampler order) was yielded."""
+        if i == self.served:
+            self.ahead.discard(i)
+            self.served += 1
+            while self.ahead and self.served in self.ahead:
+                self.ahead.remove(self.served)
+                self.served += 1
+        else:
+            self.ahead.add(i)
 
 
 def _begin_epoch(loader: DataLoader, it) -> None:
@@ -41,6 +54,7 @@ def _begin_epoch(loader: DataLoader, it) -> None:
     p.sampler_state = state_fn() if state_fn is not None else None
     skip, p.skip, p.replay = p.skip, 0, False
     p.in_progress, p.served = True, skip
+    p.ahead, it._skip_set, p.skip_ahead = set(p.skip_ahead), p.skip_ahead, set()
     it._skip_to = skip
     if skip and not loader._iterable:   # map-style: skip indices without fetching
         for _ in itertools.islice(it._sampler_iter, skip):
@@ -55,6 +69,7 @@ def _end_epoch(progress: _Progress) -> None:
 
 class _BaseIter:
     _skip_to = 0
+    _skip_set = frozenset()
     _closed = False
 
     def __iter__(self):

@@ -225,6 +225,9 @@ class _MultiProcessIter(_BaseIter):
             return
         try:
             indices = next(self._sampler_iter)
+            while self._send_idx in self._skip_set:   # served out of order before a resume
+                self._send_idx += 1
+                indices = next(self._sampler_iter)
         except StopIteration:
             self._exhausted = True
             return
@@ -258,6 +261,8 @@ class _MultiProcessIter(_BaseIter):
     def _pop_ready(self):
         while self._buffer:
             if self._in_order:
+                while self._rcvd_idx in self._skip_set:
+                    self._rcvd_idx += 1
                 i = self._rcvd_idx
                 if i not in self._buffer:
                     return None
@@ -279,7 +284,10 @@ class _MultiProcessIter(_BaseIter):
     def _process(self, i, wid, indices, status, payload):
         if status == "err":
             self._raise_worker_error(wid, payload)
-        self._progress.served += 1
+        if self._iterable:   # streams resume by count (see _BaseIter._fast_forward)
+            self._progress.served += 1
+        else:
+            self._progress.mark_served(i)
         if self._pin:
             payload = _pin.pin_batch(payload)
         return payload

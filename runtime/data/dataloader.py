@@ -180,6 +180,7 @@ class DataLoader:
             sampler_state = fn() if callable(fn) else None
             gen_state = generator_state(self.generator)
         return {"epoch": p.epoch, "batches_served": p.served if p.in_progress else 0,
+                "served_ahead": sorted(p.ahead) if p.in_progress else [],
                 "in_progress": p.in_progress, "batch_size": self.batch_size,
                 "sampler": sampler_state, "generator": gen_state}
 
@@ -196,6 +197,7 @@ class DataLoader:
         p.epoch = int(state["epoch"])
         p.replay = bool(state.get("in_progress"))
         p.skip = int(state["batches_served"]) if p.replay else 0
+        p.skip_ahead = set(state.get("served_ahead", ())) if p.replay else set()
         sampler_state = state.get("sampler")
         fn = getattr(self._index_sampler, "load_state_dict", None)
         if sampler_state is not None and callable(fn):
@@ -216,20 +218,28 @@ class _SingleProcessIter(_BaseIter):
                                  loader.batch_size, loader.drop_last)
         self._collate = loader.collate_fn
         self._pin = loader.pin_memory
+        self._iterable = loader._iterable
         self._len = len(loader) if not loader._iterable or hasattr(loader.dataset, "__len__") \
             else 0
         _begin_epoch(loader, self)
+        self._next_i = self._skip_to   # number (in sampler order) of the next batch
 
     def __next__(self):
         try:
-            indices = next(self._sampler_iter)
+            indices, i = next(self._sampler_iter), self._next_i
+            while i in self._skip_set:   # served out of order before a resume: fetch nothing
+                indices, i = next(self._sampler_iter), i + 1
+            self._next_i = i + 1
             batch = self._collate(self._fetcher.fetch(indices))
         except StopIteration:
             _end_epoch(self._progress)
             raise
         if self._pin:
             batch = _pin.pin_batch(batch)
-        self._progress.served += 1
+        if self._iterable:
+            self._progress.served += 1
+        else:
+            self._progress.mark_served(i)
         return batch
 
 

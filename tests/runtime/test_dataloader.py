@@ -522,3 +522,18 @@ def test_distributed_sampler_through_loaders_covers_each_index_once(replicas):
                                   sampler=DistributedSampler(list(range(10)), replicas, r))))
               for r in range(replicas)]
     assert counts == [5] * 2 if replicas == 2 else counts == [4] * 3
+
+
+@pytest.mark.parametrize("resume_workers", [0, 2])
+def test_resume_after_out_of_order_delivery_skips_exactly_what_was_served(resume_workers):
+    ds = Squares(40, slow={0}, delay_s=0.5)   # batch 0 arrives last
+    loader = DataLoader(ds, batch_size=2, num_workers=2, in_order=False)
+    it = iter(loader)
+    seen = _ids([next(it) for _ in range(5)])
+    sd = loader.state_dict()
+    del it
+    assert 0 not in seen and sd["batches_served"] == 0 and len(sd["served_ahead"]) == 5
+    resumed = DataLoader(Squares(40), batch_size=2, num_workers=resume_workers)
+    resumed.load_state_dict(sd)
+    rest = _ids(resumed)
+    assert sorted(seen + rest) == list(range(40))
