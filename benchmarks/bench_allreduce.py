@@ -79,7 +79,16 @@ def run_backend(kind: str, ws: int, sizes) -> dict:
     for p in procs:
         p.start()
     try:
-        res = q.get(timeout=600)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                res = q.get(timeout=1)
+                break
+            except Exception:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"bench_allreduce: {kind} workers failed (exit codes "
+                                       f"{dead}) or took over 600 s; see their output above")
     finally:
         for p in procs:
             p.join(60)

@@ -13,13 +13,9 @@ import time
 import threading
 from urllib.parse import urlparse
 
-import numpy as np
-
-from tensor import backend
-
 from . import algorithms as algo
 from . import wire
-from .process_group import ProcessGroup, ReduceOp, Staged, check_op
+from .process_group import ProcessGroup
 from .shm_comm import ShmComm
 from .store import StoreAuthError, StoreClient, StoreServer
 from .transport import PeerMesh
