@@ -1,0 +1,391 @@
+"""tensor.optim: every optimizer against the textbook update written in numpy here (and
+against PyTorch when installed), param_groups, state_dict round trips, schedulers."""
+import math
+
+import numpy as np
+import pytest
+
+import tensor
+import tensor.nn as nn
+from tensor import optim
+from tensor.optim import lr_scheduler as sched
+
+try:
+    import torch
+except Exception:  # torch is optional: cross-checks skip without it
+    torch = None
+
+requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+N_STEPS = 6
+
+
+def _problem(seed=0):
+    """Two float64 parameters and a fixed sequence of gradients for each step."""
+    rng = np.random.default_rng(seed)
+    init = [rng.normal(size=(3, 4)), rng.normal(size=(5,))]
+    grads = [[rng.normal(size=a.shape) for a in init] for _ in range(N_STEPS)]
+    return init, grads
+
+
+def _run_zgrad(make, init, grads):
+    ps = [nn.Parameter(tensor.tensor(a.copy())) for a in init]
+    opt = make(ps)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = tensor.tensor(g.copy())
+        opt.step()
+    return [p.detach().numpy() for p in ps], opt, ps
+
+
+# -- textbook updates in numpy ------------------------------------------------------------------
+def ref_sgd(x, gs, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+            maximize=False):
+    x = x.copy()
+    buf = None
+    for g in gs:
+        g = -g if maximize else g
+        g = g + weight_decay * x
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        x = x - lr * g
+    return x
+
+
+def ref_adam(x, gs, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+             decoupled=False, maximize=False):
+    x = x.copy()
+    b1, b2 = betas
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    vmax = np.zeros_like(x)
+    for t, g in enumerate(gs, 1):
+        g = -g if maximize else g
+        if decoupled:
+            x = x * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * x
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat = m / (1 - b1 ** t)
+        vmax = np.maximum(vmax, v)
+        v_hat = (vmax if amsgrad else v) / (1 - b2 ** t)
+        x = x - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return x
+
+
+def ref_rmsprop(x, gs, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                centered=False, maximize=False):
+    x = x.copy()
+    s = np.zeros_like(x)
+    ga = np.zeros_like(x)
+    buf = np.zeros_like(x)
+    for g in gs:
+        g = -g if maximize else g
+        g = g + weight_decay * x
+        s = alpha * s + (1 - alpha) * g * g
+        if centered:
+            ga = alpha * ga + (1 - alpha) * g
+            d = np.sqrt(s - ga * ga) + eps
+        else:
+            d = np.sqrt(s) + eps
+        if momentum > 0:
+            buf = momentum * buf + g / d
+            x = x - lr * buf
+        else:
+            x = x - lr * g / d
+    return x
+
+
+CASES = [
+    ("SGD", dict(lr=0.1), ref_sgd),
+    ("SGD", dict(lr=0.1, momentum=0.9), ref_sgd),
+    ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01), ref_sgd),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1), ref_sgd),
+    ("SGD", dict(lr=0.05, momentum=0.5, maximize=True), ref_sgd),
+    ("Adam", dict(lr=0.01), ref_adam),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1), ref_adam),
+    ("Adam", dict(lr=0.01, amsgrad=True, maximize=True), ref_adam),
+    ("AdamW", dict(lr=0.01), ref_adam),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3, amsgrad=True), ref_adam),
+    ("RMSprop", dict(lr=0.01), ref_rmsprop),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.7), ref_rmsprop),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, maximize=True), ref_rmsprop),
+]
+
+
+def _ref_kwargs(name, kw):
+    kw = dict(kw)
+    if name == "AdamW":
+        kw.setdefault("weight_decay", 1e-2)
+        kw["decoupled"] = True
+    return kw
+
+
+@pytest.mark.parametrize("name,kw,ref", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_optimizer_matches_textbook_update(name, kw, ref):
+    init, grads = _problem()
+    out, _, _ = _run_zgrad(lambda ps: getattr(optim, name)(ps, **kw), init, grads)
+    for j, x0 in enumerate(init):
+        expect = ref(x0, [gs[j] for gs in grads], **_ref_kwargs(name, kw))
+        np.testing.assert_allclose(out[j], expect, rtol=1e-12, atol=1e-14)
+
+
+@requires_torch
+@pytest.mark.parametrize("name,kw,ref", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_optimizer_matches_pytorch(name, kw, ref):
+    init, grads = _problem(1)
+    out, opt, _ = _run_zgrad(lambda ps: getattr(optim, name)(ps, **kw), init, grads)
+    tp = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    topt = getattr(torch.optim, name)(tp, **kw)
+    for gs in grads:
+        for p, g in zip(tp, gs):
+            p.grad = torch.tensor(g.copy())
+        topt.step()
+    for o, t in zip(out, tp):
+        np.testing.assert_allclose(o, t.detach().numpy(), rtol=1e-10, atol=1e-13)
+    # the same state names, and the same per-parameter state values
+    ours_sd, theirs_sd = opt.state_dict(), topt.state_dict()
+    assert set(ours_sd["state"]) == set(theirs_sd["state"])
+    for i in theirs_sd["state"]:
+        assert set(ours_sd["state"][i]) == set(theirs_sd["state"][i])
+        for k, v in theirs_sd["state"][i].items():
+            np.testing.assert_allclose(ours_sd["state"][i][k].numpy(), v.numpy(), rtol=1e-10,
+                                       atol=1e-13)
+    assert ours_sd["param_groups"][0]["params"] == theirs_sd["param_groups"][0]["params"]
+
+
+def test_step_bumps_version_so_stale_graph_refuses_backward():
+    p = nn.Parameter(tensor.ones(3))
+    loss = (p * p).sum()  # mul saves p
+    p.grad = tensor.ones(3)
+    optim.SGD([p], lr=0.1).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_params_without_grad_are_skipped_and_closure_runs():
+    a, b = nn.Parameter(tensor.ones(2)), nn.Parameter(tensor.ones(2))
+    opt = optim.Adam([a, b], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (a * 3).sum()
+        loss.backward()
+        return loss
+    assert opt.step(closure).item() == 6
+    assert not np.array_equal(a.detach().numpy(), [1, 1])
+    np.testing.assert_array_equal(b.detach().numpy(), [1, 1])
+    assert b not in opt.state
+
+
+def test_param_groups_have_their_own_options():
+    w, b = nn.Parameter(tensor.ones(2)), nn.Parameter(tensor.ones(2))
+    opt = optim.SGD([{"params": [w]}, {"params": b, "lr": 1.0}], lr=0.1, momentum=0.0)
+    w.grad, b.grad = tensor.ones(2), tensor.ones(2)
+    opt.step()
+    np.testing.assert_allclose(w.detach().numpy(), [0.9, 0.9])
+    np.testing.assert_allclose(b.detach().numpy(), [0.0, 0.0])
+    assert opt.param_groups[1]["momentum"] == 0.0
+    c = nn.Parameter(tensor.ones(1))
+    opt.add_param_group({"params": [c], "lr": 0.5})
+    assert len(opt.param_groups) == 3 and opt.param_groups[2]["lr"] == 0.5
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [c]})
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(TypeError, match="ordered collections"):
+        optim.SGD({w}, lr=0.1)
+    with pytest.raises(ValueError, match="non-leaf"):
+        optim.SGD([w * 2], lr=0.1)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        optim.Adam([w], lr=-1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD([w], lr=0.1, nesterov=True)
+
+
+def test_zero_grad_modes():
+    p = nn.Parameter(tensor.ones(2))
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = tensor.ones(2)
+    g = p.grad
+    opt.zero_grad(set_to_none=False)
+    assert p.grad is g and not g.numpy().any()
+    opt.zero_grad()
+    assert p.grad is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True),
+    lambda ps: optim.AdamW(ps, lr=0.01),
+    lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True)])
+def test_state_dict_round_trip_through_save_continues_identically(make, tmp_path):
+    init, grads = _problem(2)
+    ps_a = [nn.Parameter(tensor.tensor(a.copy())) for a in init]
+    opt_a = make(ps_a)
+    for gs in grads[:3]:
+        for p, g in zip(ps_a, gs):
+            p.grad = tensor.tensor(g.copy())
+        opt_a.step()
+    tensor.save({"opt": opt_a.state_dict(), "params": [p.detach() for p in ps_a]},
+                tmp_path / "ck.safetensors")
+    ck = tensor.load(tmp_path / "ck.safetensors")
+    ps_b = [nn.Parameter(t.clone()) for t in ck["params"]]
+    opt_b = make(ps_b)
+    opt_b.load_state_dict(ck["opt"])
+    assert opt_b.param_groups[0]["params"] == ps_b
+    assert opt_b.state_dict()["param_groups"] == opt_a.state_dict()["param_groups"]
+    for gs in grads[3:]:
+        for pa, pb, g in zip(ps_a, ps_b, gs):
+            pa.grad, pb.grad = tensor.tensor(g.copy()), tensor.tensor(g.copy())
+        opt_a.step()
+        opt_b.step()
+    for pa, pb in zip(ps_a, ps_b):
+        np.testing.assert_array_equal(pa.detach().numpy(), pb.detach().numpy())
+
+
+def test_load_state_dict_checks_group_sizes_and_copies_state():
+    a, b = nn.Parameter(tensor.ones(2)), nn.Parameter(tensor.ones(3))
+    opt = optim.SGD([a, b], lr=0.1, momentum=0.9)
+    a.grad, b.grad = tensor.ones(2), tensor.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["params"] == [0, 1] and set(sd["state"]) == {0, 1}
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        optim.SGD([a], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="parameter groups"):
+        optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).load_state_dict(sd)
+    other = optim.SGD([nn.Parameter(tensor.ones(2)), nn.Parameter(tensor.ones(3))], lr=1.0)
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["momentum"] == 0.9
+    buf = next(iter(other.state.values()))["momentum_buffer"]
+    assert buf.data is not sd["state"][0]["momentum_buffer"].data
+
+
+def test_float32_parameters_stay_float32():
+    p = nn.Parameter(tensor.ones(4))
+    for make in (lambda: optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.1),
+                 lambda: optim.Adam([p]), lambda: optim.RMSprop([p], centered=True)):
+        opt = make()
+        p.grad = tensor.ones(4)
+        opt.step()
+        assert p.dtype == tensor.float32
+        assert all(v.dtype in (tensor.float32,) for v in opt.state[p].values())
+
+
+# -- schedulers --------------------------------------------------------------------------------
+def _lrs(make_sched, n=12, base_lr=1.0):
+    opt = optim.SGD([nn.Parameter(tensor.ones(1))], lr=base_lr)
+    s = make_sched(opt)
+    out = [opt.param_groups[0]["lr"]]
+    for _ in range(n):
+        opt.step()
+        s.step()
+        out.append(opt.param_groups[0]["lr"])
+        assert s.get_last_lr() == [out[-1]]
+    return out
+
+
+def test_schedulers_follow_their_formulas():
+    e = np.arange(13)
+    np.testing.assert_allclose(_lrs(lambda o: sched.StepLR(o, 3, 0.5)), 0.5 ** (e // 3))
+    np.testing.assert_allclose(_lrs(lambda o: sched.MultiStepLR(o, [2, 5, 5, 9], 0.1)),
+                               0.1 ** np.searchsorted([2, 5, 5, 9], e, side="right"))
+    np.testing.assert_allclose(_lrs(lambda o: sched.ExponentialLR(o, 0.9)), 0.9 ** e)
+    # the recursive (chainable) form equals the closed form, past T_max too (it cycles back)
+    np.testing.assert_allclose(_lrs(lambda o: sched.CosineAnnealingLR(o, 8, eta_min=0.1)),
+                               0.1 + 0.9 * (1 + np.cos(np.pi * e / 8)) / 2, atol=1e-12)
+    np.testing.assert_allclose(_lrs(lambda o: sched.LinearLR(o, 0.25, 1.0, 4)),
+                               0.25 + 0.75 * np.minimum(e, 4) / 4)
+    np.testing.assert_allclose(_lrs(lambda o: sched.LambdaLR(o, lambda t: 1 / (t + 1))),
+                               1 / (e + 1))
+
+
+def test_sequential_lr_warmup_then_cosine():
+    def make(o):
+        warm = sched.LinearLR(o, start_factor=0.1, total_iters=3)
+        cos = sched.CosineAnnealingLR(o, T_max=6)
+        return sched.SequentialLR(o, [warm, cos], milestones=[3])
+    lrs = _lrs(make, n=9)
+    expect = [0.1 + 0.9 * t / 3 for t in range(3)] + \
+        [(1 + math.cos(math.pi * t / 6)) / 2 for t in range(7)]
+    np.testing.assert_allclose(lrs, expect, atol=1e-12)
+
+
+SCHEDULERS = [
+    ("StepLR", dict(step_size=3, gamma=0.5)),
+    ("MultiStepLR", dict(milestones=[2, 5, 5], gamma=0.3)),
+    ("ExponentialLR", dict(gamma=0.8)),
+    ("CosineAnnealingLR", dict(T_max=4, eta_min=0.01)),  # past T_max: PyTorch's cycle
+    ("LinearLR", dict(start_factor=0.2, end_factor=0.9, total_iters=5)),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("name,kw", SCHEDULERS, ids=[s[0] for s in SCHEDULERS])
+def test_scheduler_matches_pytorch(name, kw):
+    ours = _lrs(lambda o: getattr(sched, name)(o, **kw), n=15, base_lr=0.5)
+    topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    ts = getattr(torch.optim.lr_scheduler, name)(topt, **kw)
+    theirs = [topt.param_groups[0]["lr"]]
+    for _ in range(15):
+        topt.step()
+        ts.step()
+        theirs.append(topt.param_groups[0]["lr"])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+@requires_torch
+def test_sequential_lr_matches_pytorch():
+    def build(mod, opt):
+        a = mod.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=4)
+        b = mod.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+        c = mod.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+        return mod.lr_scheduler.SequentialLR(opt, [a, b, c], milestones=[4, 8])
+    ours = _lrs(lambda o: build(optim, o), n=14)
+    topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ts = build(torch.optim, topt)
+    theirs = [topt.param_groups[0]["lr"]]
+    for _ in range(14):
+        topt.step()
+        ts.step()
+        theirs.append(topt.param_groups[0]["lr"])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_scheduler_state_dict_round_trip(tmp_path):
+    def make(o):
+        a = sched.LinearLR(o, start_factor=0.5, total_iters=2)
+        b = sched.MultiStepLR(o, milestones=[3, 6], gamma=0.5)
+        return sched.SequentialLR(o, [a, b], milestones=[2])
+    opt = optim.SGD([nn.Parameter(tensor.ones(1))], lr=1.0)
+    s = make(opt)
+    for _ in range(4):
+        opt.step()
+        s.step()
+    tensor.save({"sched": s.state_dict(), "opt": opt.state_dict()}, tmp_path / "s.st")
+    ck = tensor.load(tmp_path / "s.st")
+    opt2 = optim.SGD([nn.Parameter(tensor.ones(1))], lr=1.0)
+    s2 = make(opt2)
+    opt2.load_state_dict(ck["opt"])
+    s2.load_state_dict(ck["sched"])
+    for _ in range(6):
+        for o, sc in ((opt, s), (opt2, s2)):
+            o.step()
+            sc.step()
+        assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+        assert s.get_last_lr() == s2.get_last_lr()
+
+
+def test_lambda_lr_state_dict_skips_functions():
+    opt = optim.SGD([nn.Parameter(tensor.ones(1))], lr=1.0)
+    s = sched.LambdaLR(opt, lambda t: 0.5 ** t)
+    s.step()
+    sd = s.state_dict()
+    assert sd["lr_lambdas"] == [None] and sd["last_epoch"] == 1
+    s2 = sched.LambdaLR(optim.SGD([nn.Parameter(tensor.ones(1))], lr=1.0), lambda t: 0.5 ** t)
+    s2.load_state_dict(sd)
+    s2.step()
+    assert s2.get_last_lr() == [0.25]
