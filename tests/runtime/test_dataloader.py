@@ -12,7 +12,7 @@ import pytest
 
 import tensor
 from runtime.data import (BatchSampler, DataLoader, DataLoaderTimeoutError, Dataset,
-                          DistributedSampler, IterableDataset, SequentialSampler,
+                          DistributedSampler, IterableDataset, SequentialSampler, TensorDataset,
                           get_worker_info, shard)
 from tests.helpers import assert_no_new_shm, requires_cupy, shm_listing, spawn_ranks
 
@@ -537,3 +537,22 @@ def test_resume_after_out_of_order_delivery_skips_exactly_what_was_served(resume
     resumed.load_state_dict(sd)
     rest = _ids(resumed)
     assert sorted(seen + rest) == list(range(40))
+
+
+class Nested(Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return {"x": tensor.full((2,), float(i)), "meta": (f"id{i}", np.int32(i)), "w": 0.5 * i}
+
+
+def test_tensor_dataset_and_nested_samples_through_workers():
+    ds = TensorDataset(tensor.arange(12).reshape(6, 2), np.arange(6) * 10)
+    out = list(DataLoader(ds, batch_size=4, num_workers=2))
+    assert out[0][0].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert out[1][1].tolist() == [40, 50]
+    b = next(iter(DataLoader(Nested(), batch_size=3, num_workers=1)))
+    assert b["x"].shape == (3, 2) and b["x"][:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert b["meta"][0] == ["id0", "id1", "id2"] and b["meta"][1].dtype == np.int32
+    assert b["w"].dtype == np.float64 and b["w"].tolist() == [0.0, 0.5, 1.0]
