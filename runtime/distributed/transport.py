@@ -152,7 +152,10 @@ class PeerMesh:
         """Wait until ZeroMQ has released every zero-copy buffer we sent (see Note [Framing])."""
         for dst, tracker in self.trackers:
             while not tracker.done:
-                self._poll(call, [dst], deadline, block_ms=1)
+                try:
+                    tracker.wait(0.05)      # wakes as soon as ZeroMQ lets go of the buffer
+                except zmq.NotDone:
+                    self._poll(call, [dst], deadline, block_ms=0)
         self.trackers.clear()
 
     def abort(self, message: str):
