@@ -14,7 +14,8 @@ A checkpoint is one standard safetensors file (loadable by safetensors in any fr
       ``{"$float": "nan" | "inf" | "-inf"}``;
     * a tuple: ``{"$tuple": [...]}``;
     * a dict whose keys are all strs not starting with "$": a JSON object (order kept);
-      any other dict (int keys, as in an optimizer's state): ``{"$dict": [[key, value], ...]}``;
+      any other dict (int keys, as in an optimizer's state): ``{"$dict": [[key, value], ...]}``.
+      Dict subclasses (OrderedDict, Counter) load as plain dicts, in the same order;
     * a Tensor: ``{"$tensor": "t.3"}`` plus ``"requires_grad": true``, ``"parameter": true``
       (an nn.Parameter) and ``"device": "cuda:0"`` when they apply; a numpy array:
       ``{"$ndarray": "t.4"}``.
@@ -56,7 +57,8 @@ class _Encoder:
         if key is None:
             key = f"t.{len(self.arrays)}"
             a = backend.to_numpy(arr)
-            self.arrays[key] = np.ascontiguousarray(a)
+            # (not np.ascontiguousarray, which turns a 0-d array into a 1-d one)
+            self.arrays[key] = a if a.flags.c_contiguous else a.copy(order="C")
             self.by_id[id(obj)] = key
             self.keep.append(obj)
         return key
