@@ -389,3 +389,54 @@ def test_lambda_lr_state_dict_skips_functions():
     s2.load_state_dict(sd)
     s2.step()
     assert s2.get_last_lr() == [0.25]
+
+
+# -- GPU (skips without CuPy) ---------------------------------------------------------------------
+from tests.helpers import requires_cupy  # noqa: E402
+
+
+@requires_cupy
+@pytest.mark.parametrize("name,kw,ref", CASES[::2], ids=[f"{c[0]}-{i}" for i, c in
+                                                         enumerate(CASES[::2])])
+def test_optimizer_on_cuda_matches_cpu(name, kw, ref):
+    init, grads = _problem(3)
+    cpu, _, _ = _run_zgrad(lambda ps: getattr(optim, name)(ps, **kw), init, grads)
+    ps = [nn.Parameter(tensor.tensor(a.copy(), device="cuda")) for a in init]
+    opt = getattr(optim, name)(ps, **kw)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = tensor.tensor(g.copy(), device="cuda")
+        opt.step()
+    for c, p in zip(cpu, ps):
+        assert p.device.type == "cuda"
+        np.testing.assert_allclose(p.detach().cpu().numpy(), c, rtol=1e-10, atol=1e-12)
+    # state round trip moves state to the parameters' device
+    sd = opt.state_dict()
+    opt2 = getattr(optim, name)(ps, **kw)
+    opt2.load_state_dict(sd)
+    for st in opt2.state.values():
+        for k, v in st.items():
+            assert v.device.type == ("cpu" if k == "step" else "cuda")
+
+
+@requires_cupy
+def test_model_cuda_train_step_and_clip():
+    tensor.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 3))
+    w = model[0].weight
+    model.cuda()
+    assert model[0].weight is w and w.device.type == "cuda"
+    opt = optim.AdamW(model.parameters(), lr=1e-2)
+    x = tensor.randn(16, 6, device="cuda")
+    y = tensor.randint(0, 3, (16,), device="cuda")
+    for _ in range(3):
+        loss = nn.CrossEntropyLoss()(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        total = nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        assert total.device.type == "cuda"
+        opt.step()
+    norm = math.sqrt(sum(float((p.grad * p.grad).sum().item()) for p in model.parameters()))
+    assert norm <= 0.1 + 1e-5
+    model.cpu()
+    assert w.device.type == "cpu" and w.grad.device.type == "cpu"

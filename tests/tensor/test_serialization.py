@@ -200,3 +200,17 @@ def test_map_location_and_cuda_tensors_without_cuda(tmp_path):
     assert back["w"].device == tensor.device("cpu")
     with pytest.raises(TypeError, match="map_location"):
         tensor.load(p, map_location=3.5)
+
+
+from tests.helpers import requires_cupy  # noqa: E402
+
+
+@requires_cupy
+def test_cuda_tensors_round_trip_on_their_device(tmp_path):
+    t = tensor.arange(6.0, device="cuda").reshape(2, 3)
+    tensor.save({"t": t, "c": tensor.ones(2)}, tmp_path / "g")
+    back = tensor.load(tmp_path / "g")
+    assert back["t"].device.type == "cuda" and back["c"].device.type == "cpu"
+    np.testing.assert_array_equal(back["t"].cpu().numpy(), t.cpu().numpy())
+    assert tensor.load(tmp_path / "g", map_location="cpu")["t"].device.type == "cpu"
+    assert tensor.load(tmp_path / "g", map_location="cuda")["c"].device.type == "cuda"
