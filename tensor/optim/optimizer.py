@@ -165,10 +165,10 @@ class Optimizer:
         """Restore state and hyper-parameters saved by state_dict() (copies the arrays)."""
         if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
                 or "state" not in state_dict:
+            got = (f"a dict with keys {sorted(map(str, state_dict))}"
+                   if isinstance(state_dict, dict) else type(state_dict).__name__)
             raise ValueError("optimizer.load_state_dict: expected a dict with 'state' and "
-                             f"'param_groups' (from optimizer.state_dict()), got "
-                             f"{type(state_dict).__name__} with keys "
-                             f"{sorted(map(str, state_dict)) if isinstance(state_dict, dict) else '-'}")
+                             f"'param_groups' (from optimizer.state_dict()), got {got}.")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, the "

@@ -12,7 +12,7 @@ import tensor
 import tensor.nn as nn
 import tensor.nn.functional as F
 from tensor.nn import init
-from tests.helpers import assert_no_new_shm, check_grad, shm_listing
+from tests.helpers import assert_no_new_shm, check_grad, shm_listing, spawn_ranks
 
 try:
     import torch
@@ -278,6 +278,26 @@ def test_share_memory_moves_params_and_grads_to_shm():
     m.share_memory()
     assert all(p.is_shared() and p.grad.is_shared() for p in m.parameters())
     np.testing.assert_array_equal(m.weight.detach().numpy(), w)
+    del m
+    gc.collect()
+    assert_no_new_shm(before)
+
+
+def _hogwild_step(rank, world_size, model):
+    from tensor import optim
+    for p in model.parameters():
+        p.grad = tensor.ones_like(p)
+    optim.SGD(model.parameters(), lr=0.5).step()
+    return rank
+
+
+def test_shared_model_updated_in_place_by_worker_processes():
+    # Hogwild-style: optimizers update p.data in place, so a shared model sees every worker
+    before = shm_listing()
+    m = nn.Linear(3, 2).share_memory()
+    w0 = m.weight.detach().numpy().copy()
+    assert spawn_ranks(_hogwild_step, 2, m, timeout_s=60) == [0, 1]
+    np.testing.assert_allclose(m.weight.detach().numpy(), w0 - 1.0, rtol=1e-6)
     del m
     gc.collect()
     assert_no_new_shm(before)

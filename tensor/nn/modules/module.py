@@ -386,10 +386,13 @@ class Module:
 
     # -- modes, grads, moves ----------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        """Set training mode here and in every child (through their own train(), so an
+        override in a subclass is honoured, as in PyTorch)."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
-        for m in self.modules():
-            object.__setattr__(m, "training", mode)
+        object.__setattr__(self, "training", mode)
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self) -> "Module":
