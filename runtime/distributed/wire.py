@@ -61,7 +61,8 @@ def context() -> zmq.Context:
     """This process's ZeroMQ context (a fresh one after fork: contexts do not survive fork)."""
     global _ctx, _ctx_pid
     if _ctx is None or _ctx_pid != os.getpid():
-        _ctx = zmq.Context(io_threads=int(os.environ.get("ZGRAD_ZMQ_IO_THREADS", "1")))
+        # two I/O threads: sending and receiving a large ring piece proceed in parallel
+        _ctx = zmq.Context(io_threads=int(os.environ.get("ZGRAD_ZMQ_IO_THREADS", "2")))
         _ctx_pid = os.getpid()
     return _ctx
 
