@@ -98,9 +98,21 @@ def _all_collectives(rank, ws, layout):
         dist.broadcast(b, src=ws - 1)
         assert np.array_equal(b, parts[ws - 1])
 
-        r = mine.copy()
-        dist.reduce(r, dst=0, op=dist.ReduceOp.MAX)
-        assert np.array_equal(r, np.max(np.stack(parts), 0) if rank == 0 else mine)
+        for op in OPS:
+            if op == "AVG" and np.dtype(dtype).kind == "i":
+                continue
+            ins = [_input(rk, dtype, n, op, 3).reshape(-1, 1) for rk in range(ws)]
+            r = ins[rank].copy()
+            dist.reduce(r, dst=ws - 1, op=getattr(dist.ReduceOp, op))
+            if rank == ws - 1:
+                _close(r, _expected(op, ins), f"reduce {op}")
+            else:
+                assert np.array_equal(r, ins[rank]), "reduce changed a non-root tensor"
+            big = _input(rank, dtype, ws * n, op, 4)
+            out = np.empty(n, dtype)
+            dist.reduce_scatter_tensor(out, big, op=getattr(dist.ReduceOp, op))
+            full = _expected(op, [_input(rk, dtype, ws * n, op, 4) for rk in range(ws)])
+            _close(out, full[rank * n:(rank + 1) * n], f"reduce_scatter_tensor {op}")
 
         outs = [np.empty_like(mine) for _ in range(ws)]
         dist.all_gather(outs, mine)
@@ -111,11 +123,17 @@ def _all_collectives(rank, ws, layout):
         dist.all_gather_into_tensor(cat, mine)
         assert np.array_equal(cat, np.concatenate(parts))
 
-        big = _input(rank, dtype, ws * n, "SUM", 2)
-        out = np.empty(n, dtype)
+        # reduce_scatter_tensor above the ring threshold, input left untouched
+        big = _input(rank, dtype, ws * 40_000, "SUM", 2)
+        keep = big.copy()
+        out = np.empty(40_000, dtype)
         dist.reduce_scatter_tensor(out, big)
-        full = _expected("SUM", [_input(rk, dtype, ws * n, "SUM", 2) for rk in range(ws)])
-        _close(out, full[rank * n:(rank + 1) * n], "reduce_scatter_tensor")
+        assert np.array_equal(big, keep)
+        full = _expected("SUM", [_input(rk, dtype, ws * 40_000, "SUM", 2) for rk in range(ws)])
+        _close(out, full[rank * 40_000:(rank + 1) * 40_000], "reduce_scatter_tensor (ring)")
+        cat = np.empty((ws, 3), dtype)          # the stacked output form
+        dist.all_gather_into_tensor(cat, np.full(3, rank, dtype))
+        assert np.array_equal(cat, np.repeat(np.arange(ws, dtype=dtype)[:, None], 3, 1))
 
         g = [np.empty_like(mine) for _ in range(ws)] if rank == 1 % ws else None
         dist.gather(mine, g, dst=1 % ws)
