@@ -141,6 +141,20 @@ def test_state_dict_keys_and_shapes_match_pytorch():
                                                                                padding_idx=0))
 
 
+@requires_torch
+def test_every_layer_repr_matches_pytorch():
+    specs = [("Linear", (3, 2), {"bias": False}), ("Embedding", (5, 2), {}), ("Identity", (), {}),
+             ("Flatten", (), {}), ("ReLU", (), {}), ("ReLU", (), {"inplace": True}),
+             ("LeakyReLU", (0.2,), {}), ("GELU", (), {"approximate": "tanh"}), ("SiLU", (), {}),
+             ("Tanh", (), {}), ("Sigmoid", (), {}), ("Softmax", (), {"dim": -1}),
+             ("LogSoftmax", (), {"dim": 1}), ("Dropout", (0.2,), {}),
+             ("CrossEntropyLoss", (), {"label_smoothing": 0.1}),
+             ("NLLLoss", (), {"reduction": "sum"}), ("MSELoss", (), {}), ("L1Loss", (), {}),
+             ("BCEWithLogitsLoss", (), {})]
+    for name, args, kw in specs:
+        assert repr(getattr(nn, name)(*args, **kw)) == repr(getattr(torch.nn, name)(*args, **kw))
+
+
 # -- load_state_dict ---------------------------------------------------------------------------
 def test_load_state_dict_copies_in_place_and_keeps_parameter_objects():
     src, dst = Net(), Net()
@@ -229,6 +243,33 @@ def test_manual_seed_reproduces_weights_and_dropout_masks():
         np.testing.assert_array_equal(x, y)
     tensor.manual_seed(4321)
     assert not np.array_equal(nn.Linear(8, 16).weight.detach().numpy(), a[0])
+
+
+_SEEDED_RUN = """
+import hashlib, sys
+sys.path.insert(0, {root!r})
+import tensor, tensor.nn as nn
+tensor.manual_seed(7)
+net = nn.Sequential(nn.Linear(16, 32), nn.Dropout(0.5), nn.Linear(32, 4), nn.Embedding(9, 3))
+h = hashlib.sha256()
+for p in net.parameters():
+    h.update(p.detach().numpy().tobytes())
+h.update(net[1](tensor.ones(8, 32)).numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_manual_seed_is_reproducible_across_processes():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = _SEEDED_RUN.format(root=root)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.strip()) == 64
 
 
 def test_to_dtype_keeps_parameters_and_casts_only_floats():
