@@ -107,7 +107,8 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
     Args:
         backend: "zmq" (CPU arrays; CuPy arrays staged through host memory), "nccl" (CuPy
             arrays, through CuPy's NCCL) or "auto" (zmq, plus NCCL for CuPy arrays when a GPU
-            and CuPy are present).
+            and CuPy are present). "gloo" is accepted as another name for "zmq", so
+            PyTorch scripts run unchanged.
         init_method: "env://" (default: MASTER_ADDR, MASTER_PORT) or "tcp://host:port".
         timeout: datetime.timedelta or seconds; the deadline of every wait (default
             $ZGRAD_TIMEOUT_S or 300 s).
@@ -132,10 +133,10 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
             raise ValueError(f"init_process_group: expected 0 <= rank < world_size, got rank "
                              f"{st.rank}, world_size {st.world_size}")
         host, port = _master(init_method)
-        _rendezvous(st, host, port)
-        st.backend = "zmq" if backend == "gloo" else backend
-        _state = st
         try:
+            _rendezvous(st, host, port)
+            st.backend = "zmq" if backend == "gloo" else backend
+            _state = st
             st.world = _new_group(st, list(range(st.world_size)), st.timeout_s)
             if st.backend in ("nccl", "auto"):
                 from .nccl import attach_nccl

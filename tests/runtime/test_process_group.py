@@ -319,3 +319,34 @@ def test_message_without_secret_is_refused_and_logged():
     assert res[0][0] == res[1][0] == 3.0
     assert any("HMAC does not match" in ln and "ZGRAD_SECRET" in ln for ln in res[1][1]), res
     assert any("store: refused" in ln for ln in res[0][1]), res
+
+
+def test_rendezvous_timeout_names_missing_ranks(monkeypatch):
+    import runtime.distributed as dist
+    from tests.helpers import free_port
+    monkeypatch.delenv("ZGRAD_SECRET", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"missing \['init/1', 'init/2'\].*did not arrive"):
+        dist.init_process_group(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                                world_size=3, timeout=1.0)
+    assert time.monotonic() - t0 < 15
+    assert not dist.is_initialized()
+
+
+def test_hmac_covers_header_sizes_and_small_payloads(monkeypatch):
+    from runtime.distributed import wire
+    auth = wire.Auth(b"k")
+    h = wire.packb({"src": 0, "n": 0, "nb": 16})
+    small = np.arange(4, dtype=np.float32)
+    mac = auth.sign(h, small)
+    assert auth.verify(h, mac, small)
+    assert not auth.verify(h, mac, small * 2)                   # tampered small payload
+    assert not wire.Auth(b"other").verify(h, mac, small)       # another secret
+    assert not auth.verify(wire.packb({"src": 1, "n": 0, "nb": 16}), mac, small)
+    big = np.zeros(wire.ZERO_COPY_MIN_BYTES, np.uint8)
+    mac = auth.sign(h, big)
+    assert auth.verify(h, mac, big + 1)        # large payloads: header only by default...
+    monkeypatch.setenv("ZGRAD_AUTH_PAYLOAD", "1")
+    strict = wire.Auth(b"k")
+    mac = strict.sign(h, big)
+    assert strict.verify(h, mac, big) and not strict.verify(h, mac, big + 1)   # ...or all
