@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..ops import elementwise as _E
 from ..ops import nn as _N
-from ..ops.elementwise import sigmoid, silu, softplus, tanh  # noqa: F401  (re-exported)
+from .._grad_mode import is_grad_enabled
+from ..ops.elementwise import sigmoid, softplus, tanh  # noqa: F401  (re-exported)
 from ..ops.nn import linear, one_hot  # noqa: F401  (re-exported)
 
 __all__ = ["linear", "relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "softplus",
@@ -38,6 +39,19 @@ def relu_(input):
 
 def gelu(input, approximate: str = "none"):
     return _E.gelu(input, approximate=approximate)
+
+
+def silu(input, inplace: bool = False):
+    """x * sigmoid(x).
+
+    inplace=True writes the result into input when autograd is not recording through it;
+    while it is, the result is returned out of place (zgrad has no fused silu_, and the
+    product's backward needs the original input).
+    """
+    y = _E.silu(input)
+    if inplace and not (is_grad_enabled() and input.requires_grad):
+        return input.copy_(y)
+    return y
 
 
 def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):

@@ -400,6 +400,28 @@ def test_activation_modules_match_functional():
     assert nn.GELU("tanh")(x).shape == x.shape
 
 
+@pytest.mark.parametrize("make", [lambda: nn.ReLU(inplace=True),
+                                  lambda: nn.LeakyReLU(0.1, inplace=True),
+                                  lambda: nn.SiLU(inplace=True),
+                                  lambda: nn.Dropout(0.3, inplace=True)])
+def test_inplace_activations_give_the_same_gradients(make):
+    act = make()
+    tensor.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 1))
+    x = tensor.randn(5, 3)
+    grads = []
+    for inplace in (True, False):
+        act.inplace = inplace
+        tensor.manual_seed(1)  # the same dropout mask both times
+        m.zero_grad()
+        m(x).sum().backward()
+        grads.append(m[0].weight.grad.numpy().copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+    with tensor.no_grad():
+        x2 = tensor.randn(3, 4)
+        assert act(x2) is x2 or isinstance(act, nn.Dropout) and not act.training
+
+
 def test_embedding_padding_idx_row_is_zero_and_gets_no_grad():
     tensor.manual_seed(0)
     e = nn.Embedding(6, 3, padding_idx=-1)
