@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import os
 import secrets
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 from . import segment as _seg
 
@@ -25,7 +27,10 @@ _CONNECT_TIMEOUT_S = 30.0
 class _Conn:
     def __init__(self):
         self.lock = threading.Lock()
-        self.sock: socket.socket | None = None
+        # a raw fd, not a socket object: the connection must stay open until the process is
+        # gone (feeder threads still pickle during interpreter exit), and a socket object left
+        # open at exit warns (ResourceWarning); the kernel closes the fd when we die
+        self.fd = -1
         self.cid = ""
         self.seq = 0
         self.pending: collections.deque[str] = collections.deque()
@@ -55,13 +60,18 @@ def _connect_locked(c: _Conn) -> None:
     job = _seg.job_id()
     addr = _seg.manager_address(job)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(_CONNECT_TIMEOUT_S)
     try:
-        sock.connect(addr)
-    except (ConnectionRefusedError, FileNotFoundError):
-        _start_manager(job, addr)
-        sock.connect(addr)
-    c.sock, c.seq = sock, 0
+        sock.settimeout(_CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(addr)
+        except (ConnectionRefusedError, FileNotFoundError):
+            _start_manager(job, addr)
+            sock.connect(addr)
+        sock.setblocking(True)
+    except BaseException:
+        sock.close()
+        raise
+    c.fd, c.seq = sock.detach(), 0
     c.cid = f"{os.getpid()}-{secrets.token_hex(4)}"
     lines = [f"H {c.cid} {os.getpid()}\n"]
     # a fresh manager (the old one died) must learn what we hold
@@ -70,7 +80,9 @@ def _connect_locked(c: _Conn) -> None:
 
 
 def _send_raw_locked(c: _Conn, lines: list[str]) -> int:
-    c.sock.sendall("".join(lines).encode())
+    view = memoryview("".join(lines).encode())
+    while view:
+        view = view[os.write(c.fd, view):]
     c.seq += len(lines)
     return c.seq
 
@@ -81,13 +93,13 @@ def _send_locked(c: _Conn, lines: list[str]) -> int:
         lines.insert(0, c.pending.pop())
     for attempt in (0, 1):
         try:
-            if c.sock is None:
+            if c.fd < 0:
                 _connect_locked(c)
             return _send_raw_locked(c, lines)
         except OSError:
-            if c.sock is not None:
-                c.sock.close()
-            c.sock = None
+            if c.fd >= 0:
+                os.close(c.fd)
+            c.fd = -1
             if attempt:
                 raise
     raise AssertionError("unreachable")
@@ -146,10 +158,13 @@ def request(cmd: str, timeout_s: float = 10.0) -> str:
     c = _conn
     with c.lock:
         _send_locked(c, [cmd + "\n"])
-        c.sock.settimeout(timeout_s)
         buf = b""
+        deadline = time.monotonic() + timeout_s
         while not buf.endswith(b"\n"):
-            chunk = c.sock.recv(65536)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([c.fd], [], [], left)[0]:
+                raise TimeoutError(f"shm: the manager did not answer {cmd!r} in {timeout_s}s")
+            chunk = os.read(c.fd, 65536)
             if not chunk:
                 raise ConnectionError("shm: the manager closed the connection")
             buf += chunk
@@ -191,8 +206,8 @@ def _after_fork_parent():
 def _after_fork_child():
     global _conn
     old = _conn
-    if old.sock is not None:
-        old.sock.close()  # our copy only: the parent's connection stays open
+    if old.fd >= 0:
+        os.close(old.fd)  # our copy only: the parent's connection stays open
     _conn = _Conn()
     _seg._maps_lock = threading.Lock()  # another parent thread may have held it at fork
     from . import arrays
