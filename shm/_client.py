@@ -31,6 +31,7 @@ class _Conn:
         # gone (feeder threads still pickle during interpreter exit), and a socket object left
         # open at exit warns (ResourceWarning); the kernel closes the fd when we die
         self.fd = -1
+        self.reconnecting = False  # set once connected: a later connect is to a new manager
         self.cid = ""
         self.seq = 0
         self.pending: collections.deque[str] = collections.deque()
@@ -74,8 +75,9 @@ def _connect_locked(c: _Conn) -> None:
     c.fd, c.seq = sock.detach(), 0
     c.cid = f"{os.getpid()}-{secrets.token_hex(4)}"
     lines = [f"H {c.cid} {os.getpid()}\n"]
-    # a fresh manager (the old one died) must learn what we hold
-    lines += [f"O {n}\n" for n in _seg.live_names()]
+    if c.reconnecting:  # a fresh manager (the old one died) must learn what we hold
+        lines += [f"O {n}\n" for n in _seg.live_names()]
+    c.reconnecting = True
     _send_raw_locked(c, lines)
 
 
@@ -88,7 +90,10 @@ def _send_raw_locked(c: _Conn, lines: list[str]) -> int:
 
 
 def _send_locked(c: _Conn, lines: list[str]) -> int:
-    """Send lines (after any queued releases); returns the seq of the last one."""
+    """Send lines (after any queued releases); returns the seq of the last one.
+
+    A fork child's first connection announces nothing: its inherited mappings are claimed
+    from the parent's fork flight (_after_fork_child)."""
     while c.pending:
         lines.insert(0, c.pending.pop())
     for attempt in (0, 1):
@@ -105,7 +110,7 @@ def _send_locked(c: _Conn, lines: list[str]) -> int:
     raise AssertionError("unreachable")
 
 
-def _send(lines: list[str]) -> int:
+def _send(lines: list[str]) -> tuple[str, int]:
     c = _conn
     with c.lock:
         seq = _send_locked(c, lines)

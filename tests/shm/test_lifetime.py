@@ -141,3 +141,28 @@ def test_scenario_in_a_job_of_its_own(scenario):
     out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios", scenario], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+def _drops_inherited_then_reports(box, q):
+    name = shm.handle(box[0])[0]
+    box.clear()  # the only reference (the Process object keeps the list, not the array)
+    gc.collect()
+    from shm import _client
+    _client.sync()
+    q.put(name)
+    time.sleep(600)  # stays alive: its holds must already be gone
+
+
+def test_fork_child_that_drops_an_inherited_array_lets_go_of_it():
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_drops_inherited_then_reports, args=([shm.zeros((100_000,))], q),
+                    daemon=True)
+    p.start()
+    gc.collect()  # the parent's reference went with Process.start()
+    try:
+        name = _get(q, p)
+        _wait_gone([name])  # while the child is still alive
+    finally:
+        p.kill()
+        p.join(10)
