@@ -637,3 +637,15 @@ def test_clip_grad_norm_nonfinite_and_clip_value():
     np.testing.assert_array_equal(ps[0].grad.numpy(), [-1.0, 0.2, 1.0])
     p = nn.Parameter(tensor.ones(2))
     assert nn.utils.clip_grad_norm_(p, 1.0).item() == 0.0  # no grads: total norm 0
+
+
+def test_parameters_to_vector_and_back():
+    m = nn.Linear(3, 2)
+    v = nn.utils.parameters_to_vector(m.parameters())
+    assert v.shape == (8,)
+    np.testing.assert_array_equal(v.detach().numpy()[:6], m.weight.detach().numpy().ravel())
+    nn.utils.vector_to_parameters(tensor.arange(8.0), m.parameters())
+    np.testing.assert_array_equal(m.bias.detach().numpy(), [6.0, 7.0])
+    with pytest.raises(ValueError, match="8 in all"):
+        nn.utils.vector_to_parameters(tensor.arange(7.0), m.parameters())
+
