@@ -36,7 +36,8 @@ manager when the worker's connection closes (Note [Shm lifetime]); they also car
 iterator's tag in their name and the shutdown sweep unlinks them at once.
 
 Shutdown order (end of epoch without persistent_workers, leaving a loop early, deleting the
-loader, interpreter exit): (1) send None to every index pipe; (2) join all workers with a shared
+loader, interpreter exit): (1) set the shared `done` flag (workers drop requests still queued)
+and send None to every index pipe; (2) join all workers with a shared
 deadline; (3) terminate, then kill, the ones still alive; (4) close the pipes; (5) unlink blocks
 still named with this iterator's tag; (6) forget the block mappings (batches the user still
 holds keep theirs). A worker also exits by itself when its index pipe closes or its parent
@@ -49,6 +50,7 @@ its pid, signal or exit code. `timeout` bounds each wait for a batch.
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -82,12 +84,15 @@ class _Workers:
         self.tag = tag
         self.procs, self.index_conns, self.result_conns = [], [], []
         self.receiver = None
+        self.done = None   # a shared flag: workers drop queued requests once it is set
         self.closed = False
 
     def shutdown(self):
         if self.closed:
             return
         self.closed = True
+        if self.done is not None:
+            self.done.value = True
         for c in self.index_conns:
             try:
                 c.send(None)
@@ -127,6 +132,7 @@ class _MultiProcessIter(_BaseIter):
         w = self._w = _Workers(tag)
         self._finalizer = weakref.finalize(self, w.shutdown)
         ctx = loader._mp_context()
+        w.done = ctx.RawValue(ctypes.c_bool, False)
         _begin_epoch(loader, self)
         base_seed = self._base_seed
         rank, world_size = _distributed_position()
@@ -144,7 +150,7 @@ class _MultiProcessIter(_BaseIter):
                     args=(wid, loader.dataset, idx_r, res_w, loader.collate_fn,
                           loader._auto_collation, loader.batch_size, loader.drop_last,
                           base_seed, loader.worker_init_fn, self._n, rank, world_size,
-                          os.getpid(), loader._iterable, f"{tag}w{wid}"))
+                          os.getpid(), loader._iterable, f"{tag}w{wid}", w.done))
                 try:
                     p.start()
                 except (TypeError, AttributeError, pickle.PicklingError) as e:

@@ -114,8 +114,9 @@ class _Fetcher:
 
 def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
                 auto_collation, batch_size, drop_last, base_seed, init_fn, num_workers,
-                rank, world_size, parent_pid, iterable, tag):
-    """Serve requests from `index_conn` until the None sentinel (see Note [Loader protocol])."""
+                rank, world_size, parent_pid, iterable, tag, done):
+    """Serve requests from `index_conn` until the None sentinel or `done` is set (see
+    Note [Loader protocol])."""
     global _worker_info
     import tensor
     from . import _transport
@@ -166,6 +167,8 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
             if op == "reset":   # a new epoch with persistent workers
                 fetcher = _Fetcher(dataset, iterable, auto_collation, batch_size, drop_last)
                 continue
+            if done.value:   # shutting down: skip the requests still queued before None
+                return
             _, key, indices = msg      # ("task", (epoch, batch_idx), indices)
             fetcher.failed_at = None
             try:
