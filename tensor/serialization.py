@@ -109,31 +109,54 @@ class _Encoder:
                         f"{path}; keys must be strs, numbers, bools, None or tuples of them.")
 
 
-def _serialize(obj) -> bytes:
-    import safetensors.numpy
+def _encode(obj):
+    """(arrays by key, safetensors metadata) for obj."""
     enc = _Encoder()
     structure = enc.encode(obj, "obj")
     meta = {"format": FORMAT, "version": VERSION,
             "structure": json.dumps(structure, separators=(",", ":"), allow_nan=False)}
-    return safetensors.numpy.save(enc.arrays, metadata=meta)
+    return enc.arrays, meta
+
+
+def _file_mode(path: str) -> int:
+    """The mode a plain open() would give: the old file's, else 0666 minus the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    umask = 0o022
+    try:  # read, not set: os.umask() would change it for every thread for a moment
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o666 & ~umask
 
 
 def save(obj, f) -> None:
     """Save obj (a state dict: nested dicts/lists/tuples of Tensors, numbers, strings, None,
     bools) to the path `f` atomically, or write it to a binary file object. No pickle: see
     Note [Checkpoint format]."""
-    data = _serialize(obj)
+    import safetensors.numpy
+    arrays, meta = _encode(obj)  # refuses unsupported values before touching the file
     if hasattr(f, "write"):
-        f.write(data)
+        f.write(safetensors.numpy.save(arrays, metadata=meta))
         return
     path = os.fspath(f)
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # written straight to the file (no whole-checkpoint bytes object in memory)
+        safetensors.numpy.save_file(arrays, tmp, metadata=meta)
+        os.chmod(tmp, _file_mode(path))  # mkstemp's file is 0600; give the usual mode
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:

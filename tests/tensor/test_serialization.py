@@ -123,6 +123,14 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     tensor.save({"v": 3}, path)
     assert tensor.load(path) == {"v": 3}
     assert os.listdir(tmp_path) == ["ck"]
+    # the file gets an ordinary mode (not the temporary file's 0600)
+    os.chmod(path, 0o640)
+    tensor.save({"v": 4}, path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    tensor.save({"v": 5}, tmp_path / "new")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(tmp_path / "new").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_save_refuses_unsupported_values_with_a_path():
