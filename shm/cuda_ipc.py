@@ -7,11 +7,14 @@ pool hands out pieces of bigger cudaMalloc blocks, so the handle names the block
 pickle carries the array's byte offset inside it (found with the driver's
 cuMemGetAddressRange).
 
-Lifetime differs from CPU segments, as in torch: the *producer* must keep the array alive while
-consumers use it; CUDA frees the block when its owner frees it. Here the producer keeps every
-block it exported alive until the process exits or ``release_exported()`` is called, so a
-consumer can never read freed memory; call ``release_exported()`` once consumers are done
-(a trainer at the end of an epoch, say).
+Lifetime, as torch's CUDA IPC: device memory belongs to the producer's process, so the producer
+keeps every block it sent alive until each consumer is done with it. Every send carries a
+one-int64 *lease* in CPU shared memory, set to 1 by the producer; the consumer sets it to 0 when
+its array (and every view) is gone, after a device synchronize so no queued kernel still reads
+it. The producer drops blocks whose leases are all 0 on each send and in ``ipc_collect()``
+(torch.cuda.ipc_collect). A consumer that dies without letting go keeps the block until the
+producer exits (the memory cannot be proven unused); ``release_exported()`` drops every block
+regardless, for a producer that knows its consumers are gone.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ try:  # shm sits under tensor and may not import tensor.backend; same lookup as 
 except Exception:  # ImportError, or a CUDA runtime that fails to load
     cupy = None
 
-_exported: dict[tuple, object] = {}    # (handle, memory ptr) -> the cupy Memory kept alive
+_exported: dict[tuple, list] = {}      # (handle, memory ptr) -> [cupy memory, leases...]
 _opened: dict[bytes, weakref.ref] = {}  # handle -> this process's _Opened mapping
 _lock = threading.Lock()
 _libcuda = None
@@ -86,22 +89,39 @@ class _Opened:
             pass
 
 
+class _Lease:
+    """A consumer's use of one sent array; ends (lease set to 0) when its memory is unused."""
+
+    def __init__(self, opened: _Opened, lease):
+        self.opened, self.lease = opened, lease
+
+    def __del__(self):
+        try:
+            with cupy.cuda.Device(self.opened.device):
+                cupy.cuda.runtime.deviceSynchronize()  # kernels queued on it have finished
+        except Exception:
+            pass
+        self.lease[0] = 0
+
+
 def _rebuild_cupy(handle, block_size, offset, shape, dtype, strides, device, pid, mem_ptr,
-                  offset_in_mem):
+                  offset_in_mem, lease):
     if pid == os.getpid():  # CUDA cannot open our own handle: use the exported memory itself
         with _lock:
-            mem = _exported.get((handle, mem_ptr))
-        if mem is None:
+            entry = _exported.get((handle, mem_ptr))
+        if entry is None:
             raise RuntimeError("shm.cuda_ipc: this process exported the array, then released "
                                "it with release_exported(); it cannot be rebuilt here")
-        return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, offset_in_mem), strides)
+        lease[0] = 0  # the rebuilt array holds the memory itself
+        return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(entry[0], offset_in_mem),
+                            strides)
     with _lock:
         ref = _opened.get(handle)
         opened = ref() if ref is not None else None
         if opened is None:
             opened = _Opened(handle, device)
             _opened[handle] = weakref.ref(opened)
-    mem = cupy.cuda.UnownedMemory(opened.ptr, block_size, opened, device)
+    mem = cupy.cuda.UnownedMemory(opened.ptr, block_size, _Lease(opened, lease), device)
     return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, offset), strides)
 
 
@@ -112,14 +132,31 @@ def reduce_cupy(a):
     with cupy.cuda.Device(device):
         base, block_size = _address_range(a.data.ptr, device)
         handle = bytes(cupy.cuda.runtime.ipcGetMemHandle(base))
-    with _lock:  # keeps the memory alive for consumers (module docstring)
-        _exported[(handle, mem.ptr)] = mem
+    from .arrays import zeros
+
+    ipc_collect()
+    lease = zeros((1,), "int64")  # pickled by handle with the rest (see the module docstring)
+    lease[0] = 1
+    with _lock:  # keeps the memory alive for consumers
+        _exported.setdefault((handle, mem.ptr), [mem]).append(lease)
     return _rebuild_cupy, (handle, block_size, a.data.ptr - base, a.shape, a.dtype.str,
-                           a.strides, device, os.getpid(), mem.ptr, a.data.ptr - mem.ptr)
+                           a.strides, device, os.getpid(), mem.ptr, a.data.ptr - mem.ptr, lease)
+
+
+def ipc_collect() -> int:
+    """Let go of exported blocks no consumer uses any more; returns how many (torch name)."""
+    freed = 0
+    with _lock:
+        for key, entry in list(_exported.items()):
+            entry[1:] = [lease for lease in entry[1:] if lease[0] != 0]
+            if len(entry) == 1:
+                del _exported[key]
+                freed += 1
+    return freed
 
 
 def release_exported() -> int:
-    """Let go of the device blocks this process exported; returns how many. See the docstring."""
+    """Let go of every exported block, used or not; returns how many. See the docstring."""
     with _lock:
         n = len(_exported)
         _exported.clear()

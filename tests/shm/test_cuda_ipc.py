@@ -56,28 +56,38 @@ def test_cupy_roundtrip_in_the_same_process_shares_memory():
 
     x = cupy.arange(10, dtype=cupy.float64)
     assert shm.is_shared(x) and shm.share(x) is x
+    shm.cuda_ipc.ipc_collect()
     y = pickle.loads(ForkingPickler.dumps(x[3:]))
     y[0] = 100
     assert float(x[3]) == 100.0 and y.shape == (7,)
-    assert len(ForkingPickler.dumps(x)) < 1000  # a handle, not the data
-    assert shm.cuda_ipc.release_exported() >= 1
+    payload = ForkingPickler.dumps(x)
+    assert len(payload) < 1500  # a handle, not the data
+    pickle.loads(payload)
+    assert shm.cuda_ipc.ipc_collect() == 1  # both rebuilt here: the block is ours again
 
 
-def _child_returns_gpu_array(q):
+def _child_returns_gpu_array(q, done):
     import cupy
 
     a = cupy.full((3,), 7, dtype=cupy.int32)
     q.put(a)
-    import time
-    time.sleep(2)  # the producer must outlive the consumer's use (see cuda_ipc's docstring)
+    del a  # the lease keeps the block alive in this process
+    assert shm.cuda_ipc.ipc_collect() == 0
+    assert done.get(timeout=60) == "dropped"
+    freed = shm.cuda_ipc.ipc_collect()
+    q.put(freed)
 
 
 def test_child_produced_cupy_array_reaches_parent():
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child_returns_gpu_array, args=(q,))
+    q, done = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_child_returns_gpu_array, args=(q, done))
     p.start()
     a = _get(q, p, 120)
-    assert np.array_equal(a.get(), [7, 7, 7])
+    view = a[1:]
     del a
+    assert np.array_equal(view.get(), [7, 7])  # the producer freed nothing yet: view is live
+    del view  # ends the lease
+    done.put("dropped")
+    assert _get(q, p, 60) == 1  # then the producer's ipc_collect frees the block
     _join(p, 60)
