@@ -149,8 +149,9 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
         scale = wt
     elif reduction == "mean":
         den = wt.sum()
-        y = loss.sum() / den
-        scale = wt / den
+        with np.errstate(invalid="ignore", divide="ignore"):  # all ignored: nan, as PyTorch
+            y = loss.sum() / den
+            scale = wt / den
     else:
         raise ValueError(f"nll_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     shape = lp.shape
