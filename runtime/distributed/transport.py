@@ -105,6 +105,7 @@ class PeerMesh:
         self.endpoints: list[str] = []
         self.local_pids: dict[int, int] = {}   # group rank -> pid, peers on this machine
         self.trackers: list = []
+        self.aborted: str | None = None      # the first ABORT a peer sent us
 
     @staticmethod
     def _heartbeat(sock):
@@ -202,6 +203,8 @@ class PeerMesh:
         return arr
 
     def _poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = _POLL_MS):
+        if self.aborted is not None:
+            raise AbortedError(self.aborted)
         now = time.monotonic()
         if now > deadline:
             missing = [self.grank(r) for r in waiting if not self.pending[r]]
@@ -242,7 +245,11 @@ class PeerMesh:
                 continue
             self.recv_count[src] += 1
             if header.get("t") == "abort":
-                raise AbortedError(f"{header['msg']} [reported by rank {self.grank(src)}]")
+                # raised once we need a message we do not have (see _poll): what the peer sent
+                # before it gave up is still consumed in order
+                if self.aborted is None:
+                    self.aborted = f"{header['msg']} [reported by rank {self.grank(src)}]"
+                continue
             self.pending[src].append((header, payload))
 
     def _check_lost(self, call: list, waiting: list[int]):
