@@ -226,7 +226,8 @@ def _new_group(st: _State, ranks: list[int], timeout_s: float):
         return GroupMember.NON_GROUP_MEMBER
     pg = ProcessGroup(gid, ranks, st.rank, timeout_s)
     try:
-        _connect_group(st, pg, gid, ranks, timeout_s)
+        # setup waits (store, first barrier) use the job timeout; timeout_s bounds collectives
+        _connect_group(st, pg, gid, ranks, max(timeout_s, st.timeout_s))
     except BaseException:
         pg.shutdown()
         raise

@@ -204,14 +204,15 @@ def test_desync_different_collectives():
 def _timeout(rank, ws, tcp):
     _layout(rank, tcp)
     import runtime.distributed as dist
-    dist.init_process_group(timeout=1.0)
+    dist.init_process_group(timeout=20)
+    group = dist.new_group(list(range(ws)), timeout=1.0)   # a short deadline for this group
     t0 = time.monotonic()
     if rank == 1:
         time.sleep(2.5)        # "stuck in other work"
         msg = "skipped"
     else:
         with pytest.raises((TimeoutError, RuntimeError)) as e:
-            dist.all_reduce(np.ones(10))
+            dist.all_reduce(np.ones(10), group=group)
         msg = str(e.value)
         assert time.monotonic() - t0 < 30
     dist.destroy_process_group()
