@@ -8,10 +8,11 @@ waits on all result pipes and all worker sentinels at once (``multiprocessing.co
 a message or a death wakes it immediately, never a poll loop.
 
 Index pipe messages (pickled tuples, all small):
-  ("task", (epoch, i), indices)   fetch batch i (indices: list, single index, or None for an
-                                  IterableDataset: "your next batch")
-  ("free", name)                  the main process dropped the last array of the batch that
-                                  lived in block `name`; the worker may overwrite it
+  ("task", (epoch, i), indices, freed)
+                                  fetch batch i (indices: list, single index, or None for an
+                                  IterableDataset: "your next batch"); `freed` names the blocks
+                                  whose batches the main process has dropped since the last
+                                  task to this worker: the worker may overwrite them
   ("reset",)                      persistent workers: a new epoch starts (restart iterables)
   None                            exit
 Result pipe messages: ((epoch, i), w, status, payload) with status "ok" (payload: the batch,
@@ -25,12 +26,14 @@ with the fewest requests pending, and batches are yielded as they arrive). At mo
 and not yet yielded; each yielded batch releases one more request.
 
 Block lifetime (see runtime/data/_transport.py). A worker keeps a ring of shm segments; a batch
-is written into one free block and the block stays busy until "free" comes back. The main
+is written into one free block and the block stays busy until its name comes back. The main
 process maps a block the first time a handle names it and unlinks the name right away: from
 then on the memory lives exactly as long as the two mappings, so a crash of either side cannot
 leave a file in /dev/shm. Each batch's arrays are views of a per-batch base array; a finalizer
-on it queues ("free", name), which the main process sends with its next request (never from the
-finalizer itself, which can run in the middle of another send). Blocks a worker created but the
+on it queues the block's name, which travels back with the worker's next task (never sent from
+the finalizer itself, which can run in the middle of another send; and one pipe write per batch,
+not two). A worker that finds no free block large enough creates one, so a user holding on to
+batches costs memory, never a wait. Blocks a worker created but the
 main process never mapped (the worker died, or shutdown came first) are released by shm's
 manager when the worker's connection closes (Note [Shm lifetime]); they also carry the
 iterator's tag in their name and the shutdown sweep unlinks them at once.
@@ -175,6 +178,7 @@ class _MultiProcessIter(_BaseIter):
                 config["daemon"] = daemonic
         self._epoch_key = 0
         self._warned_slow = False
+        self._frees = [[] for _ in range(self._n)]   # block names to return, per worker
         self._start_epoch()
 
     def _start_epoch(self):
@@ -202,14 +206,12 @@ class _MultiProcessIter(_BaseIter):
         self._start_epoch()
 
     # -- requests ------------------------------------------------------------------------------
-    def _flush_frees(self):
-        freed, conns = self._w.receiver.freed, self._w.index_conns
+    def _collect_frees(self):
+        """Sort the blocks freed since the last call by worker (they ride on its next task)."""
+        freed, frees = self._w.receiver.freed, self._frees
         while freed:
             wid, name = freed.popleft()
-            try:
-                conns[wid].send(("free", name))
-            except (OSError, ValueError):
-                pass   # the worker is gone: its block dies with the mappings
+            frees[wid].append(name)
 
     def _pick_worker(self):
         if self._in_order:
@@ -238,10 +240,11 @@ class _MultiProcessIter(_BaseIter):
             self._exhausted = True
             return
         if self._w.receiver.freed:
-            self._flush_frees()
+            self._collect_frees()
+        frees, self._frees[wid] = self._frees[wid], []
         i = self._send_idx
         try:
-            self._w.index_conns[wid].send(("task", (self._epoch_key, i), indices))
+            self._w.index_conns[wid].send(("task", (self._epoch_key, i), indices, frees))
         except OSError:   # its pipe is closed: the worker died
             self._raise_worker_died(wid, self._w.procs[wid])
         self._task_info[i] = (wid, indices)
@@ -312,8 +315,6 @@ class _MultiProcessIter(_BaseIter):
     def _wait(self):
         """Block until at least one result arrives; raise on a dead worker or the timeout."""
         w = self._w
-        if self._w.receiver.freed:
-            self._flush_frees()
         start = time.monotonic()
         waitables = w.result_conns + [p.sentinel for p in w.procs]
         while True:

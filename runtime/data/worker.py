@@ -160,16 +160,14 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
                 return
             if msg is None:
                 return
-            op = msg[0]
-            if op == "free":
-                ring.release(msg[1])
-                continue
-            if op == "reset":   # a new epoch with persistent workers
+            if msg[0] == "reset":   # a new epoch with persistent workers
                 fetcher = _Fetcher(dataset, iterable, auto_collation, batch_size, drop_last)
                 continue
             if done.value:   # shutting down: skip the requests still queued before None
                 return
-            _, key, indices = msg      # ("task", (epoch, batch_idx), indices)
+            _, key, indices, freed = msg   # ("task", (epoch, batch_idx), indices, freed)
+            for name in freed:
+                ring.release(name)
             fetcher.failed_at = None
             try:
                 data = fetcher.fetch(indices)
