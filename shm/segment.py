@@ -29,20 +29,25 @@ every worker, in one small manager process per job (``shm/manager.py``):
 * Death: the kernel closes a dead process's socket, SIGKILL included; the manager reads what was
   buffered, then drops every hold of that connection. Handles a dead sender left in flight are
   kept for ``ZGRAD_SHM_FLIGHT_GRACE_S`` seconds (default 30), so "put a result and exit" works,
-  then released. ``os.fork`` is covered by at-fork hooks: the parent puts all its live
+  then released. A handle pickled but never unpickled (a queue dropped with messages in it)
+  likewise holds its segment until its sender exits (+ grace); a ForkingPickler dump that fails
+  part-way cancels the flights it made (shm/reductions.py). ``os.fork`` is covered by at-fork hooks: the parent puts all its live
   mappings in flight before the fork, the child claims them after it, so a parent that drops an
-  array right after ``Process.start()`` cannot pull the segment from under the child.
+  array right after ``Process.start()`` cannot pull the segment from under the child (and the
+  child's fresh connection announces nothing else: it holds exactly what it claimed).
 * End of job: when no client is connected and either no handle is in flight or the job's root
-  process (``ZGRAD_JOB_ROOT_PID``) is dead, the manager unlinks every name it still knows and
-  exits. So nothing stays in /dev/shm after a normal exit, a SIGKILLed child or a SIGKILLed
+  process (``ZGRAD_JOB_ROOT_PID``: set by whoever generates the job id; a launcher that sets
+  ZGRAD_JOB_ID should set it to its own pid) is dead, the manager unlinks every name it still
+  knows and exits (after a 1 s linger while the root lives, to avoid restarts). So nothing stays in /dev/shm after a normal exit, a SIGKILLed child or a SIGKILLed
   parent. If the manager itself is SIGKILLed, ``shm.sweep(job_id)`` / ``python -m shm sweep``
   removes a job's leftovers by name (and clients reconnect to a fresh manager).
 * Descriptors: shm_open -> ftruncate/posix_fallocate -> mmap -> close(fd). A mapped segment
   costs no descriptor, so 10,000 tensors in flight cost 10,000 mappings (the kernel allows
   ~65k) and no fds; small arrays are packed into 1 MiB arenas (``shm/arrays.py``) so they
   cost far fewer.
-* In one process all arrays and Segments on a name share one mmap (cached weakly by name);
-  closing a Segment never unmaps memory an array still uses, so there is no use-after-unmap.
+* In one process all arrays and Segments on a name share one mapping (cached weakly by name);
+  closing a Segment never unmaps memory an array still uses. The munmap runs in the cache's
+  weakref callback, when no thread can reach the mapping any more (see _ShmMap).
 """
 from __future__ import annotations
 
