@@ -2,9 +2,11 @@
 
 Note [Ring and direct]
 ~~~~~~~~~~~~~~~~~~~~~~
-Small messages (< ``ZGRAD_RING_MIN_BYTES``, default 256 KiB) use *direct* exchange: one round
-in which every rank sends its data to every rank that needs it, and reductions apply the
-inputs in rank order 0, 1, ..., n-1 (latency-optimal for the small groups we run).
+Small messages use *direct* exchange: one round in which every rank sends its data to every
+rank that needs it, and reductions apply the inputs in rank order 0, 1, ..., n-1
+(latency-optimal for the small groups we run). all_reduce goes direct while a rank would send
+fewer than ``ZGRAD_RING_MIN_BYTES`` (default 1 MiB) in all, i.e. nbytes * (n-1); reduce_scatter
+and all_gather (where direct and ring move the same bytes) below n times that.
 Large all_reduce / reduce_scatter / all_gather use the *ring*: the array is cut into n
 segments; in reduce-scatter step k rank r sends segment (r-k-1) mod n to r+1 and adds segment
 (r-k-2) mod n from r-1, so after n-1 steps rank r holds segment r fully reduced; all-gather
@@ -21,7 +23,7 @@ import numpy as np
 
 from .transport import PeerMesh
 
-RING_MIN_BYTES = int(os.environ.get("ZGRAD_RING_MIN_BYTES", 256 * 1024))
+RING_MIN_BYTES = int(os.environ.get("ZGRAD_RING_MIN_BYTES", 1 << 20))
 PIECE_BYTES = int(os.environ.get("ZGRAD_RING_PIECE_BYTES", 1 << 20))
 _AG = 1 << 20   # step tags of the all-gather phase
 
@@ -81,7 +83,7 @@ def all_reduce(mesh: PeerMesh, call, x: np.ndarray, ufunc, deadline):
     n = mesh.size
     if n == 1:
         return
-    if x.nbytes < RING_MIN_BYTES or x.size < n:
+    if x.nbytes * (n - 1) < RING_MIN_BYTES or x.size < n:
         _direct_all_reduce(mesh, call, x, ufunc, deadline)
     else:
         segs = bounds(x.size, n)
