@@ -45,8 +45,8 @@ def _init_variants(rank, ws):
     return float(x[0]), float(y[0])
 
 
-def test_init_with_pytorch_variables_only_and_tcp_init_method():
-    os.environ.pop("ZGRAD_SECRET", None)
+def test_init_with_pytorch_variables_only_and_tcp_init_method(monkeypatch):
+    monkeypatch.delenv("ZGRAD_SECRET", raising=False)
     res = spawn(_init_variants, 3, timeout_s=60)
     assert res == [(6.0, 3.0)] * 3
 
