@@ -21,6 +21,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -52,6 +53,15 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
     except OSError:
         return True
+
+
+def _same_user(sock) -> bool:
+    """True if the peer runs as our uid (Linux SO_PEERCRED; elsewhere the path's mode guards)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
 
 
 class _Client:
@@ -188,7 +198,11 @@ class Manager:
         cl.buf += data
         *lines, cl.buf = cl.buf.split(b"\n")
         for line in lines:
-            self.handle(cl, line.decode(errors="replace"))
+            line = line.decode(errors="replace")
+            try:
+                self.handle(cl, line)
+            except Exception as e:  # a bad line must not take the job's bookkeeping down
+                self.log(f"bad line {line!r} from {cl.cid}: {type(e).__name__}: {e}")
 
     # -- loop -------------------------------------------------------------------------------
     def serve(self):
@@ -202,6 +216,10 @@ class Manager:
                     except OSError:
                         continue
                     sock.setblocking(True)
+                    if not _same_user(sock):  # abstract sockets have no file permissions
+                        self.log("refused a connection from another user")
+                        sock.close()
+                        continue
                     self.clients[sock] = _Client(sock)
                     self.sel.register(sock, selectors.EVENT_READ)
                 else:
@@ -252,6 +270,8 @@ def main(argv):
         except OSError:
             os.unlink(addr)
             lsock.bind(addr)
+    if not addr.startswith("\0"):
+        os.chmod(addr, 0o600)  # only our user may connect
     lsock.listen(512)
     if os.fork() > 0:
         os._exit(0)  # the starter's subprocess.run returns; we are reparented, no zombie
