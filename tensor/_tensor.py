@@ -382,8 +382,7 @@ class Tensor:
         return self
 
     def is_shared(self) -> bool:
-        if not isinstance(self.data, np.ndarray):
-            return False
+        """True when the storage is in shared memory (CUDA tensors are: they travel by IPC)."""
         import shm
         return shm.is_shared(self.data)
 
