@@ -202,6 +202,11 @@ def _rendezvous(st: _State, host: str, port: int):
     vals = st.store.multi_get(keys, max(0.1, deadline - time.monotonic()),
                               what=f"init_process_group (rank {st.rank})")
     st.infos = [wire.unpackb(v) for v in vals]
+    if st.secret_port is not None:
+        # every rank has read the secret and been let in: the file has done its job (removing
+        # it now also means a rank 0 killed later leaves nothing behind)
+        wire.remove_local_secret(st.secret_port)
+        st.secret_port = None
     sizes = {i["ws"] for i in st.infos}
     if len(sizes) != 1:
         raise ValueError(f"init_process_group: ranks disagree on world_size: "

@@ -30,7 +30,8 @@ The key is ``ZGRAD_SECRET`` (the launcher generates one per job). Without it:
   as ``job-<port>.secret`` (mode 0600) *before* it starts the store; other ranks of the same
   user read it. A stale file from an earlier job on the same port makes the store refuse the
   first request; the client re-reads the file and retries until the rendezvous timeout.
-  So only processes of the same user on this host can join: a PyTorch-style script that sets
+  Rank 0 removes the file once every rank has joined. So only processes of the same user on
+  this host can join: a PyTorch-style script that sets
   only RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT works unchanged.
 - on any other address the job refuses to start and says how to set a secret.
 """
