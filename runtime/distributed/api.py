@@ -45,6 +45,7 @@ class _State:
         self.secret_port: int | None = None
         self.timeout_s = DEFAULT_TIMEOUT_S
         self.machine = ""
+        self.pid = os.getpid()
 
 
 _state: _State | None = None
@@ -361,7 +362,8 @@ def destroy_process_group(group=None):
 
 
 def _atexit():
-    if _state is not None:
+    # a forked child (a data loader worker) inherits _state but owns none of it
+    if _state is not None and _state.pid == os.getpid():
         destroy_process_group()
 
 
