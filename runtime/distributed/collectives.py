@@ -9,7 +9,7 @@ from tensor import backend
 
 from . import algorithms as algo
 from .api import _group
-from .process_group import ReduceOp, Staged, check_op
+from .process_group import _UFUNC, ReduceOp, Staged, check_op
 
 
 def as_array(t, what: str, arg: str = "tensor"):
@@ -187,16 +187,11 @@ def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op: 
             pg.all_reduce_flat(call, scratch, op, deadline)
             res[...] = scratch[me * out.size:(me + 1) * out.size]
         else:
-            algo.reduce_scatter(pg.mesh, call, scratch, res, np_ufunc(op), deadline)
+            algo.reduce_scatter(pg.mesh, call, scratch, res, _UFUNC[op], deadline)
             if op == "AVG":
                 np.divide(res, n, out=res)
         _write(out, res)
     return pg.submit("reduce_scatter_tensor", op, x.dtype, x.shape, None, run, async_op)
-
-
-def np_ufunc(op: str):
-    from .process_group import _UFUNC
-    return _UFUNC[op]
 
 
 def gather(tensor, gather_list=None, dst: int = 0, group=None, async_op: bool = False):
