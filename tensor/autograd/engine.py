@@ -168,7 +168,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         while heap or ready_leaves:
             for leaf in ready_leaves:
                 _finish_leaf(leaf, leaves.pop(id(leaf))[1], aliased, aliased_ids, capture, captured,
-                             create_graph, accumulate and capture is None)
+                             create_graph, accumulate)
             ready_leaves = []
             if not heap:
                 break
@@ -243,6 +243,13 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     finally:
         _grad_mode.state.enabled = prev_mode
 
+    if captured is not None and accumulate:
+        # Tensor.backward(inputs=[...]): non-leaf inputs get .grad too, as in PyTorch
+        for g, t in zip(captured, inputs):
+            if g is not None and t._node is not None:
+                gd = g if create_graph else g.detach()
+                t.grad = gd if t.grad is None else t.grad + gd
+        return None
     if captured is not None:
         for slot, (g, t) in enumerate(zip(captured, inputs)):
             if g is None and not allow_unused:
@@ -259,10 +266,12 @@ def _finish_leaf(leaf, g, aliased, aliased_ids, capture, captured, create_graph,
             if r is not None:
                 g = r
     if capture is not None:
-        for slot, _ in capture.get(id(leaf), ()):
+        slots = capture.get(id(leaf), ())
+        for slot, _ in slots:
             captured[slot] = g
-        return
-    if not accumulate:
+        if not (accumulate and slots):  # backward(inputs=...) accumulates into those only
+            return
+    elif not accumulate:
         return
     if leaf.grad is None:
         if create_graph:

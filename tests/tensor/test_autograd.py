@@ -331,3 +331,12 @@ def test_gradcheck_reports_a_wrong_backward():
 
     with pytest.raises(RuntimeError, match="Jacobian mismatch"):
         gradcheck(lambda a: Wrong.apply(a), (t64([1.5, 2.0]),))
+
+
+def test_backward_with_inputs_accumulates_only_into_them():
+    a, b = t64([1.0, 2.0]), t64([3.0])
+    h = a * b
+    (h * h).sum().backward(inputs=[a, h])
+    np.testing.assert_allclose(a.grad.numpy(), 2 * (a * b).detach().numpy() * 3.0)
+    np.testing.assert_allclose(h.grad.numpy(), 2 * h.detach().numpy())
+    assert b.grad is None
