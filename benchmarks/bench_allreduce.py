@@ -9,7 +9,10 @@ busbw = bytes / time * 2(n-1)/n (NCCL's definition). Each backend runs in its ow
 processes; the backends are interleaved round by round and the table reports, per size, the
 median over rounds of each round's median time.
 
-    python3 benchmarks/bench_allreduce.py [--rounds 3] [--max-mib 64] [--world-size 2]
+    python3 benchmarks/bench_allreduce.py [--rounds 3] [--min-kib 1] [--max-mib 64]
+                                          [--world-size 2] [--kinds shm,tcp,gloo]
+
+tcp-zmq is tcp with the data channel off (every payload through ZeroMQ, Note [Data channel]).
 """
 from __future__ import annotations
 
@@ -47,8 +50,10 @@ def _worker(kind, rank, ws, port, sizes, q):
         allreduce, barrier = tdist.all_reduce, tdist.barrier
         done = tdist.destroy_process_group
     else:
-        if kind == "tcp":
+        if kind in ("tcp", "tcp-zmq"):
             os.environ["ZGRAD_HOST_ID"] = f"bench-host-{rank}"
+        if kind == "tcp-zmq":
+            os.environ["ZGRAD_DATA_CHANNEL"] = "0"
         import runtime.distributed as dist
         dist.init_process_group("zmq", timeout=120)
         make = lambda n: np.zeros(n // 4, np.float32)  # noqa: E731
@@ -104,21 +109,26 @@ def _fmt_size(n: int) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-kib", type=int, default=1)
     ap.add_argument("--max-mib", type=int, default=64)
+    ap.add_argument("--kinds", default="shm,tcp,gloo",
+                    help="comma-separated, from shm, tcp, tcp-zmq, gloo (gloo needs torch)")
     ap.add_argument("--world-size", type=int, default=2)
     args = ap.parse_args()
     sizes = []
-    n = 1024
+    n = args.min_kib << 10
     while n <= args.max_mib << 20:
         sizes.append(n)
         n *= 4
-    kinds = ["shm", "tcp"]
-    try:
+    kinds = [k for k in args.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in ("shm", "tcp", "tcp-zmq", "gloo")]
+    if bad:
+        ap.error(f"--kinds: unknown {bad}; expected some of shm, tcp, tcp-zmq, gloo")
+    if "gloo" in kinds:
         import importlib.util
-        if importlib.util.find_spec("torch") is not None:
-            kinds.append("gloo")
-    except Exception:
-        pass
+        if importlib.util.find_spec("torch") is None:
+            print("torch is not installed: no gloo reference", file=sys.stderr)
+            kinds.remove("gloo")
     runs = {k: [] for k in kinds}
     for r in range(args.rounds):
         for k in kinds:          # interleaved: machine noise hits every backend alike
@@ -128,8 +138,8 @@ def main():
     med = {k: {s: statistics.median(run[s] for run in runs[k]) for s in sizes} for k in kinds}
     bus = lambda s, t: s / t * 2 * (ws - 1) / ws / 1e9  # noqa: E731
     head = f"{'size':>8} |" + "".join(f" {k + ' us':>10} {k + ' GB/s':>10} |" for k in kinds)
-    if "gloo" in kinds:
-        head += f" {'shm/gloo':>9} {'tcp/gloo':>9}"
+    others = [k for k in kinds if k != "gloo"] if "gloo" in kinds else []
+    head += "".join(f" {k + '/gloo':>12}" for k in others)
     print(f"all_reduce float32 SUM, {ws} ranks, medians of {args.rounds} interleaved rounds; "
           "busbw in GB/s; ratios are busbw ratios (>1: faster than gloo)")
     print(head)
@@ -139,8 +149,7 @@ def main():
         for k in kinds:
             t = med[k][s]
             line += f" {t * 1e6:>10.1f} {bus(s, t):>10.3f} |"
-        if "gloo" in kinds:
-            line += f" {med['gloo'][s] / med['shm'][s]:>9.2f} {med['gloo'][s] / med['tcp'][s]:>9.2f}"
+        line += "".join(f" {med['gloo'][s] / med[k][s]:>12.2f}" for k in others)
         print(line)
 
 

@@ -56,9 +56,11 @@ def ring_reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, segs, ufunc, deadli
     right, left = (r + 1) % n, (r - 1) % n
     for p, (a, b) in enumerate(_pieces(*segs[(r - 1) % n], x.itemsize)):
         mesh.send(right, call, _tag(0, p), x[a:b])
+    scratch = np.empty(min(x.size, max(1, PIECE_BYTES // x.itemsize)), x.dtype)
     for k in range(n - 1):
         for p, (a, b) in enumerate(_pieces(*segs[(r - k - 2) % n], x.itemsize)):
-            buf = mesh.recv(left, call, _tag(k, p), deadline, dtype=x.dtype, count=b - a)
+            buf = mesh.recv(left, call, _tag(k, p), deadline, dtype=x.dtype, count=b - a,
+                            out=scratch[:b - a])
             ufunc(buf, x[a:b], out=x[a:b])
             if k < n - 2:
                 mesh.send(right, call, _tag(k + 1, p), x[a:b])
@@ -72,8 +74,8 @@ def ring_all_gather(mesh: PeerMesh, call, x: np.ndarray, segs, deadline):
         mesh.send(right, call, _tag(_AG, p), x[a:b])
     for k in range(n - 1):
         for p, (a, b) in enumerate(_pieces(*segs[(r - k - 1) % n], x.itemsize)):
-            buf = mesh.recv(left, call, _tag(_AG + k, p), deadline, dtype=x.dtype, count=b - a)
-            x[a:b] = buf
+            mesh.recv(left, call, _tag(_AG + k, p), deadline, dtype=x.dtype, count=b - a,
+                      out=x[a:b])
             if k < n - 2:
                 mesh.send(right, call, _tag(_AG + k + 1, p), x[a:b])
 

@@ -247,9 +247,9 @@ def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: 
     infos = [st.infos[r] for r in ranks]
     pids = {i: infos[i]["pid"] for i in range(n) if infos[i]["machine"] == st.machine}
     pg.mesh = PeerMesh(n, me, ranks, st.auth, st.bind_host, f"group {gid}")
-    st.store.set(f"{pre}/ep/{me}", pg.mesh.endpoint.encode())
+    st.store.set(f"{pre}/ep/{me}", pg.mesh.published.encode())
     eps = st.store.multi_get([f"{pre}/ep/{i}" for i in range(n)], timeout_s, what)
-    pg.mesh.connect([e.decode() for e in eps], pids)
+    pg.mesh.connect([e.decode() for e in eps], pids, timeout_s)
     hosts = [i["host"] for i in infos]
     order = list(dict.fromkeys(hosts))
     pg.single_host = len(order) == 1
@@ -265,11 +265,11 @@ def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: 
     if pg.hierarchical and pg.is_leader:
         lm = PeerMesh(len(leaders), leaders.index(me), [ranks[i] for i in leaders], st.auth,
                       st.bind_host, f"group {gid} leaders")
-        st.store.set(f"{pre}/lep/{leaders.index(me)}", lm.endpoint.encode())
+        st.store.set(f"{pre}/lep/{leaders.index(me)}", lm.published.encode())
         leps = st.store.multi_get([f"{pre}/lep/{j}" for j in range(len(leaders))],
                                   timeout_s, what)
         lm.connect([e.decode() for e in leps],
-                   {j: pids[i] for j, i in enumerate(leaders) if i in pids})
+                   {j: pids[i] for j, i in enumerate(leaders) if i in pids}, timeout_s)
         pg.leader_mesh = lm
         algo.barrier(lm, call, deadline)
     algo.barrier(pg.mesh, call, deadline)   # every link is up and authenticated

@@ -25,11 +25,42 @@ checked by pid. A rank waiting on a message from a peer lost for over ``_LOST_GR
 peer that exits normally may still have messages in flight on its other connection) raises
 ``PeerLostError`` and ABORTs the others. Every wait has a deadline; the TimeoutError names the
 ranks whose messages did not arrive.
+
+Note [Data channel]
+~~~~~~~~~~~~~~~~~~~
+Payloads of at least ``RAW_MIN_BYTES`` (64 KiB) bypass ZeroMQ: ZeroMQ's I/O thread and its
+hand-off to the application cost more than the copy itself on a loaded machine. Every member
+also listens on a plain TCP socket (same interface, its port published with the ZeroMQ
+endpoint as ``tcp://host:port data=PORT``) and opens one TCP connection to every other
+member. A connection starts with a hello: magic, (src, dst) group ranks, a 16-byte random
+nonce and HMAC-SHA256 over all of it plus the group's name and the listener's published
+address, with the job secret; the listener accepts one authenticated connection per peer and
+logs and closes anything else. A large message is then its header (with ``"raw": nbytes``),
+sent and authenticated over ZeroMQ as every message (so the desync check, the counters and
+the size check are unchanged), and its payload bytes on the data connection to that peer, in
+the same order. The receiver reads them straight into their destination (``recv(out=)``:
+the ring's all-gather writes into the tensor itself; reduce-scatter into one reused piece
+buffer), so a payload is copied once by the kernel and never by us. Payloads, as large
+ZeroMQ payloads by default, are not MAC'd; ``ZGRAD_AUTH_PAYLOAD=1`` (every payload MAC'd)
+keeps everything on ZeroMQ, and so does ``ZGRAD_DATA_CHANNEL=0``.
+
+Sends never block: a payload is queued per destination (a memoryview of the caller's
+array, no copy) and pushed with non-blocking ``send`` whenever this thread waits on
+anything (the receive loop, ``flush``), so two ranks that send to each other before they
+receive cannot deadlock on full socket buffers. ``flush`` (end of every collective) waits
+until every queued byte is in the kernel, so the caller may reuse its tensor. Waits keep the
+ZeroMQ poll: deadlines, ABORTs and dead-peer detection work as for ZeroMQ messages, and a
+data connection that closes while we need bytes from it is reported as a lost peer.
 """
 from __future__ import annotations
 
 import collections
+import errno
+import hmac
 import os
+import secrets
+import socket
+import struct
 import time
 
 import numpy as np
@@ -40,6 +71,36 @@ from . import wire
 
 _POLL_MS = 50
 _LOST_GRACE_S = 0.5
+RAW_MIN_BYTES = 64 * 1024
+_HELLO = struct.Struct(">4sII16s32s")
+_MAGIC = b"ZGD1"
+_SOCKBUF = 4 << 20
+
+
+def _bind_listener(family, host: str) -> socket.socket:
+    """A TCP socket bound to a random free port above the kernel's ephemeral range (as ZeroMQ's
+    bind_to_random_port does), so it cannot take a port another job just picked with bind(0)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[1]) + 1
+    except (OSError, ValueError, IndexError):
+        lo = 61000
+    lo = min(max(lo, 49152), 65000)
+    for _ in range(100):
+        try:
+            sock.bind((host, secrets.randbelow(65536 - lo) + lo))
+            return sock
+        except OSError as e:
+            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                sock.close()
+                raise
+    sock.bind((host, 0))
+    return sock
+
+
+def _data_channel_enabled(auth: wire.Auth) -> bool:
+    return os.environ.get("ZGRAD_DATA_CHANNEL", "1") != "0" and not auth.payload_always
 
 
 class DesyncError(RuntimeError):
@@ -106,6 +167,19 @@ class PeerMesh:
         self.local_pids: dict[int, int] = {}   # group rank -> pid, peers on this machine
         self.trackers: list = []
         self.aborted: str | None = None      # the first ABORT a peer sent us
+        # data channel (see Note [Data channel])
+        self.raw = _data_channel_enabled(auth)
+        self.listener: socket.socket | None = None
+        self.raw_out: dict[int, socket.socket] = {}
+        self.raw_in: dict[int, socket.socket] = {}
+        self.outq: dict[int, collections.deque] = {}
+        self.published = self.endpoint
+        if self.raw:
+            fam = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+            self.listener = _bind_listener(fam, bind_host.strip("[]"))
+            self.listener.listen(max(8, size))
+            self.listener.setblocking(False)
+            self.published = f"{self.endpoint} data={self.listener.getsockname()[1]}"
 
     @staticmethod
     def _heartbeat(sock):
@@ -114,10 +188,95 @@ class PeerMesh:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
 
-    def connect(self, endpoints: list[str], local_pids: dict[int, int]):
-        """Connect a PUSH socket (with a monitor) to every other member's endpoint."""
+    def connect(self, endpoints: list[str], local_pids: dict[int, int], timeout_s: float = 60.0):
+        """Connect a PUSH socket (with a monitor) to every other member's published endpoint,
+        and (see Note [Data channel]) a data connection, authenticated, in both directions."""
+        published = list(endpoints)
+        endpoints = [e.split(" data=")[0] for e in published]
         self.endpoints = endpoints
         self.local_pids = local_pids
+        if self.raw and not all(" data=" in e for e in published):
+            self._close_raw()          # a peer without a data channel: everything on ZeroMQ
+        self._connect_zmq(endpoints)
+        if self.raw:
+            self._connect_raw(published, time.monotonic() + timeout_s)
+
+    def _hello_mac(self, src: int, dst: int, nonce: bytes, dst_published: str) -> bytes:
+        msg = b"|".join([b"zgrad-data", self.what.encode(), dst_published.encode(),
+                         struct.pack(">II", src, dst), nonce])
+        return hmac.digest(self.auth.key, msg, "sha256")
+
+    @staticmethod
+    def _tune(sock: socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
+
+    def _connect_raw(self, published: list[str], deadline: float):
+        # outgoing first: a connect completes in the peer's listen backlog and the hello fits
+        # its socket buffer, so nobody waits for anybody to accept
+        for peer in range(self.size):
+            if peer == self.rank:
+                continue
+            host = published[peer].split("tcp://", 1)[1].rsplit(":", 1)[0].strip("[]")
+            port = int(published[peer].rsplit(" data=", 1)[1])
+            try:
+                s = socket.create_connection((host, port),
+                                             timeout=max(0.1, deadline - time.monotonic()))
+            except OSError as e:
+                raise ConnectionError(f"{self.what}: rank {self.grank(self.rank)} could not open "
+                                      f"the data connection to rank {self.grank(peer)} at "
+                                      f"{host}:{port}: {e}") from e
+            self._tune(s)
+            nonce = secrets.token_bytes(16)
+            s.sendall(_HELLO.pack(_MAGIC, self.rank, peer, nonce,
+                                  self._hello_mac(self.rank, peer, nonce, published[peer])))
+            s.setblocking(False)
+            self.raw_out[peer] = s
+            self.outq[peer] = collections.deque()
+        while len(self.raw_in) < self.size - 1:
+            now = time.monotonic()
+            if now > deadline:
+                missing = [self.grank(r) for r in range(self.size)
+                           if r != self.rank and r not in self.raw_in]
+                raise TimeoutError(f"{self.what}: rank {self.grank(self.rank)} timed out waiting "
+                                   f"for the data connections of ranks {missing}")
+            try:
+                conn, addr = self.listener.accept()
+            except BlockingIOError:
+                zmq.select([self.listener], [], [], min(0.05, max(0.001, deadline - now)))
+                continue
+            self._accept_hello(conn, addr, deadline)
+
+    def _accept_hello(self, conn: socket.socket, addr, deadline: float):
+        try:
+            conn.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
+            data = b""
+            while len(data) < _HELLO.size:
+                chunk = conn.recv(_HELLO.size - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            data = b""
+        ok = len(data) == _HELLO.size
+        if ok:
+            magic, src, dst, nonce, mac = _HELLO.unpack(data)
+            ok = (magic == _MAGIC and dst == self.rank and 0 <= src < self.size
+                  and src != self.rank and src not in self.raw_in
+                  and hmac.compare_digest(mac, self._hello_mac(src, dst, nonce,
+                                                               self.published)))
+        if not ok:
+            wire.log.warning("%s: refused a data connection from %s: its hello does not match "
+                             "the job secret (a peer without %s, or a stray connection)",
+                             self.what, addr, wire.SECRET_ENV)
+            conn.close()
+            return
+        self._tune(conn)
+        conn.setblocking(False)
+        self.raw_in[src] = conn
+
+    def _connect_zmq(self, endpoints: list[str]):
         ctx = wire.context()
         for peer in range(self.size):
             if peer == self.rank:
@@ -144,13 +303,47 @@ class PeerMesh:
         buf = None
         if payload is not None:
             buf = memoryview(np.ascontiguousarray(payload)).cast("B")
+            if buf.nbytes >= RAW_MIN_BYTES and dst in self.raw_out:
+                header["raw"] = buf.nbytes       # the bytes follow on the data connection
+                wire.send_msg(self.push[dst], self.auth, header)
+                self.outq[dst].append(buf)
+                self._push(dst)
+                return
             header["nb"] = buf.nbytes
         tracker = wire.send_msg(self.push[dst], self.auth, header, buf, track=True)
         if tracker is not None:
             self.trackers.append((dst, tracker))
 
+    def _push(self, dst: int):
+        """Write what the kernel takes of the queue to `dst` without blocking."""
+        q, sock = self.outq[dst], self.raw_out[dst]
+        while q:
+            buf = q[0]
+            try:
+                sent = sock.send(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return      # the peer is gone: reported by the waits (monitor, pid, deadline)
+            if sent == buf.nbytes:
+                q.popleft()
+            else:
+                q[0] = buf[sent:]
+                return
+
+    def _push_all(self):
+        for dst, q in self.outq.items():
+            if q:
+                self._push(dst)
+
     def flush(self, call: list, deadline: float):
-        """Wait until ZeroMQ has released every zero-copy buffer we sent (see Note [Framing])."""
+        """Wait until every payload we sent has left our buffers: ZeroMQ released every
+        zero-copy frame (see Note [Framing]) and the data connections took every queued byte."""
+        for dst, q in self.outq.items():
+            while q:
+                self._push(dst)
+                if q:
+                    self._poll(call, [dst], deadline)
         for dst, tracker in self.trackers:
             while not tracker.done:
                 try:
@@ -172,11 +365,12 @@ class PeerMesh:
     # -- receiving -------------------------------------------------------------------------
 
     def recv(self, src: int, call: list, step: int, deadline: float, waiting=None,
-             dtype=None, count: int | None = None):
+             dtype=None, count: int | None = None, out: np.ndarray | None = None):
         """The next message from group rank `src`, checked against our `call`.
 
-        Returns the payload as a 1-d array of `dtype` (a view of the received frame) or None.
-        `waiting` lists the ranks still expected in this phase, for the timeout message.
+        Returns the payload as a 1-d array of `dtype` (a view of the received frame, or `out`
+        when given: a C-contiguous array of `count` elements the payload is written into) or
+        None. `waiting` lists the ranks still expected in this phase, for the timeout message.
         """
         q = self.pending[src]
         while not q:
@@ -192,28 +386,81 @@ class PeerMesh:
         if header["k"] != step:
             raise RuntimeError(f"{call[1]}: internal protocol error: expected step {step} from "
                                f"rank {self.grank(src)}, got {header['k']}")
-        if payload is None:
+        raw = header.get("raw")
+        if payload is None and raw is None:
             return None
-        arr = np.frombuffer(payload, dtype=dtype)
-        if count is not None and arr.size != count:
-            msg = (f"{call[1]}: rank {self.grank(src)} sent {arr.size} elements where rank "
-                   f"{self.grank(self.rank)} expected {count} ({describe(call)}).")
+        nbytes = raw if raw is not None else payload.nbytes
+        itemsize = np.dtype(dtype).itemsize
+        if count is not None and nbytes != count * itemsize:
+            msg = (f"{call[1]}: rank {self.grank(src)} sent {nbytes // itemsize} elements where "
+                   f"rank {self.grank(self.rank)} expected {count} ({describe(call)}).")
             self.abort(msg)
             raise DesyncError(msg)
-        return arr
+        if raw is None:
+            arr = np.frombuffer(payload, dtype=dtype)
+            if out is None:
+                return arr
+            out[...] = arr
+            return out
+        if out is None:
+            out = np.empty(nbytes // itemsize, dtype)
+        self._read_raw(src, memoryview(out).cast("B"), call, deadline)
+        return out
 
-    def _poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = _POLL_MS):
+    def _read_raw(self, src: int, mv: memoryview, call: list, deadline: float):
+        """Fill `mv` from the data connection of `src`, pushing our own sends meanwhile."""
+        sock, got, total = self.raw_in.get(src), 0, mv.nbytes
+        if sock is None:
+            msg = (f"{call[1]}: internal protocol error: rank {self.grank(src)} sent a payload "
+                   "on a data connection this rank does not have")
+            self.abort(msg)
+            raise RuntimeError(msg)
+        while got < total:
+            try:
+                n = sock.recv_into(mv[got:])
+            except (BlockingIOError, InterruptedError):
+                n = None
+            except OSError as e:
+                self._raw_lost(src, call, f"its data connection failed ({e})")
+            if n == 0:
+                self._raw_lost(src, call, "its data connection closed")
+            if n:
+                got += n
+                self._push_all()
+                continue
+            self._push_all()
+            self._poll(call, [src], deadline, raw_src=src)
+
+    def _raw_lost(self, src: int, call: list, how: str):
+        msg = (f"{call[1]}: rank {self.grank(src)} was lost during {describe(call)}: {how}: "
+               "the process died or the network link is down. See that rank's log for the "
+               "cause.")
+        self.abort(msg)
+        raise PeerLostError(msg)
+
+    def _poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = _POLL_MS,
+              raw_src: int | None = None):
+        """Wait (up to block_ms) for a message, a monitor event or, on the data connections,
+        bytes from `raw_src` or room for our queued sends; then take what arrived."""
         if self.aborted is not None:
             raise AbortedError(self.aborted)
         now = time.monotonic()
         if now > deadline:
-            missing = [self.grank(r) for r in waiting if not self.pending[r]]
+            missing = [self.grank(r) for r in waiting if not self.pending[r] or r == raw_src]
             raise TimeoutError(
                 f"{call[1]}: rank {self.grank(self.rank)} timed out in {describe(call)}: ranks "
                 f"{missing} did not arrive. They may be stuck in other work, have crashed (see "
                 "their logs), or not have called it; or raise the timeout of "
                 "init_process_group/new_group.")
-        events = dict(self.poller.poll(min(block_ms, max(1, int((deadline - now) * 1000)))))
+        timeout_ms = min(block_ms, max(1, int((deadline - now) * 1000)))
+        extra = [(sock, zmq.POLLOUT) for dst, sock in self.raw_out.items() if self.outq[dst]]
+        if raw_src is not None:
+            extra.append((self.raw_in[raw_src], zmq.POLLIN))
+        if extra:
+            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in [self.pull, *self.monitors]]
+                                       + [(s.fileno(), f) for s, f in extra], timeout_ms))
+        else:
+            events = dict(self.poller.poll(timeout_ms))
         if self.pull in events:
             self._drain()
         for mon, peer in self.monitors.items():
@@ -224,7 +471,9 @@ class PeerMesh:
                         self.lost.setdefault(peer, time.monotonic())
                     elif ev["event"] == zmq.EVENT_CONNECTED:
                         self.lost.pop(peer, None)
-        self._check_lost(call, waiting)
+        if extra:
+            self._push_all()
+        self._check_lost(call, waiting, raw_src)
 
     def _drain(self):
         while True:
@@ -252,10 +501,10 @@ class PeerMesh:
                 continue
             self.pending[src].append((header, payload))
 
-    def _check_lost(self, call: list, waiting: list[int]):
+    def _check_lost(self, call: list, waiting: list[int], raw_src: int | None = None):
         now = time.monotonic()
         for r in waiting:
-            if self.pending[r]:
+            if self.pending[r] and r != raw_src:
                 continue
             pid = self.local_pids.get(r)
             dead = pid is not None and not pid_alive(pid)
@@ -281,3 +530,14 @@ class PeerMesh:
         for s in self.push.values():
             s.close()
         self.pull.close(0)
+        self._close_raw()
+
+    def _close_raw(self):
+        for s in [*self.raw_out.values(), *self.raw_in.values(), self.listener]:
+            if s is not None:
+                s.close()
+        self.raw_out.clear()
+        self.raw_in.clear()
+        self.outq.clear()
+        self.listener = None
+        self.raw = False
