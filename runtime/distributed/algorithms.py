@@ -56,7 +56,7 @@ def ring_reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, segs, ufunc, deadli
     right, left = (r + 1) % n, (r - 1) % n
     for p, (a, b) in enumerate(_pieces(*segs[(r - 1) % n], x.itemsize)):
         mesh.send(right, call, _tag(0, p), x[a:b])
-    scratch = np.empty(min(x.size, max(1, PIECE_BYTES // x.itemsize)), x.dtype)
+    scratch = mesh.scratch("piece", min(x.size, max(1, PIECE_BYTES // x.itemsize)), x.dtype)
     for k in range(n - 1):
         for p, (a, b) in enumerate(_pieces(*segs[(r - k - 2) % n], x.itemsize)):
             buf = mesh.recv(left, call, _tag(k, p), deadline, dtype=x.dtype, count=b - a,
@@ -105,10 +105,12 @@ def _direct_all_reduce(mesh, call, x, ufunc, deadline):
             parts.append(x)
         else:
             waiting = [q for q in range(peer, mesh.size) if q != me]
-            parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, x.size))
-    # x may still be in flight zero-copy: reduce into a fresh buffer, then copy back
+            parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, x.size,
+                                   out=mesh.scratch(("part", peer), x.size, x.dtype)))
+    # x may still be in flight zero-copy: reduce into a scratch buffer, then copy back
     mesh.flush(call, deadline)
-    out = ufunc(parts[0], parts[1])
+    out = mesh.scratch("acc", x.size, x.dtype)
+    ufunc(parts[0], parts[1], out=out)
     for part in parts[2:]:
         ufunc(out, part, out=out)
     x[...] = out
@@ -133,11 +135,11 @@ def reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, out: np.ndarray, ufunc, 
                 parts.append(x[a:b])
             else:
                 waiting = [q for q in range(peer, n) if q != me]
-                parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, b - a))
-        acc = ufunc(parts[0], parts[1])
+                parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, b - a,
+                                       out=mesh.scratch(("part", peer), b - a, x.dtype)))
+        ufunc(parts[0], parts[1], out=out)
         for part in parts[2:]:
-            ufunc(acc, part, out=acc)
-        out[...] = acc
+            ufunc(out, part, out=out)
     else:
         ring_reduce_scatter(mesh, call, x, segs, ufunc, deadline)
         out[...] = x[segs[me][0]:segs[me][1]]
@@ -159,7 +161,7 @@ def all_gather(mesh: PeerMesh, call, x: np.ndarray, deadline):
             if peer != me:
                 waiting = [q for q in range(peer, n) if q != me]
                 pa, pb = segs[peer]
-                x[pa:pb] = mesh.recv(peer, call, 0, deadline, waiting, x.dtype, pb - pa)
+                mesh.recv(peer, call, 0, deadline, waiting, x.dtype, pb - pa, out=x[pa:pb])
     else:
         ring_all_gather(mesh, call, x, segs, deadline)
     mesh.flush(call, deadline)
@@ -175,7 +177,7 @@ def broadcast(mesh: PeerMesh, call, x: np.ndarray, root: int, deadline):
                 mesh.send(peer, call, 0, x)
         mesh.flush(call, deadline)
     else:
-        x[...] = mesh.recv(root, call, 0, deadline, None, x.dtype, x.size)
+        mesh.recv(root, call, 0, deadline, None, x.dtype, x.size, out=x)
 
 
 def gather(mesh: PeerMesh, call, x: np.ndarray, outs: list | None, root: int, deadline):
@@ -190,8 +192,8 @@ def gather(mesh: PeerMesh, call, x: np.ndarray, outs: list | None, root: int, de
             outs[peer][...] = x
         else:
             waiting = [q for q in range(peer, mesh.size) if q != me]
-            outs[peer][...] = mesh.recv(peer, call, 0, deadline, waiting, x.dtype,
-                                        outs[peer].size)
+            mesh.recv(peer, call, 0, deadline, waiting, x.dtype, outs[peer].size,
+                      out=outs[peer])
 
 
 def scatter(mesh: PeerMesh, call, x: np.ndarray, ins: list | None, root: int, deadline):
@@ -204,7 +206,7 @@ def scatter(mesh: PeerMesh, call, x: np.ndarray, ins: list | None, root: int, de
         x[...] = ins[me]
         mesh.flush(call, deadline)
     else:
-        x[...] = mesh.recv(root, call, 0, deadline, None, x.dtype, x.size)
+        mesh.recv(root, call, 0, deadline, None, x.dtype, x.size, out=x)
 
 
 def all_to_all(mesh: PeerMesh, call, ins: list, outs: list, deadline):
@@ -217,8 +219,8 @@ def all_to_all(mesh: PeerMesh, call, ins: list, outs: list, deadline):
     for peer in range(n):
         if peer != me:
             waiting = [q for q in range(peer, n) if q != me]
-            outs[peer][...] = mesh.recv(peer, call, 0, deadline, waiting, outs[peer].dtype,
-                                        outs[peer].size)
+            mesh.recv(peer, call, 0, deadline, waiting, outs[peer].dtype, outs[peer].size,
+                      out=outs[peer])
     mesh.flush(call, deadline)
 
 

@@ -71,10 +71,10 @@ from . import wire
 
 _POLL_MS = 50
 _LOST_GRACE_S = 0.5
-RAW_MIN_BYTES = 64 * 1024
+RAW_MIN_BYTES = int(os.environ.get("ZGRAD_DATA_MIN_BYTES", 64 * 1024))
 _HELLO = struct.Struct(">4sII16s32s")
 _MAGIC = b"ZGD1"
-_SOCKBUF = 4 << 20
+_SOCKBUF = int(os.environ.get("ZGRAD_DATA_SOCKBUF", 4 << 20))   # 0: kernel autotuning
 
 
 def _bind_listener(family, host: str) -> socket.socket:
@@ -174,6 +174,7 @@ class PeerMesh:
         self.raw_in: dict[int, socket.socket] = {}
         self.outq: dict[int, collections.deque] = {}
         self.published = self.endpoint
+        self._scratch: dict = {}
         if self.raw:
             fam = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
             self.listener = _bind_listener(fam, bind_host.strip("[]"))
@@ -209,8 +210,9 @@ class PeerMesh:
     @staticmethod
     def _tune(sock: socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
+        if _SOCKBUF > 0:
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
 
     def _connect_raw(self, published: list[str], deadline: float):
         # outgoing first: a connect completes in the peer's listen backlog and the hello fits
@@ -290,6 +292,16 @@ class PeerMesh:
             self.poller.register(mon, zmq.POLLIN)
             s.connect(endpoints[peer])
             self.push[peer] = s
+
+    def scratch(self, key, count: int, dtype) -> np.ndarray:
+        """A reusable buffer of `count` elements of `dtype` for receiving (one per `key`).
+        Fresh large arrays cost a page fault per 4 KiB on first touch, more than the transfer
+        of a piece: receive and reduction buffers are kept and reused, grown as needed."""
+        nbytes = count * np.dtype(dtype).itemsize
+        buf = self._scratch.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._scratch[key] = np.empty(max(nbytes, 1), np.uint8)
+        return buf[:nbytes].view(dtype)
 
     def grank(self, r: int) -> int:
         return self.global_ranks[r]
