@@ -28,21 +28,26 @@ ranks whose messages did not arrive.
 
 Note [Data channel]
 ~~~~~~~~~~~~~~~~~~~
-Payloads of at least ``RAW_MIN_BYTES`` (64 KiB) bypass ZeroMQ: ZeroMQ's I/O thread and its
-hand-off to the application cost more than the copy itself on a loaded machine. Every member
-also listens on a plain TCP socket (same interface, its port published with the ZeroMQ
-endpoint as ``tcp://host:port data=PORT``) and opens one TCP connection to every other
-member. A connection starts with a hello: magic, (src, dst) group ranks, a 16-byte random
-nonce and HMAC-SHA256 over all of it plus the group's name and the listener's published
-address, with the job secret; the listener accepts one authenticated connection per peer and
-logs and closes anything else. A large message is then its header (with ``"raw": nbytes``),
-sent and authenticated over ZeroMQ as every message (so the desync check, the counters and
-the size check are unchanged), and its payload bytes on the data connection to that peer, in
-the same order. The receiver reads them straight into their destination (``recv(out=)``:
-the ring's all-gather writes into the tensor itself; reduce-scatter into one reused piece
-buffer), so a payload is copied once by the kernel and never by us. Payloads, as large
-ZeroMQ payloads by default, are not MAC'd; ``ZGRAD_AUTH_PAYLOAD=1`` (every payload MAC'd)
-keeps everything on ZeroMQ, and so does ``ZGRAD_DATA_CHANNEL=0``.
+Payloads of at least ``RAW_MIN_BYTES`` (``ZGRAD_DATA_MIN_BYTES``, default 64 KiB) bypass
+ZeroMQ: its I/O thread and the hand-off to the application cost more than the copy itself
+on a loaded machine. Every member also listens on a plain TCP socket (same interface, its
+port published with the ZeroMQ endpoint as ``tcp://host:port data=PORT``) and opens one TCP
+connection to every other member. A connection starts with a hello: magic, (src, dst) group
+ranks, a 16-byte random nonce and HMAC-SHA256 over all of it plus the group's name and the
+listener's published address, with the job secret; the listener accepts one authenticated
+connection per peer, logs and closes anything else, and is closed once every peer is in. If
+any member published no data port (``ZGRAD_DATA_CHANNEL=0`` there), every member keeps all
+payloads on ZeroMQ. A forked child closes its copies of the data connections (so peers still
+see them close when this process dies).
+
+A large message is its header (with ``"raw": nbytes``), sent and authenticated over ZeroMQ
+as every message (so the desync check, the counters and the size check are unchanged), and
+its payload bytes on the data connection to that peer, in the same order. The receiver reads
+them straight into their destination (``recv(out=)``: the ring's all-gather writes into the
+tensor itself, reduce-scatter into one reused piece buffer), so a payload is copied by the
+kernel and never by us. Payloads, as large ZeroMQ payloads by default, are not MAC'd;
+``ZGRAD_AUTH_PAYLOAD=1`` (every payload MAC'd) keeps everything on ZeroMQ, and so does
+``ZGRAD_DATA_CHANNEL=0``.
 
 Sends never block: a payload is queued per destination (a memoryview of the caller's
 array, no copy) and pushed with non-blocking ``send`` whenever this thread waits on
@@ -62,6 +67,7 @@ import secrets
 import socket
 import struct
 import time
+import weakref
 
 import numpy as np
 import zmq
@@ -97,6 +103,25 @@ def _bind_listener(family, host: str) -> socket.socket:
                 raise
     sock.bind((host, 0))
     return sock
+
+
+_MESHES: "weakref.WeakSet[PeerMesh]" = weakref.WeakSet()
+
+
+def _close_raw_in_child():
+    # a forked child (a DataLoader worker) must not hold our data connections open: a peer
+    # would not see them close when this process dies (Note [Data channel], dead peers)
+    for mesh in list(_MESHES):
+        for s in [*mesh.raw_out.values(), *mesh.raw_in.values()]:
+            try:
+                s.close()
+            except OSError:
+                pass
+        mesh.raw_out, mesh.raw_in, mesh.outq = {}, {}, {}
+    _MESHES.clear()
+
+
+os.register_at_fork(after_in_child=_close_raw_in_child)
 
 
 def _data_channel_enabled(auth: wire.Auth) -> bool:
@@ -249,6 +274,9 @@ class PeerMesh:
                 zmq.select([self.listener], [], [], min(0.05, max(0.001, deadline - now)))
                 continue
             self._accept_hello(conn, addr, deadline)
+        self.listener.close()        # every peer is connected: take no more connections
+        self.listener = None
+        _MESHES.add(self)
 
     def _accept_hello(self, conn: socket.socket, addr, deadline: float):
         try:
@@ -401,6 +429,9 @@ class PeerMesh:
         raw = header.get("raw")
         if payload is None and raw is None:
             return None
+        if raw is not None and (not isinstance(raw, int) or raw < 0 or payload is not None):
+            raise RuntimeError(f"{call[1]}: internal protocol error: rank {self.grank(src)} "
+                               f"announced a data-channel payload of {raw!r} bytes")
         nbytes = raw if raw is not None else payload.nbytes
         itemsize = np.dtype(dtype).itemsize
         if count is not None and nbytes != count * itemsize:

@@ -351,3 +351,102 @@ def test_hmac_covers_header_sizes_and_small_payloads(monkeypatch):
     strict = wire.Auth(b"k")
     mac = strict.sign(h, big)
     assert strict.verify(h, mac, big) and not strict.verify(h, mac, big + 1)   # ...or all
+
+
+# --------------------------------------------------------------------------------------------
+# the data channel (Note [Data channel])
+
+
+def _data_channel_handshake(rank, ws):
+    import socket
+
+    from runtime.distributed import transport, wire
+    grab = _Grab()
+    logging.getLogger("runtime.distributed").addHandler(grab)
+    auth = wire.Auth(b"data-channel-test-secret")
+    meshes = [transport.PeerMesh(2, r, [0, 1], auth, "127.0.0.1", "group t") for r in range(2)]
+    stray = None
+    try:
+        assert all(m.raw and " data=" in m.published for m in meshes)
+        # a connection that does not know the secret, queued before the real peer's
+        port = int(meshes[0].published.rsplit("data=", 1)[1])
+        stray = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stray.sendall(transport._HELLO.pack(transport._MAGIC, 1, 0, b"n" * 16, b"x" * 32))
+        pub = [m.published for m in meshes]
+        errors = []
+
+        def connect(m):
+            try:
+                m.connect(pub, {}, 10)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=connect, args=(m,)) for m in meshes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not errors, errors
+        assert sorted(meshes[0].raw_in) == [1] and sorted(meshes[1].raw_in) == [0]
+        assert meshes[0].listener is None          # closed once every peer is in
+        assert any("refused a data connection" in line for line in grab.lines), grab.lines
+        # a payload over the data channel both ways at once (sends never block), checked
+        n = 3_000_001                              # > socket buffers: needs the send queue
+        xs = [np.arange(n, dtype=np.float32) * (r + 1) for r in range(2)]
+        call = [0, "all_reduce", "SUM", "float32", [n], None]
+        deadline = time.monotonic() + 20
+        out = np.empty(n, np.float32)
+        got = {}
+
+        def exchange(r):           # each mesh in its own thread, as each rank's comm thread
+            try:
+                meshes[r].send(1 - r, call, 0, xs[r])
+                got[r] = meshes[r].recv(1 - r, call, 0, deadline, dtype=np.float32, count=n,
+                                        out=out if r == 0 else None)
+                meshes[r].flush(call, deadline)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=exchange, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert got[0] is out and np.array_equal(got[0], xs[1]) and np.array_equal(got[1], xs[0])
+        # a size mismatch is a desync error, before any payload byte is read
+        meshes[0].send(1, call, 1, xs[0])
+        with pytest.raises(transport.DesyncError, match="expected 5 "):
+            meshes[1].recv(0, call, 1, deadline, dtype=np.float32, count=5)
+    finally:
+        if stray is not None:
+            stray.close()
+        for m in meshes:
+            m.close()
+    return True
+
+
+def test_data_channel_handshake_refuses_a_peer_without_the_secret():
+    assert spawn(_data_channel_handshake, 1, timeout_s=60) == [True]
+
+
+def _data_channel_off_on_one_rank(rank, ws):
+    _layout(rank, True)
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    x = (np.arange(600_001, dtype=np.float32) * 0.1 + rank).astype(np.float32)  # ring-sized
+    a = x.copy()
+    dist.all_reduce(a)
+    assert dist.api._state.world.mesh.raw
+    if rank == 0:
+        os.environ["ZGRAD_DATA_CHANNEL"] = "0"   # only here: the whole group falls back
+    g = dist.new_group(list(range(ws)))
+    assert not g.mesh.raw and not g.mesh.raw_out
+    b = x.copy()
+    dist.all_reduce(b, group=g)
+    dist.destroy_process_group()
+    return a.tobytes() == b.tobytes(), hash(a.tobytes())
+
+
+def test_data_channel_off_on_one_rank_falls_back_to_zeromq_with_the_same_bits():
+    res = spawn(_data_channel_off_on_one_rank, 2, timeout_s=60)
+    assert all(same for same, _ in res), res
+    assert len({h for _, h in res}) == 1
