@@ -5,7 +5,7 @@ Note [Ring and direct]
 Small messages use *direct* exchange: one round in which every rank sends its data to every
 rank that needs it, and reductions apply the inputs in rank order 0, 1, ..., n-1
 (latency-optimal for the small groups we run). all_reduce goes direct while a rank would send
-fewer than ``ZGRAD_RING_MIN_BYTES`` (default 1 MiB) in all, i.e. nbytes * (n-1); reduce_scatter
+at most ``ZGRAD_RING_MIN_BYTES`` (default 1 MiB) in all, i.e. nbytes * (n-1); reduce_scatter
 and all_gather (where direct and ring move the same bytes) below n times that.
 Large all_reduce / reduce_scatter / all_gather use the *ring*: the array is cut into n
 segments; in reduce-scatter step k rank r sends segment (r-k-1) mod n to r+1 and adds segment
@@ -86,7 +86,7 @@ def all_reduce(mesh: PeerMesh, call, x: np.ndarray, ufunc, deadline):
     n = mesh.size
     if n == 1:
         return
-    if x.nbytes * (n - 1) < RING_MIN_BYTES or x.size < n:
+    if x.nbytes * (n - 1) <= RING_MIN_BYTES or x.size < n:
         _direct_all_reduce(mesh, call, x, ufunc, deadline)
     else:
         segs = bounds(x.size, n)
