@@ -55,7 +55,10 @@ anything (the receive loop, ``flush``), so two ranks that send to each other bef
 receive cannot deadlock on full socket buffers. ``flush`` (end of every collective) waits
 until every queued byte is in the kernel, so the caller may reuse its tensor. Waits keep the
 ZeroMQ poll: deadlines, ABORTs and dead-peer detection work as for ZeroMQ messages, and a
-data connection that closes while we need bytes from it is reported as a lost peer.
+data connection that closes (or fails a send) while we need it reports the peer as lost
+after ``_LOST_GRACE_S``, unless an ABORT from it arrives first: a peer that failed for
+another reason (say, a third rank died) closes its connections right after telling us why,
+and its reason is the one every rank reports.
 """
 from __future__ import annotations
 
@@ -198,6 +201,8 @@ class PeerMesh:
         self.raw_out: dict[int, socket.socket] = {}
         self.raw_in: dict[int, socket.socket] = {}
         self.outq: dict[int, collections.deque] = {}
+        self.send_failed: dict[int, str] = {}
+        self.raw_closed: dict[int, tuple[float, str]] = {}   # rank -> (when, how)
         self.published = self.endpoint
         self._scratch: dict = {}
         if self.raw:
@@ -363,8 +368,10 @@ class PeerMesh:
                 sent = sock.send(buf)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return      # the peer is gone: reported by the waits (monitor, pid, deadline)
+            except OSError as e:
+                # the peer is gone: flush reports it (the waits also see the monitor or pid)
+                self.send_failed.setdefault(dst, f"its data connection failed ({e})")
+                return
             if sent == buf.nbytes:
                 q.popleft()
             else:
@@ -382,7 +389,10 @@ class PeerMesh:
         for dst, q in self.outq.items():
             while q:
                 self._push(dst)
-                if q:
+                if dst in self.send_failed:
+                    self.raw_closed.setdefault(dst, (time.monotonic(), self.send_failed[dst]))
+                    self._poll(call, [dst], deadline, block_ms=10, must=dst)
+                elif q:
                     self._poll(call, [dst], deadline)
         for dst, tracker in self.trackers:
             while not tracker.done:
@@ -459,14 +469,23 @@ class PeerMesh:
             self.abort(msg)
             raise RuntimeError(msg)
         while got < total:
+            if src in self.raw_closed:
+                # the connection ended: an ABORT the peer sent before it closed still wins;
+                # after _LOST_GRACE_S _check_lost reports the peer as lost
+                self._push_all()
+                self._poll(call, [src], deadline, block_ms=10, must=src)
+                continue
             try:
                 n = sock.recv_into(mv[got:])
             except (BlockingIOError, InterruptedError):
                 n = None
             except OSError as e:
-                self._raw_lost(src, call, f"its data connection failed ({e})")
+                self.raw_closed.setdefault(src, (time.monotonic(),
+                                                 f"its data connection failed ({e})"))
+                continue
             if n == 0:
-                self._raw_lost(src, call, "its data connection closed")
+                self.raw_closed.setdefault(src, (time.monotonic(), "its data connection closed"))
+                continue
             if n:
                 got += n
                 self._push_all()
@@ -474,15 +493,8 @@ class PeerMesh:
             self._push_all()
             self._poll(call, [src], deadline, raw_src=src)
 
-    def _raw_lost(self, src: int, call: list, how: str):
-        msg = (f"{call[1]}: rank {self.grank(src)} was lost during {describe(call)}: {how}: "
-               "the process died or the network link is down. See that rank's log for the "
-               "cause.")
-        self.abort(msg)
-        raise PeerLostError(msg)
-
     def _poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = _POLL_MS,
-              raw_src: int | None = None):
+              raw_src: int | None = None, must: int | None = None):
         """Wait (up to block_ms) for a message, a monitor event or, on the data connections,
         bytes from `raw_src` or room for our queued sends; then take what arrived."""
         if self.aborted is not None:
@@ -516,7 +528,9 @@ class PeerMesh:
                         self.lost.pop(peer, None)
         if extra:
             self._push_all()
-        self._check_lost(call, waiting, raw_src)
+        if self.aborted is not None:      # a peer's reason beats our guess that it is lost
+            raise AbortedError(self.aborted)
+        self._check_lost(call, waiting, raw_src if must is None else must)
 
     def _drain(self):
         while True:
@@ -552,14 +566,19 @@ class PeerMesh:
             pid = self.local_pids.get(r)
             dead = pid is not None and not pid_alive(pid)
             since = self.lost.get(r)
+            closed = self.raw_closed.get(r)
             if dead or (since is not None and now - since > _LOST_GRACE_S):
                 how = f"its process (pid {pid}) died" if dead else \
                     (f"its connection ({self.endpoints[r]}) dropped: the process died or the "
                      "network link is down")
-                msg = (f"{call[1]}: rank {self.grank(r)} was lost during {describe(call)}: "
-                       f"{how}. See that rank's log for the cause.")
-                self.abort(msg)
-                raise PeerLostError(msg)
+            elif closed is not None and now - closed[0] > _LOST_GRACE_S:
+                how = f"{closed[1]}: the process died or the network link is down"
+            else:
+                continue
+            msg = (f"{call[1]}: rank {self.grank(r)} was lost during {describe(call)}: "
+                   f"{how}. See that rank's log for the cause.")
+            self.abort(msg)
+            raise PeerLostError(msg)
 
     def close(self):
         # Order matters (a monitor left attached stalls the context's I/O thread, a monitor
