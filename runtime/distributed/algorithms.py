@@ -107,7 +107,7 @@ def _direct_all_reduce(mesh, call, x, ufunc, deadline):
         else:
             waiting = [q for q in range(peer, mesh.size) if q != me]
             parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, x.size,
-                                   out=mesh.scratch(("part", peer), x.size, x.dtype)))
+                                   scratch=("part", peer)))
     # x may still be in flight zero-copy: reduce into a scratch buffer, then copy back
     mesh.flush(call, deadline)
     out = mesh.scratch("acc", x.size, x.dtype)
@@ -137,7 +137,7 @@ def reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, out: np.ndarray, ufunc, 
             else:
                 waiting = [q for q in range(peer, n) if q != me]
                 parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, b - a,
-                                       out=mesh.scratch(("part", peer), b - a, x.dtype)))
+                                       scratch=("part", peer)))
         ufunc(parts[0], parts[1], out=out)
         for part in parts[2:]:
             ufunc(out, part, out=out)

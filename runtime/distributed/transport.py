@@ -415,12 +415,15 @@ class PeerMesh:
     # -- receiving -------------------------------------------------------------------------
 
     def recv(self, src: int, call: list, step: int, deadline: float, waiting=None,
-             dtype=None, count: int | None = None, out: np.ndarray | None = None):
+             dtype=None, count: int | None = None, out: np.ndarray | None = None,
+             scratch=None):
         """The next message from group rank `src`, checked against our `call`.
 
         Returns the payload as a 1-d array of `dtype` (a view of the received frame, or `out`
         when given: a C-contiguous array of `count` elements the payload is written into) or
-        None. `waiting` lists the ranks still expected in this phase, for the timeout message.
+        None. A data-channel payload without `out` lands in ``self.scratch(scratch, ...)``
+        when `scratch` (a key) is given, else in a fresh array. `waiting` lists the ranks
+        still expected in this phase, for the timeout message.
         """
         q = self.pending[src]
         while not q:
@@ -456,7 +459,8 @@ class PeerMesh:
             out[...] = arr
             return out
         if out is None:
-            out = np.empty(nbytes // itemsize, dtype)
+            out = np.empty(nbytes // itemsize, dtype) if scratch is None else \
+                self.scratch(scratch, nbytes // itemsize, dtype)
         self._read_raw(src, memoryview(out).cast("B"), call, deadline)
         return out
 
