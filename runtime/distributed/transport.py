@@ -87,8 +87,8 @@ _SOCKBUF = int(os.environ.get("ZGRAD_DATA_SOCKBUF", 4 << 20))   # 0: kernel auto
 
 
 def _bind_listener(family, host: str) -> socket.socket:
-    """A TCP socket bound to a random free port above the kernel's ephemeral range (as ZeroMQ's
-    bind_to_random_port does), so it cannot take a port another job just picked with bind(0)."""
+    """A TCP socket bound to a random free port above the kernel's ephemeral range, so it
+    cannot take a port that another job (or a test's free_port()) just got from bind(0)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
