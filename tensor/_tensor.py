@@ -37,7 +37,7 @@ class Node:
     """One recorded op: its backward closure and the edges to its inputs."""
 
     __slots__ = ("fn", "edges", "name", "saved", "seq", "hooks", "n_out", "out_meta", "y",
-                 "out_vbox", "__weakref__")
+                 "out_vbox", "opaque", "__weakref__")
 
     def __init__(self, fn, edges, name, saved, n_out=1, out_meta=None):
         self.fn = fn
@@ -50,6 +50,7 @@ class Node:
         self.out_meta = out_meta
         self.y = None
         self.out_vbox = None
+        self.opaque = False  # a custom Function: its gradients may alias anything
 
     def name_(self) -> str:
         return "".join(p[:1].upper() + p[1:] for p in self.name.split("_")) + "Backward0"

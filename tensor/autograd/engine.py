@@ -17,16 +17,19 @@ Nothing recurses, so a chain of 100,000 ops backpropagates without RecursionErro
 
 Note [Gradient ownership]
 ~~~~~~~~~~~~~~~~~~~~~~~~~
-Backward closures often pass a gradient array through unchanged (add, reshape), so one array
-can reach several buffers. Buffers are only ever summed out of place, but a leaf's first
-``.grad`` is later accumulated *in place*. So a leaf keeps an array without copying only when
-it is provably unaliased: not a view, not a gradient the caller passed in, and placed into
-exactly one slot during this backward. Otherwise it gets a copy.
+Backward closures often pass a gradient array through unchanged (add, contiguous), so one
+array can sit in two places. Buffers are only ever summed out of place, but a leaf's first
+``.grad`` is later accumulated *in place*, so a leaf keeps an array without copying only when
+nothing else can hold it. Built-in ops return fresh arrays, views (copied: ``base`` is set) or
+the gradient they received, which leaves their buffer as it enters the next one; so an array
+is in two places only when it is (a) returned for two edges of one node, (b) handed to a hook
+(which may keep it), (c) a gradient the caller passed in, or (d) returned by a custom
+``Function`` (which may return a saved tensor). Those are recorded in ``shared`` (a small dict
+holding strong references, so ids stay unique) and copied when they reach a leaf.
 """
 from __future__ import annotations
 
 import heapq
-import weakref
 
 from .. import _grad_mode
 from .._tensor import Node, Tensor, _new
@@ -120,23 +123,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     deps = _graph(root_nodes)
     buffers: dict = {}
     leaves: dict = {}  # id(leaf) -> [leaf, grad]
-    aliased_ids: set = set()
-    # weak maps keyed by id: a dead array's id can be reused, so identity is re-checked
-    placed = weakref.WeakValueDictionary()
-    aliased = weakref.WeakValueDictionary()
-
-    def mark(a, table):
-        try:
-            table[id(a)] = a
-        except TypeError:  # an array type without weakref support: treat as shared
-            aliased_ids.add(id(a))
+    shared: dict = {}  # id -> array: arrays that must be copied before a leaf keeps them
 
     def place(tgt, idx, g):
-        a = g.data
-        if placed.get(id(a)) is a:
-            mark(a, aliased)
-        else:
-            mark(a, placed)
         k = id(tgt)
         if type(tgt) is Node:
             buf = buffers.get(k)
@@ -153,7 +142,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     for t, g, fresh in root_grads:
         if not fresh:
-            mark(g.data, aliased)
+            shared[id(g.data)] = g.data
         place(t if t._node is None else t._node, t._out_idx, g)
 
     heap = []
@@ -167,7 +156,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         ready_leaves = [t for t in leaf_roots if deps.get(id(t), 0) == 0]
         while heap or ready_leaves:
             for leaf in ready_leaves:
-                _finish_leaf(leaf, leaves.pop(id(leaf))[1], aliased, aliased_ids, capture, captured,
+                _finish_leaf(leaf, leaves.pop(id(leaf))[1], shared, capture, captured,
                              create_graph, accumulate)
             ready_leaves = []
             if not heap:
@@ -179,6 +168,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     for h in list(hooks):
                         if grads[i] is None:
                             continue
+                        shared[id(grads[i].data)] = grads[i].data  # the hook may keep it
                         r = h(grads[i])
                         if r is not None:
                             grads[i] = r
@@ -223,6 +213,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 raise RuntimeError(f"{node.name_()} returned {len(res)} gradients for "
                                    f"{len(edges)} inputs; expected one per input (None for "
                                    "non-differentiable ones).")
+            if node.opaque or len(res) > 1:
+                _mark_shared(res, node.opaque, shared)
             for e, g in zip(edges, res):
                 if e is None or g is None:
                     continue
@@ -259,9 +251,21 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     return None
 
 
-def _finish_leaf(leaf, g, aliased, aliased_ids, capture, captured, create_graph, accumulate):
+def _mark_shared(res, opaque, shared):
+    """Record arrays one node hands to several edges, and every array of a custom Function."""
+    seen = set()
+    for g in res:
+        if isinstance(g, Tensor):
+            a = g.data
+            if opaque or id(a) in seen:
+                shared[id(a)] = a
+            seen.add(id(a))
+
+
+def _finish_leaf(leaf, g, shared, capture, captured, create_graph, accumulate):
     if leaf._hooks:
         for h in list(leaf._hooks):
+            shared[id(g.data)] = g.data  # the hook may keep it
             r = h(g)
             if r is not None:
                 g = r
@@ -278,7 +282,7 @@ def _finish_leaf(leaf, g, aliased, aliased_ids, capture, captured, create_graph,
             leaf.grad = g
         else:
             a = g.data
-            owned = a.base is None and aliased.get(id(a)) is not a and id(a) not in aliased_ids
+            owned = a.base is None and shared.get(id(a)) is not a
             leaf.grad = _new(a if owned else a.copy())
     elif create_graph or leaf.grad.requires_grad:
         leaf.grad = leaf.grad + g

@@ -98,6 +98,7 @@ class Function:
                          for o in outs)
             node = Node(backward, tuple(_edge(args[i]) for i in positions), cls.__name__,
                         ctx._saved_versions, n_out=len(outs), out_meta=meta)
+            node.opaque = True
             for i, t in enumerate(wrapped):
                 if id(outs[i]) in ctx._non_diff or t.data.dtype.kind != "f":
                     continue

@@ -340,3 +340,33 @@ def test_backward_with_inputs_accumulates_only_into_them():
     np.testing.assert_allclose(a.grad.numpy(), 2 * (a * b).detach().numpy() * 3.0)
     np.testing.assert_allclose(h.grad.numpy(), 2 * h.detach().numpy())
     assert b.grad is None
+
+
+def test_gradient_seen_by_a_hook_is_not_changed_by_later_accumulation():
+    x = t64([1.0, 2.0])
+    kept = []
+    x.register_hook(lambda g: kept.append(g))
+    (x * 1).sum().backward()
+    (x * 1).sum().backward()  # accumulates into x.grad in place
+    np.testing.assert_allclose(kept[0].numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 2.0])
+
+
+def test_custom_function_returning_a_saved_tensor_does_not_alias_grad():
+    class PassSaved(Function):
+        @staticmethod
+        def forward(ctx, a, w):
+            ctx.save_for_backward(w)
+            return a * 1
+
+        @staticmethod
+        def backward(ctx, gy):
+            (w,) = ctx.saved_tensors
+            return w, None  # the gradient *is* the saved tensor w
+
+    a = t64([0.0, 0.0])
+    w = t64([3.0, 4.0], rg=False)
+    PassSaved.apply(a, w).sum().backward()
+    PassSaved.apply(a, w).sum().backward()
+    np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
+    np.testing.assert_allclose(a.grad.numpy(), [6.0, 8.0])
