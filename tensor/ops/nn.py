@@ -132,14 +132,16 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     C = lp.shape[1]
     valid = t != ignore_index
     tc = xp.where(valid, t, 0)
-    if bool(((tc < 0) | (tc >= C)).any()):
+    if tc.size and (int(tc.min()) < 0 or int(tc.max()) >= C):
         bad = int(backend_to_scalar(tc[(tc < 0) | (tc >= C)][0]))
         raise IndexError(f"nll_loss: target {bad} is out of bounds for {C} classes; expected "
                          f"targets in [0, {C - 1}] or ignore_index={ignore_index}.")
-    lpm = xp.moveaxis(lp, 1, -1)  # (N, ..., C)
-    picked = xp.take_along_axis(lpm, tc[..., None], -1)[..., 0]
-    w = xp.ones(C, lp.dtype) if weight is None else weight.data.astype(lp.dtype)
-    wt = w[tc] * valid
+    if lp.ndim == 2:  # (N, C): plain fancy indexing, the common case
+        rows = xp.arange(lp.shape[0])
+        picked = lp[rows, tc]
+    else:
+        picked = xp.take_along_axis(xp.moveaxis(lp, 1, -1), tc[..., None], -1)[..., 0]
+    wt = valid.astype(lp.dtype) if weight is None else weight.data.astype(lp.dtype)[tc] * valid
     loss = -picked * wt
     if reduction == "none":
         y = loss
@@ -158,10 +160,14 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
 
     def backward(gy):
         # d loss / d logp is -scale at the target class and 0 elsewhere: linear in gy
-        g = xp.zeros(shape[:1] + shape[2:] + (C,), lp.dtype)
-        np_put = xp.put_along_axis
-        np_put(g, tc[..., None], (-scale)[..., None].astype(lp.dtype), -1)
-        gt = _new(xp.moveaxis(g, -1, 1))
+        if len(shape) == 2:
+            g = xp.zeros(shape, lp.dtype)
+            g[rows, tc] = -scale
+        else:
+            g = xp.zeros(shape[:1] + shape[2:] + (C,), lp.dtype)
+            xp.put_along_axis(g, tc[..., None], (-scale)[..., None].astype(lp.dtype), -1)
+            g = xp.moveaxis(g, -1, 1)
+        gt = _new(g)
         if squeeze:
             gt = gt.squeeze(0)
         if reduction == "none":
