@@ -14,13 +14,14 @@ Segments are named ``zgrad_<jobid>_...``; who removes them and when is Note [Shm
 """
 from .segment import (OutOfSharedMemoryError, job_id, shm_free_bytes, sweep)
 from .segment import Segment
+from .manager import pid_alive
 from .arrays import empty, zeros, share, is_shared, handle, from_handle
 from . import reductions as _reductions
 
 _reductions.init_reductions()
 job_id()  # fix the job id now, so children (fork or spawn) inherit it through the environment
 
-__all__ = ["Segment", "OutOfSharedMemoryError", "job_id", "empty", "zeros", "share",
+__all__ = ["Segment", "pid_alive", "OutOfSharedMemoryError", "job_id", "empty", "zeros", "share",
            "is_shared", "handle", "from_handle", "sweep", "shm_free_bytes"]
 
 

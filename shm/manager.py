@@ -41,7 +41,8 @@ def _unlink(name: str) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie (also used by runtime.distributed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return True
 
@@ -231,7 +232,7 @@ class Manager:
             if self.clients:
                 idle_since = None
                 continue
-            root_dead = not _pid_alive(self.root_pid)
+            root_dead = not pid_alive(self.root_pid)
             if self.flights and not root_dead:
                 continue
             idle_since = idle_since or now

@@ -334,7 +334,7 @@ def _teardown(st: _State, wait_peers: bool):
 
 def _wait_exits(st: _State):
     """Rank 0 keeps the store up until every live rank has left (bounded by 10 s)."""
-    from .transport import pid_alive
+    from shm import pid_alive
     keys = [f"exit/{r}" for r in range(st.world_size)]
     end = time.monotonic() + min(st.timeout_s, 10.0)
     while time.monotonic() < end:

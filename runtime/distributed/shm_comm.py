@@ -42,7 +42,9 @@ import time
 
 import numpy as np
 
-from .transport import AbortedError, DesyncError, PeerLostError, describe, pid_alive
+from shm import pid_alive
+
+from .transport import AbortedError, DesyncError, PeerLostError, describe
 
 SLOT_BYTES = int(os.environ.get("ZGRAD_SHM_SLOT_BYTES", 4 << 20))
 SMALL_BYTES = int(os.environ.get("ZGRAD_SHM_SMALL_BYTES", 64 << 10))

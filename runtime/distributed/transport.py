@@ -76,6 +76,8 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from shm import pid_alive
+
 from . import wire
 
 _POLL_MS = 50
@@ -152,21 +154,6 @@ def describe(call: list) -> str:
     if root is not None:
         args.append(f"root={root}")
     return f"{name}({', '.join(args)}) #{seq}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
 
 
 class PeerMesh:
