@@ -12,12 +12,17 @@ from .api import _group
 from .process_group import _UFUNC, ReduceOp, Staged, check_op
 
 
-def as_array(t, what: str, arg: str = "tensor"):
-    """The array behind a zgrad Tensor (its .data) or a raw numpy/CuPy array."""
+def as_array(t, what: str, arg: str = "tensor", written: bool = False):
+    """The array behind a zgrad Tensor (its .data) or a raw numpy/CuPy array.
+
+    written: the collective writes into it, so a Tensor's version counter is bumped (a
+    backward that saved it then refuses to run, as after any in-place op)."""
     if backend.is_array(t):
         return t
     data = getattr(t, "data", None)
     if data is not None and backend.is_array(data):
+        if written and hasattr(t, "_vbox"):
+            t._vbox[0] += 1
         return data
     raise TypeError(f"{what}: {arg} must be a zgrad Tensor or a numpy/CuPy array, got "
                     f"{type(t).__name__}")
@@ -49,7 +54,7 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op: bool = False):
     pg = _group(group, "all_reduce")
     if pg is None:
         return None
-    x = as_array(tensor, "all_reduce")
+    x = as_array(tensor, "all_reduce", written=True)
     op = check_op(op, "all_reduce")
     _check_int_avg(op, x, "all_reduce")
     comm = _nccl(pg, x)
@@ -68,7 +73,7 @@ def broadcast(tensor, src: int, group=None, async_op: bool = False):
     pg = _group(group, "broadcast")
     if pg is None:
         return None
-    x = as_array(tensor, "broadcast")
+    x = as_array(tensor, "broadcast", written=True)
     root = _root(pg, src, "broadcast", "src")
     comm = _nccl(pg, x)
     if comm is not None:
@@ -87,7 +92,7 @@ def reduce(tensor, dst: int, op=ReduceOp.SUM, group=None, async_op: bool = False
     pg = _group(group, "reduce")
     if pg is None:
         return None
-    x = as_array(tensor, "reduce")
+    x = as_array(tensor, "reduce", written=True)
     op = check_op(op, "reduce")
     _check_int_avg(op, x, "reduce")
     root = _root(pg, dst, "reduce", "dst")
@@ -110,7 +115,7 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op: bo
     pg = _group(group, "all_gather_into_tensor")
     if pg is None:
         return None
-    out = as_array(output_tensor, "all_gather_into_tensor", "output_tensor")
+    out = as_array(output_tensor, "all_gather_into_tensor", "output_tensor", written=True)
     x = as_array(input_tensor, "all_gather_into_tensor", "input_tensor")
     n = pg.size()
     if out.size != x.size * n or out.dtype != x.dtype:
@@ -137,7 +142,7 @@ def all_gather(tensor_list: list, tensor, group=None, async_op: bool = False):
     if pg is None:
         return None
     x = as_array(tensor, "all_gather")
-    outs = [as_array(t, "all_gather", "tensor_list[i]") for t in tensor_list]
+    outs = [as_array(t, "all_gather", "tensor_list[i]", written=True) for t in tensor_list]
     n = pg.size()
     if len(outs) != n or any(o.shape != x.shape or o.dtype != x.dtype for o in outs):
         raise ValueError(f"all_gather: tensor_list must hold world_size ({n}) tensors of shape "
@@ -166,7 +171,7 @@ def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op: 
     pg = _group(group, "reduce_scatter_tensor")
     if pg is None:
         return None
-    out = as_array(output, "reduce_scatter_tensor", "output")
+    out = as_array(output, "reduce_scatter_tensor", "output", written=True)
     x = as_array(input, "reduce_scatter_tensor", "input")
     op = check_op(op, "reduce_scatter_tensor")
     _check_int_avg(op, x, "reduce_scatter_tensor")
@@ -206,7 +211,7 @@ def gather(tensor, gather_list=None, dst: int = 0, group=None, async_op: bool = 
         if gather_list is None or len(gather_list) != pg.size():
             raise ValueError(f"gather: on dst {dst}, gather_list must hold world_size "
                              f"({pg.size()}) tensors, got {gather_list!r:.80}")
-        outs = [as_array(t, "gather", "gather_list[i]") for t in gather_list]
+        outs = [as_array(t, "gather", "gather_list[i]", written=True) for t in gather_list]
         if any(o.shape != x.shape or o.dtype != x.dtype for o in outs):
             raise ValueError(f"gather: gather_list tensors must match tensor {tuple(x.shape)} "
                              f"{x.dtype}")
@@ -225,7 +230,7 @@ def scatter(tensor, scatter_list=None, src: int = 0, group=None, async_op: bool 
     pg = _group(group, "scatter")
     if pg is None:
         return None
-    x = as_array(tensor, "scatter")
+    x = as_array(tensor, "scatter", written=True)
     root = _root(pg, src, "scatter", "src")
     ins = None
     if pg.rank() == root:
@@ -265,7 +270,7 @@ def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=
     pg = _group(group, "all_to_all_single")
     if pg is None:
         return None
-    out = as_array(output, "all_to_all_single", "output")
+    out = as_array(output, "all_to_all_single", "output", written=True)
     x = as_array(input, "all_to_all_single", "input")
     n = pg.size()
     if out.dtype != x.dtype or out.shape[1:] != x.shape[1:] or x.ndim == 0:

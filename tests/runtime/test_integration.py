@@ -65,3 +65,22 @@ def test_data_parallel_training_stays_in_sync_and_learns():
     assert steps == len(l1) == 3 * 8  # 1024 samples / 2 ranks / batch 64, 3 epochs
     assert launched == steps * n_params  # every gradient's all_reduce started inside backward
     assert np.mean(l0[-4:]) < 0.5 * np.mean(l0[:4])
+
+
+def _inplace_check(rank, world_size):
+    import pytest
+    import tensor
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=30)
+    x = tensor.ones(3, requires_grad=True)
+    h = x * 2
+    y = (h * h).sum()          # mul saved h
+    dist.all_reduce(h.detach())  # writes h's memory (detach shares the version counter)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    dist.destroy_process_group()
+    return True
+
+
+def test_collectives_bump_the_version_counter_of_what_they_write():
+    assert spawn_ranks(_inplace_check, 2, timeout_s=60) == [True, True]
