@@ -188,22 +188,24 @@ def amin(a, dim=None, keepdim=False):
     return _amax(a, dim, keepdim, False)
 
 
-def argmax(a, dim=None, keepdim=False):
+def _arg(a, dim, keepdim, is_max):
     xp = _xp(a)
+    fn = xp.argmax if is_max else xp.argmin
     if dim is None:
-        return _new(xp.asarray(xp.argmax(a.data)).astype(np.int64))
-    (axis,) = _dims(dim, a.data.ndim, "argmax")
-    r = xp.argmax(a.data, axis=axis)
+        return _new(xp.asarray(fn(a.data)).astype(np.int64))
+    (axis,) = _dims(dim, a.data.ndim, "argmax" if is_max else "argmin")
+    r = fn(a.data, axis=axis)
     return _new((xp.expand_dims(r, axis) if keepdim else r).astype(np.int64, copy=False))
+
+
+def argmax(a, dim=None, keepdim=False):
+    """Index of the max (of the flattened tensor when dim is None), int64."""
+    return _arg(a, dim, keepdim, True)
 
 
 def argmin(a, dim=None, keepdim=False):
-    xp = _xp(a)
-    if dim is None:
-        return _new(xp.asarray(xp.argmin(a.data)).astype(np.int64))
-    (axis,) = _dims(dim, a.data.ndim, "argmin")
-    r = xp.argmin(a.data, axis=axis)
-    return _new((xp.expand_dims(r, axis) if keepdim else r).astype(np.int64, copy=False))
+    """Index of the min (of the flattened tensor when dim is None), int64."""
+    return _arg(a, dim, keepdim, False)
 
 
 def var(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
