@@ -14,6 +14,13 @@ def _index(op: str, idx: int, n: int) -> int:
     return idx % n
 
 
+def _renumber(modules: dict, items: list) -> None:
+    """Refill `modules` with `items` under keys 0..n-1, as PyTorch keeps them after a delete."""
+    modules.clear()
+    for i, m in enumerate(items):
+        modules[str(i)] = m
+
+
 class Sequential(Module):
     """Modules applied in order: Sequential(a, b, c)(x) == c(b(a(x))).
 
@@ -48,11 +55,7 @@ class Sequential(Module):
         for k in (keys[idx] if isinstance(idx, slice) else
                   [keys[_index("Sequential", idx, len(self))]]):
             del self._modules[k]
-        # renumber so keys stay 0..n-1, as PyTorch does
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, m in enumerate(items):
-            self._modules[str(i)] = m
+        _renumber(self._modules, list(self._modules.values()))
 
     def __len__(self):
         return len(self._modules)
@@ -103,9 +106,7 @@ class ModuleList(Module):
             del items[idx]
         else:
             del items[_index("ModuleList", idx, len(self))]
-        self._modules.clear()
-        for i, m in enumerate(items):
-            self._modules[str(i)] = m
+        _renumber(self._modules, items)
 
     def __len__(self):
         return len(self._modules)
