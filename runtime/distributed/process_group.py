@@ -173,12 +173,7 @@ class ProcessGroup:
                 self._queue.append(item)
                 self._lock.notify_all()
         if inline:
-            try:
-                self._run(item)
-            finally:
-                with self._lock:
-                    self._busy = False
-                    self._lock.notify_all()
+            self._run_then_release(item)
         if async_op:
             return work
         work.wait()
@@ -193,12 +188,16 @@ class ProcessGroup:
                     return
                 item = self._queue.popleft()
                 self._busy = True
-            try:
-                self._run(item)
-            finally:
-                with self._lock:
-                    self._busy = False
-                    self._lock.notify_all()
+            self._run_then_release(item)
+
+    def _run_then_release(self, item: _Item):
+        """Run a claimed item, then let the next one (inline or queued) go."""
+        try:
+            self._run(item)
+        finally:
+            with self._lock:
+                self._busy = False
+                self._lock.notify_all()
 
     def _run(self, item: _Item):
         if self._broken is not None:
