@@ -34,8 +34,6 @@ def format_tensor(t) -> str:
     extras = []
     if str(t.device) != "cpu":
         extras.append(f"device='{t.device}'")
-    if a.size == 0 and a.ndim != 1:
-        pass
     if a.dtype not in (dtypes.get_default_dtype(), _DEFAULT_INT, np.dtype(bool)) or \
             (a.size == 0 and a.dtype != dtypes.get_default_dtype()):
         extras.append(f"dtype=tensor.{a.dtype.name}")

@@ -335,14 +335,14 @@ class Tensor:
                 if t is not None:
                     gd = g if _grad_state.enabled else g.detach()
                     t.grad = gd if t.grad is None else t.grad + gd
-            self._add_node_hook(hook, keep_first=True)
+            self._add_node_hook(hook)
         return self
 
     @property
     def retains_grad(self) -> bool:
         return self._retains_grad
 
-    def _add_node_hook(self, hook, keep_first=False):
+    def _add_node_hook(self, hook):
         node = self._node
         if node.hooks is None:
             node.hooks = {}

@@ -116,7 +116,6 @@ def gradgradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=
     rng = np.random.default_rng(0)
     from ..creation import tensor as _t
     gos = [_t(rng.normal(size=o.data.shape)) for o in outs0]
-    diff = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
 
     def first(*xs):
         out = func(*xs)
@@ -124,5 +123,4 @@ def gradgradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=
         gs = grad(outs, [x for x in xs if isinstance(x, Tensor) and x.requires_grad], gos,
                   create_graph=True, allow_unused=True)
         return tuple(g for g in gs if g is not None)
-    del diff
     return gradcheck(first, inputs, eps, atol, rtol, raise_exception)

@@ -154,9 +154,10 @@ def div(a, b, rounding_mode=None):
     if rounding_mode is not None:
         if rounding_mode == "floor":
             return floor_divide(a, b)
-        if rounding_mode == "trunc":
-            r = div(a, b)
-            return _nograd(np.trunc(r.data).astype(_operands("div", _wrap(a), b)[0].dtype))
+        if rounding_mode == "trunc":  # not differentiable, as floor division
+            x, z, _ = _operands("div", _wrap(a), b)
+            q = _xp(_wrap(a)).trunc(x / z)
+            return _new(q if x.dtype.kind == "f" else q.astype(x.dtype))
         raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
     if not isinstance(a, Tensor):
         return mul(reciprocal(b), a) if isinstance(b, Tensor) else div(_wrap(a), b)
@@ -174,10 +175,6 @@ def div(a, b, rounding_mode=None):
         return (sum_to(gy / bt, sa) if a.requires_grad else None,
                 sum_to(-gy * a / (bt * bt), sb) if bt.requires_grad else None)
     return from_op(y, (a, bt), backward, "div", saved=(a, bt))
-
-
-def _nograd(y):
-    return _new(y)
 
 
 def floor_divide(a, b):
@@ -463,13 +460,11 @@ def where(cond, a, b):
     y = xp.where(c, x, z)
     if y.dtype != (x.dtype if backend.is_array(x) else z.dtype):
         y = y.astype(x.dtype if backend.is_array(x) else z.dtype)
-    shape = y.shape
 
     def backward(gy):
         ga = sum_to(where(cond, gy, 0.0), at.data.shape) if at is not None else None
         gb = sum_to(where(cond, 0.0, gy), bt.data.shape) if bt is not None else None
         return ga, gb
-    del shape
     return from_op(y, (at, bt), backward, "where")
 
 

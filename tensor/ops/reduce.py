@@ -162,7 +162,6 @@ def min(a, dim=None, keepdim=False):
 
 def _amax(a, dim, keepdim, is_max):
     x = a.data
-    xp = _xp(a)
     axes = _dims(dim, x.ndim, "amax")
     y = x.max(axis=axes, keepdims=True) if is_max else x.min(axis=axes, keepdims=True)
     shape = x.shape
@@ -174,7 +173,6 @@ def _amax(a, dim, keepdim, is_max):
         mask = (a.data == yk)
         w = (mask / mask.sum(axis=axes, keepdims=True)).astype(x.dtype, copy=False)
         return (_expand_back(gy, shape, axes, keepdim) * _new(w),)
-    del xp
     return from_op(y, (a,), backward, "amax" if is_max else "amin", saved=(a,))
 
 
