@@ -3,7 +3,7 @@
 Everything in the standard ``multiprocessing`` module is re-exported (Process, Queue,
 SimpleQueue, Pipe, Pool, get_context, ...), for every start method: importing ``shm``
 registers the ForkingPickler reducers (shm/reductions.py) that all of them use, so a shared
-numpy array, any view of it, and a Tensor whose ``.data`` is one, crosses as a handle.
+numpy array, any view of it, and a Tensor whose ``.array`` is one, crosses as a handle.
 ``spawn(fn, args, nprocs)`` starts `nprocs` processes running ``fn(i, *args)`` and re-raises a
 child's exception here with its rank and traceback, as torch.multiprocessing.spawn does.
 """

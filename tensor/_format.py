@@ -20,7 +20,7 @@ def _float_formatter(a: np.ndarray):
 
 
 def format_tensor(t) -> str:
-    a = backend.to_numpy(t.data)
+    a = backend.to_numpy(t.array)
     prefix = "tensor("
     if a.dtype.kind == "f":
         fmt = {"float_kind": _float_formatter(a)}

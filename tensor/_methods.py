@@ -16,7 +16,7 @@ def _to_device(a, dev):
     if a.device == dev:
         return a
     src = a.device
-    y = backend.to_device(a.data, dev)
+    y = backend.to_device(a.array, dev)
     return from_op(y, (a,), lambda gy: (gy.to(src),), "to")
 
 
@@ -66,7 +66,7 @@ def _random_fill(name, make):
         from ._grad_mode import state
         if state.enabled and self.requires_grad:
             _check_inplace(self, name)
-        self.data[...] = make(self, *args, generator=generator, **kw)
+        self.array[...] = make(self, *args, generator=generator, **kw)
         self._vbox[0] += 1
         return self
     method.__name__ = name
@@ -75,24 +75,24 @@ def _random_fill(name, make):
 
 def _uniform(self, a=0.0, b=1.0, generator=None):
     from . import random
-    return random.uniform_array(self.data.shape, self.data.dtype, self.device, generator, a, b)
+    return random.uniform_array(self.array.shape, self.array.dtype, self.device, generator, a, b)
 
 
 def _normal(self, mean=0.0, std=1.0, generator=None):
     from . import random
-    return random.normal_array(self.data.shape, self.data.dtype, self.device, generator, mean, std)
+    return random.normal_array(self.array.shape, self.array.dtype, self.device, generator, mean, std)
 
 
 def _bernoulli(self, p=0.5, generator=None):
     from . import random
-    return random.uniform_array(self.data.shape, "float64", self.device, generator) < p
+    return random.uniform_array(self.array.shape, "float64", self.device, generator) < p
 
 
 def _random_int(self, low=0, high=None, generator=None):
     from . import random
     if high is None:
         low, high = 0, (low if low else 2 ** 31)
-    return random.integers_array(low, high, self.data.shape, self.data.dtype, self.device,
+    return random.integers_array(low, high, self.array.shape, self.array.dtype, self.device,
                                  generator)
 
 
@@ -159,9 +159,9 @@ def _install():
         setattr(T, name, fn)
     T.T = property(S.T)
     T.mT = property(S.mT)
-    T.view_as = lambda a, o: S.view(a, o.data.shape)
-    T.reshape_as = lambda a, o: S.reshape(a, o.data.shape)
-    T.type_as = lambda a, o: S.to_dtype(a, o.data.dtype)
+    T.view_as = lambda a, o: S.view(a, o.array.shape)
+    T.reshape_as = lambda a, o: S.reshape(a, o.array.shape)
+    T.type_as = lambda a, o: S.to_dtype(a, o.array.dtype)
     T.where = lambda a, cond, b: E.where(cond, a, b)
     T.cpu = lambda a: _to_device(a, "cpu")
     T.cuda = lambda a, device=None: _to_device(a, backend.device("cuda", device))
@@ -170,17 +170,17 @@ def _install():
                      ("short", dtypes.int16), ("bool", dtypes.bool), ("byte", dtypes.uint8),
                      ("char", dtypes.int8)):
         setattr(T, name, (lambda d: lambda a: S.to_dtype(a, d))(dt))
-    T.type = lambda a, dtype=None: (f"tensor.{a.data.dtype.name}" if dtype is None
+    T.type = lambda a, dtype=None: (f"tensor.{a.array.dtype.name}" if dtype is None
                                     else S.to_dtype(a, dtype))
     for name, fn in dict(new_zeros="zeros", new_ones="ones", new_empty="empty").items():
         setattr(T, name, (lambda f: lambda a, *size, dtype=None, device=None, requires_grad=False:
-                          getattr(_creation(), f)(*size, dtype=dtype or a.data.dtype,
+                          getattr(_creation(), f)(*size, dtype=dtype or a.array.dtype,
                                                   device=device or a.device,
                                                   requires_grad=requires_grad))(fn))
     T.new_full = lambda a, size, v, dtype=None, device=None: _creation().full(
-        size, v, dtype=dtype or a.data.dtype, device=device or a.device)
+        size, v, dtype=dtype or a.array.dtype, device=device or a.device)
     T.new_tensor = lambda a, data, dtype=None, device=None: _creation().tensor(
-        data, dtype=dtype or a.data.dtype, device=device or a.device)
+        data, dtype=dtype or a.array.dtype, device=device or a.device)
     # in-place ops (Note [In-place ops])
     for name, fn in dict(add_=E.add, sub_=E.sub, mul_=E.mul, div_=E.div, pow_=E.pow,
                          neg_=E.neg, exp_=E.exp, log_=E.log, sqrt_=E.sqrt, abs_=E.abs,
@@ -189,6 +189,17 @@ def _install():
                          scatter_=S.scatter, fill_=I.filled, copy_=I.copy_from,
                          tril_=S.tril, triu_=S.triu, floor_=E.floor, round_=E.round,
                          maximum_=E.maximum, minimum_=E.minimum, lerp_=E.lerp).items():
+        setattr(T, name, _inplace_method(name, fn))
+    # augmented assignment is in place, as in PyTorch: `p -= lr * p.grad` writes into p's
+    # storage (without these, Python falls back to `p = p - ...` and silently rebinds the name)
+    for name, fn in dict(__iadd__=E.add, __isub__=E.sub, __imul__=E.mul, __itruediv__=E.div,
+                         __ifloordiv__=E.floor_divide, __imod__=E.remainder, __ipow__=E.pow,
+                         __imatmul__=L.matmul, __iand__=E.logical_and_, __ior__=E.logical_or_,
+                         __ixor__=E.logical_xor_).items():
+        setattr(T, name, _inplace_method(name, fn))
+    for name, fn in dict(floor_divide_=E.floor_divide, remainder_=E.remainder,
+                         bitwise_and_=E.logical_and_, bitwise_or_=E.logical_or_,
+                         bitwise_xor_=E.logical_xor_).items():
         setattr(T, name, _inplace_method(name, fn))
     T.zero_ = lambda a: I.inplace(a, I.filled, 0, op="zero_")
     T.addcmul_ = lambda a, t1, t2, value=1: I.inplace(a, lambda x: x + t1 * t2 * value,

@@ -80,8 +80,8 @@ def _edge(p):
         return None
     node = p._node
     if node is None:
-        return (p, 0, p.data.dtype)
-    return (node, p._out_idx, p.data.dtype)
+        return (p, 0, p.array.dtype)
+    return (node, p._out_idx, p.array.dtype)
 
 
 def _new(y, requires_grad=False):
@@ -89,7 +89,7 @@ def _new(y, requires_grad=False):
     if y.__class__ is not _ndarray and isinstance(y, _generic):
         y = np.asarray(y)  # numpy ufuncs return scalars for 0-d inputs; keep arrays
     t = _object_new(Tensor)
-    t.data = y
+    t.array = y
     t.requires_grad = requires_grad
     t._vbox = [0]
     return t
@@ -107,7 +107,7 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
     if y.__class__ is not _ndarray and isinstance(y, _generic):
         y = np.asarray(y)
     t = _object_new(Tensor)
-    t.data = y
+    t.array = y
     t._vbox = [0]
     if _grad_state.enabled:
         for p in parents:
@@ -134,7 +134,7 @@ def _rebuild_tensor(data, requires_grad):
 class Tensor:
     """An n-dimensional array with define-by-run autograd, on numpy (CPU) or CuPy (GPU).
 
-    ``.data`` is the raw array (numpy.ndarray or cupy.ndarray). Most methods are attached by
+    ``.array`` is the raw array (numpy.ndarray or cupy.ndarray). Most methods are attached by
     ``tensor/_methods.py`` from the op modules.
     """
 
@@ -155,31 +155,50 @@ class Tensor:
         if data is None:
             data = np.empty((0,), dtypes.get_default_dtype())
         elif isinstance(data, Tensor):
-            data = data.data
+            data = data.array
         elif not backend.is_array(data):
             from .creation import _to_array
             data = _to_array(data, None)
-        self.data = data
+        self.array = data
         self.requires_grad = bool(requires_grad)
         self._vbox = [0]
+
+    # -- PyTorch's .data ------------------------------------------------------------------------
+    @property
+    def data(self):
+        """A Tensor sharing this storage, detached, ``requires_grad=False`` (as torch's .data).
+
+        As in PyTorch it has its own version counter: changes made through it are hidden from
+        autograd (that is the point of .data, and its danger; prefer ``detach()`` or no_grad).
+        """
+        return _new(self.array)
+
+    @data.setter
+    def data(self, value):
+        if isinstance(value, Tensor):
+            value = value.array
+        elif not backend.is_array(value):
+            raise TypeError(f"data: expected a Tensor (or a numpy/CuPy array), got "
+                            f"{type(value).__name__}; wrap it with tensor.tensor(...).")
+        self.array = value
 
     # -- metadata ---------------------------------------------------------------------------
     @property
     def shape(self):
-        return Size(self.data.shape)
+        return Size(self.array.shape)
 
     def size(self, dim=None):
         if dim is None:
-            return Size(self.data.shape)
-        return self.data.shape[dim]
+            return Size(self.array.shape)
+        return self.array.shape[dim]
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self.array.dtype
 
     @property
     def device(self):
-        return backend.device_of(self.data)
+        return backend.device_of(self.array)
 
     @property
     def is_cuda(self) -> bool:
@@ -187,28 +206,28 @@ class Tensor:
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self.array.ndim
 
     def dim(self) -> int:
-        return self.data.ndim
+        return self.array.ndim
 
     def numel(self) -> int:
-        return int(self.data.size)
+        return int(self.array.size)
 
     nelement = numel
 
     def element_size(self) -> int:
-        return self.data.itemsize
+        return self.array.itemsize
 
     def stride(self, dim=None):
-        st = tuple(s // self.data.itemsize for s in self.data.strides)
+        st = tuple(s // self.array.itemsize for s in self.array.strides)
         return st if dim is None else st[dim]
 
     def is_contiguous(self) -> bool:
-        return bool(self.data.flags.c_contiguous)
+        return bool(self.array.flags.c_contiguous)
 
     def is_floating_point(self) -> bool:
-        return self.data.dtype.kind == "f"
+        return self.array.dtype.kind == "f"
 
     @property
     def is_leaf(self) -> bool:
@@ -223,9 +242,9 @@ class Tensor:
         return self._vbox[0]
 
     def __len__(self):
-        if self.data.ndim == 0:
+        if self.array.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        return self.array.shape[0]
 
     # -- conversion --------------------------------------------------------------------------
     def numpy(self, force: bool = False) -> np.ndarray:
@@ -233,22 +252,22 @@ class Tensor:
         if self.requires_grad and not force:
             raise RuntimeError("numpy(): can't call numpy() on a Tensor that requires grad. "
                                "Use tensor.detach().numpy() instead.")
-        if not isinstance(self.data, np.ndarray):
+        if not isinstance(self.array, np.ndarray):
             if not force:
                 raise TypeError(f"numpy(): the tensor is on {self.device}; "
                                 "call .cpu() first to copy it to host memory.")
-            return backend.to_numpy(self.data)
-        return self.data
+            return backend.to_numpy(self.array)
+        return self.array
 
     def item(self):
-        if self.data.size != 1:
-            raise ValueError(f"item(): a Tensor with {self.data.size} elements cannot be "
+        if self.array.size != 1:
+            raise ValueError(f"item(): a Tensor with {self.array.size} elements cannot be "
                              "converted to a Python scalar; expected exactly one element.")
-        return self.data.reshape(()).item() if isinstance(self.data, np.ndarray) \
-            else backend.to_numpy(self.data).reshape(()).item()
+        return self.array.reshape(()).item() if isinstance(self.array, np.ndarray) \
+            else backend.to_numpy(self.array).reshape(()).item()
 
     def tolist(self):
-        return backend.to_numpy(self.data).tolist()
+        return backend.to_numpy(self.array).tolist()
 
     def __float__(self):
         return float(self.item())
@@ -257,18 +276,18 @@ class Tensor:
         return int(self.item())
 
     def __index__(self):
-        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+        if self.array.dtype.kind not in "iu" or self.array.size != 1:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.item())
 
     def __bool__(self):
-        if self.data.size != 1:
-            raise RuntimeError(f"Boolean value of a Tensor with {self.data.size} elements is "
+        if self.array.size != 1:
+            raise RuntimeError(f"Boolean value of a Tensor with {self.array.size} elements is "
                                "ambiguous; use .any() or .all().")
         return bool(self.item())
 
     def __array__(self, dtype=None, copy=None):
-        a = backend.to_numpy(self.data)
+        a = backend.to_numpy(self.array)
         return a if dtype is None else a.astype(dtype)
 
     __hash__ = object.__hash__
@@ -277,13 +296,13 @@ class Tensor:
         if self._node is not None:
             raise RuntimeError("pickling a non-leaf Tensor (one with a grad_fn) is not supported; "
                                "pickle t.detach() instead.")
-        return (_rebuild_tensor, (self.data, self.requires_grad))
+        return (_rebuild_tensor, (self.array, self.requires_grad))
 
     def __deepcopy__(self, memo):
         if self._node is not None:
             raise RuntimeError("Only leaf Tensors support deepcopy; detach() first.")
         t = self.__class__.__new__(self.__class__)
-        t.data = self.data.copy()
+        t.array = self.array.copy()
         t.requires_grad = self.requires_grad
         t._vbox = [0]
         if self.grad is not None:
@@ -300,7 +319,7 @@ class Tensor:
 
     def detach(self):
         """A new Tensor on the same data, cut from the graph."""
-        t = _new(self.data)
+        t = _new(self.array)
         t._vbox = self._vbox
         return t
 
@@ -316,9 +335,9 @@ class Tensor:
         if self._node is not None and not requires_grad:
             raise RuntimeError("requires_grad_(False) on a non-leaf tensor: only leaves can "
                                "change requires_grad; use detach() instead.")
-        if requires_grad and self.data.dtype.kind != "f":
+        if requires_grad and self.array.dtype.kind != "f":
             raise RuntimeError(f"only floating point tensors can require gradients, got "
-                               f"{self.data.dtype}.")
+                               f"{self.array.dtype}.")
         self.requires_grad = bool(requires_grad)
         return self
 
@@ -374,10 +393,10 @@ class Tensor:
     # -- shared memory (see shm) ---------------------------------------------------------------
     def share_memory_(self):
         """Move the storage into shared memory (a no-op if it is there or on a GPU)."""
-        if isinstance(self.data, np.ndarray):
+        if isinstance(self.array, np.ndarray):
             import shm
-            if not shm.is_shared(self.data):
-                self.data = shm.share(self.data)
+            if not shm.is_shared(self.array):
+                self.array = shm.share(self.array)
         if self.grad is not None:
             self.grad.share_memory_()
         return self
@@ -385,7 +404,7 @@ class Tensor:
     def is_shared(self) -> bool:
         """True when the storage is in shared memory (CUDA tensors are: they travel by IPC)."""
         import shm
-        return shm.is_shared(self.data)
+        return shm.is_shared(self.array)
 
     # -- repr ----------------------------------------------------------------------------------
     def __repr__(self):
@@ -395,14 +414,14 @@ class Tensor:
     __str__ = __repr__
 
     def __format__(self, spec):
-        if self.data.ndim == 0:
+        if self.array.ndim == 0:
             return self.item().__format__(spec)
         return object.__format__(self, spec)
 
     def __iter__(self):
-        if self.data.ndim == 0:
+        if self.array.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
-        return (self[i] for i in range(self.data.shape[0]))
+        return (self[i] for i in range(self.array.shape[0]))
 
 
 class Size(tuple):

@@ -25,7 +25,7 @@ def _infer_dtype(arr: np.ndarray, data) -> np.dtype:
 def _to_array(data, dtype, device=None):
     """An array (numpy, or cupy for cuda) from Python data, arrays or Tensors."""
     if isinstance(data, Tensor):
-        arr = data.data
+        arr = data.array
     elif backend.is_array(data):
         arr = data
     else:
@@ -47,7 +47,7 @@ def _to_array(data, dtype, device=None):
 def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor holding a copy of `data` (lists, numbers, arrays, Tensors)."""
     arr = _to_array(data, dtype, device)
-    src = data.data if isinstance(data, Tensor) else data
+    src = data.array if isinstance(data, Tensor) else data
     if arr is src or (isinstance(arr, np.ndarray) and arr.base is not None and arr.base is src):
         arr = arr.copy()  # never alias the caller's array (np.asarray of a memmap is a view)
     t = _new(arr)
@@ -161,7 +161,7 @@ def randperm(n, generator=None, dtype=None, device=None) -> Tensor:
 
 def multinomial(probs, num_samples, replacement=False, generator=None) -> Tensor:
     """Sample indices from (rows of) non-negative weights, as torch.multinomial."""
-    p = backend.to_numpy(probs.data if isinstance(probs, Tensor) else np.asarray(probs))
+    p = backend.to_numpy(probs.array if isinstance(probs, Tensor) else np.asarray(probs))
     p = p.astype(np.float64)
     if p.ndim not in (1, 2):
         raise RuntimeError(f"multinomial: prob_dist must be 1 or 2 dim, got {p.ndim}")
@@ -192,7 +192,7 @@ def normal(mean, std, size=None, generator=None, dtype=None, device=None) -> Ten
 
 def _like(fn):
     def like(t, dtype=None, device=None, requires_grad=False, **kw):
-        return fn(t.data.shape, dtype=dtype if dtype is not None else t.data.dtype,
+        return fn(t.array.shape, dtype=dtype if dtype is not None else t.array.dtype,
                   device=device if device is not None else t.device, requires_grad=requires_grad,
                   **kw)
     like.__name__ = fn.__name__ + "_like"
@@ -208,10 +208,10 @@ randn_like = _like(randn)
 
 
 def full_like(t, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return full(t.data.shape, fill_value, dtype=dtype or t.data.dtype,
+    return full(t.array.shape, fill_value, dtype=dtype or t.array.dtype,
                 device=device or t.device, requires_grad=requires_grad)
 
 
 def randint_like(t, low, high=None, dtype=None, device=None) -> Tensor:
-    return randint(low, high, tuple(t.data.shape), dtype=dtype or t.data.dtype,
+    return randint(low, high, tuple(t.array.shape), dtype=dtype or t.array.dtype,
                    device=device or t.device)

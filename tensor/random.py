@@ -50,7 +50,7 @@ class Generator:
 
     def set_state(self, state) -> "Generator":
         import json
-        raw = bytes(backend.to_numpy(state.data if hasattr(state, "data") else state)
+        raw = bytes(backend.to_numpy(state.array if hasattr(state, "array") else state)
                     .astype(np.uint8))
         try:
             d = json.loads(raw)

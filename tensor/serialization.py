@@ -79,7 +79,7 @@ class _Encoder:
             if obj.grad_fn is not None:
                 raise RuntimeError(f"tensor.save: the tensor at {path} is part of an autograd "
                                    "graph; save t.detach() (state_dict() already does).")
-            rec = {"$tensor": self._add(obj, obj.data)}
+            rec = {"$tensor": self._add(obj, obj.array)}
             if obj.requires_grad:
                 rec["requires_grad"] = True
             if getattr(obj, "_is_param", False):

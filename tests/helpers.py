@@ -80,7 +80,7 @@ def check_grad(fn, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float =
     grads = tensor.autograd.grad(out, [tensors[i] for i in diff], allow_unused=True)
     results = []
     for i, g in zip(diff, grads):
-        x = tensors[i].data
+        x = tensors[i].array
         g = np.zeros_like(x) if g is None else g.numpy()
         num = np.zeros_like(x)
         flat = x.reshape(-1)

@@ -24,8 +24,8 @@ def _pinned_copy(arr: np.ndarray, cupy) -> np.ndarray:
 def _walk(obj, fn):
     import tensor
     if isinstance(obj, tensor.Tensor):
-        if isinstance(obj.data, np.ndarray):
-            return tensor.from_numpy(fn(obj.data)).requires_grad_(obj.requires_grad)
+        if isinstance(obj.array, np.ndarray):
+            return tensor.from_numpy(fn(obj.array)).requires_grad_(obj.requires_grad)
         return obj
     if isinstance(obj, np.ndarray):
         return fn(obj)

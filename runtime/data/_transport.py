@@ -80,7 +80,7 @@ class _Placer(pickle.Pickler):
                 _fill(view, obj.items)
             return _leaf, (self.name, off, obj.shape, obj.dtype.str, "t", obj.requires_grad)
         if isinstance(obj, self.tensor_type):
-            arr, kind, rg = obj.data, "t", obj.requires_grad
+            arr, kind, rg = obj.array, "t", obj.requires_grad
             if not isinstance(arr, np.ndarray):
                 return NotImplemented
         elif isinstance(obj, np.ndarray):

@@ -67,7 +67,7 @@ def _collate(batch, leaf):
     elem = batch[0]
     Tensor = _tensor_type()
     if isinstance(elem, Tensor):
-        items = [t.data for t in batch]
+        items = [t.array for t in batch]
         return leaf(items, (len(batch),) + tuple(elem.shape), elem.dtype, False)
     if isinstance(elem, (np.ndarray, np.generic)) and not isinstance(elem, (np.str_, np.bytes_)):
         if elem.dtype.char in _NOT_NUMERIC:

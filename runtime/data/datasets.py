@@ -264,7 +264,7 @@ class CharDataset(Dataset):
                              "vocabulary") from None
 
     def decode(self, ids) -> str:
-        return "".join(self.itos[int(i)] for i in np.asarray(getattr(ids, "data", ids)).ravel())
+        return "".join(self.itos[int(i)] for i in np.asarray(getattr(ids, "array", ids)).ravel())
 
     def __len__(self):
         return len(self.data) - self.block_size

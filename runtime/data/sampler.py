@@ -145,7 +145,7 @@ class WeightedRandomSampler(_EpochSeeded):
         if not isinstance(replacement, bool):
             raise ValueError(f"WeightedRandomSampler: replacement should be a boolean value, but "
                              f"got replacement={replacement!r}")
-        w = np.asarray(getattr(weights, "data", weights), dtype=np.float64)
+        w = np.asarray(getattr(weights, "array", weights), dtype=np.float64)
         if w.ndim != 1:
             raise ValueError(f"WeightedRandomSampler: weights should be a 1d sequence but given "
                              f"weights have shape {tuple(w.shape)}")

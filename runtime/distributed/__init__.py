@@ -7,7 +7,7 @@ with torch.distributed's names and semantics.
     dist.destroy_process_group()
 
 Modules: wire (framing, secret), store (rendezvous), transport (peer mesh, desync and
-dead-peer checks), algorithms (ring/direct over TCP), shm_comm (same-host reduction),
+dead-peer checks), tcp_algorithms (ring/direct over TCP), shm_comm (same-host reduction),
 process_group (groups, the communication thread), collectives, objects, nccl.
 """
 from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,

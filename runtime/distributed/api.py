@@ -1,6 +1,6 @@
 """init_process_group, groups, and the collectives with PyTorch's names and semantics.
 
-Collectives take zgrad Tensors (the result is written in place into ``t.data``) or raw numpy /
+Collectives take zgrad Tensors (the result is written in place into ``t.array``) or raw numpy /
 CuPy arrays. Ranks passed as ``src``/``dst`` are global ranks, as in PyTorch.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import threading
 from urllib.parse import urlparse
 
-from . import algorithms as algo
+from . import tcp_algorithms as algo
 from . import wire
 from .process_group import ProcessGroup
 from .shm_comm import ShmComm

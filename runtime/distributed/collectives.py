@@ -7,19 +7,19 @@ import numpy as np
 
 from tensor import backend
 
-from . import algorithms as algo
+from . import tcp_algorithms as algo
 from .api import _group
 from .process_group import _UFUNC, ReduceOp, Staged, check_op
 
 
 def as_array(t, what: str, arg: str = "tensor", written: bool = False):
-    """The array behind a zgrad Tensor (its .data) or a raw numpy/CuPy array.
+    """The array behind a zgrad Tensor (its .array) or a raw numpy/CuPy array.
 
     written: the collective writes into it, so a Tensor's version counter is bumped (a
     backward that saved it then refuses to run, as after any in-place op)."""
     if backend.is_array(t):
         return t
-    data = getattr(t, "data", None)
+    data = getattr(t, "array", None)
     if data is not None and backend.is_array(data):
         if written and hasattr(t, "_vbox"):
             t._vbox[0] += 1

@@ -21,7 +21,7 @@ import numpy as np
 
 from tensor import backend
 
-from . import algorithms as algo
+from . import tcp_algorithms as algo
 from .transport import AbortedError, PeerMesh
 
 

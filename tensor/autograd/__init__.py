@@ -45,7 +45,7 @@ def _jacobians(func, inputs, eps):
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     out = func(*inputs)
     outs = [out] if isinstance(out, Tensor) else list(out)
-    outs = [o for o in outs if o.requires_grad or o.data.dtype.kind == "f"]
+    outs = [o for o in outs if o.requires_grad or o.array.dtype.kind == "f"]
     n_out = sum(o.numel() for o in outs)
     analytic = [np.zeros((n_out, inputs[i].numel())) for i in diff]
     row = 0
@@ -54,18 +54,18 @@ def _jacobians(func, inputs, eps):
             if not o.requires_grad:
                 row += 1
                 continue
-            go = np.zeros(o.data.shape, o.data.dtype)
+            go = np.zeros(o.array.shape, o.array.dtype)
             go.reshape(-1)[k] = 1
             from ..creation import tensor as _t
             gs = grad([o], [inputs[i] for i in diff], [_t(go)], retain_graph=True,
                       allow_unused=True)
             for j, g in enumerate(gs):
                 if g is not None:
-                    analytic[j][row] = np.asarray(g.data).reshape(-1)
+                    analytic[j][row] = np.asarray(g.array).reshape(-1)
             row += 1
     numeric = [np.zeros_like(a) for a in analytic]
     for j, i in enumerate(diff):
-        x = inputs[i].data.reshape(-1)
+        x = inputs[i].array.reshape(-1)
         for k in range(x.size):
             old = x[k]
             # not under no_grad: func may itself call grad() (gradgradcheck)
@@ -76,9 +76,9 @@ def _jacobians(func, inputs, eps):
             x[k] = old
             fp = [fp] if isinstance(fp, Tensor) else list(fp)
             fm = [fm] if isinstance(fm, Tensor) else list(fm)
-            d = np.concatenate([((np.asarray(a.data, np.float64) - np.asarray(b.data, np.float64))
+            d = np.concatenate([((np.asarray(a.array, np.float64) - np.asarray(b.array, np.float64))
                                  / (2 * eps)).reshape(-1) for a, b in zip(fp, fm)
-                                if a.data.dtype.kind == "f"]) if n_out else np.zeros(0)
+                                if a.array.dtype.kind == "f"]) if n_out else np.zeros(0)
             numeric[j][:, k] = d
     return diff, analytic, numeric
 
@@ -90,9 +90,9 @@ def gradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True
     """
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     for t in inputs:
-        if isinstance(t, Tensor) and t.requires_grad and t.data.dtype != np.float64:
+        if isinstance(t, Tensor) and t.requires_grad and t.array.dtype != np.float64:
             import warnings
-            warnings.warn(f"gradcheck: input of dtype {t.data.dtype} is not float64; the "
+            warnings.warn(f"gradcheck: input of dtype {t.array.dtype} is not float64; the "
                           "check is likely to fail from rounding.", stacklevel=2)
     diff, analytic, numeric = _jacobians(func, inputs, eps)
     for j, i in enumerate(diff):
@@ -115,7 +115,7 @@ def gradgradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=
     outs0 = [out0] if isinstance(out0, Tensor) else list(out0)
     rng = np.random.default_rng(0)
     from ..creation import tensor as _t
-    gos = [_t(rng.normal(size=o.data.shape)) for o in outs0]
+    gos = [_t(rng.normal(size=o.array.shape)) for o in outs0]
 
     def first(*xs):
         out = func(*xs)

@@ -36,7 +36,7 @@ from .._tensor import Node, Tensor, _new
 
 
 def _fmt_saved(t: Tensor) -> str:
-    return f"[{t.data.dtype} {list(t.data.shape)}]"
+    return f"[{t.array.dtype} {list(t.array.shape)}]"
 
 
 def _check_saved(node: Node):
@@ -73,19 +73,19 @@ def _graph(roots):
 def _as_grad(g, t: Tensor):
     """Normalise a user-given gradient for output t."""
     if g is None:
-        if t.data.size != 1:
+        if t.array.size != 1:
             raise RuntimeError(f"grad can be implicitly created only for scalar outputs; the "
-                               f"output has shape {tuple(t.data.shape)}. Pass gradient= "
+                               f"output has shape {tuple(t.array.shape)}. Pass gradient= "
                                "(e.g. torch.ones_like(out)) or reduce the output first.")
         from .. import backend
-        xp = backend.get_array_module(t.data)
-        return _new(xp.ones(t.data.shape, t.data.dtype)), True
+        xp = backend.get_array_module(t.array)
+        return _new(xp.ones(t.array.shape, t.array.dtype)), True
     if not isinstance(g, Tensor):
         from ..creation import tensor as _tensor
-        g = _tensor(g, dtype=t.data.dtype, device=t.device)
-    if tuple(g.data.shape) != tuple(t.data.shape):
-        raise RuntimeError(f"backward: gradient has shape {tuple(g.data.shape)} but the output "
-                           f"has shape {tuple(t.data.shape)}; they must match.")
+        g = _tensor(g, dtype=t.array.dtype, device=t.device)
+    if tuple(g.array.shape) != tuple(t.array.shape):
+        raise RuntimeError(f"backward: gradient has shape {tuple(g.array.shape)} but the output "
+                           f"has shape {tuple(t.array.shape)}; they must match.")
     return g, False
 
 
@@ -142,7 +142,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     for t, g, fresh in root_grads:
         if not fresh:
-            shared[id(g.data)] = g.data
+            shared[id(g.array)] = g.array
         place(t if t._node is None else t._node, t._out_idx, g)
 
     heap = []
@@ -168,7 +168,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     for h in list(hooks):
                         if grads[i] is None:
                             continue
-                        shared[id(grads[i].data)] = grads[i].data  # the hook may keep it
+                        shared[id(grads[i].array)] = grads[i].array  # the hook may keep it
                         r = h(grads[i])
                         if r is not None:
                             grads[i] = r
@@ -221,7 +221,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 tgt, idx, dtype = e
                 if not isinstance(g, Tensor):
                     g = _new(g)
-                if g.data.dtype != dtype:
+                if g.array.dtype != dtype:
                     g = g.to(dtype)
                 place(tgt, idx, g)
                 k = id(tgt)
@@ -256,7 +256,7 @@ def _mark_shared(res, opaque, shared):
     seen = set()
     for g in res:
         if isinstance(g, Tensor):
-            a = g.data
+            a = g.array
             if opaque or id(a) in seen:
                 shared[id(a)] = a
             seen.add(id(a))
@@ -265,7 +265,7 @@ def _mark_shared(res, opaque, shared):
 def _finish_leaf(leaf, g, shared, capture, captured, create_graph, accumulate):
     if leaf._hooks:
         for h in list(leaf._hooks):
-            shared[id(g.data)] = g.data  # the hook may keep it
+            shared[id(g.array)] = g.array  # the hook may keep it
             r = h(g)
             if r is not None:
                 g = r
@@ -281,17 +281,17 @@ def _finish_leaf(leaf, g, shared, capture, captured, create_graph, accumulate):
         if create_graph:
             leaf.grad = g
         else:
-            a = g.data
+            a = g.array
             owned = a.base is None and shared.get(id(a)) is not a
             leaf.grad = _new(a if owned else a.copy())
     elif create_graph or leaf.grad.requires_grad:
         leaf.grad = leaf.grad + g
     else:
-        gd = leaf.grad.data
-        if gd.shape != g.data.shape:
+        gd = leaf.grad.array
+        if gd.shape != g.array.shape:
             raise RuntimeError(f"backward: the existing .grad has shape {gd.shape} but the new "
-                               f"gradient has shape {g.data.shape}; zero the grads first.")
-        gd += g.data
+                               f"gradient has shape {g.array.shape}; zero the grads first.")
+        gd += g.array
         leaf.grad._vbox[0] += 1
     if leaf._post_hooks:
         for h in list(leaf._post_hooks):

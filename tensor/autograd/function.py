@@ -75,7 +75,7 @@ class Function:
                                 f"{type(o).__name__}")
         wrapped = []
         for o in outs:
-            t = _new(o.data)
+            t = _new(o.array)
             t._vbox = o._vbox
             wrapped.append(t)
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
@@ -94,13 +94,13 @@ class Function:
                                        f"but forward took {n_args} arguments; return one per "
                                        "argument (None where there is none).")
                 return tuple(grads[i] for i in positions)
-            meta = tuple((o.data.shape, o.data.dtype, backend.get_array_module(o.data))
+            meta = tuple((o.array.shape, o.array.dtype, backend.get_array_module(o.array))
                          for o in outs)
             node = Node(backward, tuple(_edge(args[i]) for i in positions), cls.__name__,
                         ctx._saved_versions, n_out=len(outs), out_meta=meta)
             node.opaque = True
             for i, t in enumerate(wrapped):
-                if id(outs[i]) in ctx._non_diff or t.data.dtype.kind != "f":
+                if id(outs[i]) in ctx._non_diff or t.array.dtype.kind != "f":
                     continue
                 t._node, t._out_idx, t.requires_grad = node, i, True
         return wrapped[0] if single else tuple(wrapped)

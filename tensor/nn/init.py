@@ -72,16 +72,16 @@ def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.
         raise ValueError(f"trunc_normal_: expected a < b, got a={a}, b={b}")
     with no_grad():
         t.normal_(mean, std, generator=generator)
-        bad = (t.data < a) | (t.data > b)
+        bad = (t.array < a) | (t.array > b)
         # rejection sampling: each round keeps the in-range draws (P(in) > 0 for a < b)
         for _ in range(1000):
             if not bool(bad.any()):
                 break
-            fresh = t.data.copy()
+            fresh = t.array.copy()
             Tensor(fresh).normal_(mean, std, generator=generator)
-            t.data[bad] = fresh[bad]
-            bad = (t.data < a) | (t.data > b)
-        t.data.clip(a, b, out=t.data)
+            t.array[bad] = fresh[bad]
+            bad = (t.array < a) | (t.array > b)
+        t.array.clip(a, b, out=t.array)
         t._vbox[0] += 1
     return t
 
@@ -106,7 +106,7 @@ def eye_(t: Tensor) -> Tensor:
         raise ValueError(f"eye_: only 2-D tensors are supported, got shape {list(t.shape)}")
     from ..backend import get_array_module
     with no_grad():
-        t.data[...] = get_array_module(t.data).eye(*t.shape, dtype=t.dtype)
+        t.array[...] = get_array_module(t.array).eye(*t.shape, dtype=t.dtype)
         t._vbox[0] += 1
     return t
 

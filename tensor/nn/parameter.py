@@ -21,15 +21,15 @@ class Parameter(Tensor):
     def __init__(self, data=None, requires_grad: bool = True):
         if isinstance(data, Tensor):
             vbox = data._vbox
-            data = data.data
+            data = data.array
         else:
             vbox = None
         super().__init__(data)
         if vbox is not None:
             self._vbox = vbox  # a Parameter around t is t's storage: one version counter
-        if requires_grad and self.data.dtype.kind not in "fc":
+        if requires_grad and self.array.dtype.kind not in "fc":
             raise RuntimeError(f"Parameter: only floating point tensors can require gradients, "
-                               f"got {self.data.dtype}; pass requires_grad=False.")
+                               f"got {self.array.dtype}; pass requires_grad=False.")
         self.requires_grad = bool(requires_grad)
 
     @classmethod
@@ -38,7 +38,7 @@ class Parameter(Tensor):
         if isinstance(shape, int):
             shape = (shape,)
         from ..creation import empty
-        return cls(empty(*shape, dtype=dtype, device=device).data, requires_grad)
+        return cls(empty(*shape, dtype=dtype, device=device).array, requires_grad)
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
@@ -46,4 +46,4 @@ class Parameter(Tensor):
     __str__ = __repr__
 
     def __reduce_ex__(self, protocol):
-        return (_rebuild_parameter, (self.data, self.requires_grad))
+        return (_rebuild_parameter, (self.array, self.requires_grad))

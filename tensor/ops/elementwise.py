@@ -37,7 +37,7 @@ def _wrap(b):
 def _operands(op, a: Tensor, b):
     """The two arrays of a binary op after PyTorch's promotion, and b as a Tensor or None."""
     if isinstance(b, Tensor):
-        x, z = a.data, b.data
+        x, z = a.array, b.array
         dx, dz = x.dtype, z.dtype
         if dx != dz:
             dt = dtypes.result_type(dx, dz, x.ndim == 0, z.ndim == 0)
@@ -50,7 +50,7 @@ def _operands(op, a: Tensor, b):
             _mixed(op, x, z)
         return x, z, b
     if isinstance(b, _SCALARS):
-        x = a.data
+        x = a.array
         dt = dtypes.scalar_result_type(x.dtype, b)
         if dt != x.dtype:
             x = x.astype(dt)
@@ -66,7 +66,7 @@ def _to_float(x):
 
 def sum_to(g: Tensor, shape) -> Tensor:
     """Sum a broadcast gradient back to `shape` (differentiable)."""
-    gs = g.data.shape
+    gs = g.array.shape
     if gs == shape:
         return g
     lead = len(gs) - len(shape)
@@ -75,7 +75,7 @@ def sum_to(g: Tensor, shape) -> Tensor:
     r = g.sum(dim=axes, keepdim=True) if axes else g
     if lead:
         r = r.reshape(shape)
-    elif r.data.shape != shape:
+    elif r.array.shape != shape:
         r = r.reshape(shape)
     return r
 
@@ -92,11 +92,11 @@ def add(a, b, alpha=1):
         b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     x, z, bt = _operands("add", a, b)
     y = x + z
-    sa = a.data.shape
+    sa = a.array.shape
 
     if bt is None:
         return from_op(y, (a,), lambda gy: (sum_to(gy, sa),), "add")
-    sb = bt.data.shape
+    sb = bt.array.shape
 
     def backward(gy):
         return sum_to(gy, sa), sum_to(gy, sb)
@@ -114,10 +114,10 @@ def sub(a, b, alpha=1):
         raise RuntimeError("sub: subtraction of bool tensors is not supported; "
                            "use logical_xor or ~ instead.")
     y = x - z
-    sa = a.data.shape
+    sa = a.array.shape
     if bt is None:
         return from_op(y, (a,), lambda gy: (sum_to(gy, sa),), "sub")
-    sb = bt.data.shape
+    sb = bt.array.shape
 
     def backward(gy):
         return sum_to(gy, sa), sum_to(-gy, sb)
@@ -137,10 +137,10 @@ def mul(a, b):
         return mul(b, a) if isinstance(b, Tensor) else mul(_wrap(a), b)
     x, z, bt = _operands("mul", a, b)
     y = x * z
-    sa = a.data.shape
+    sa = a.array.shape
     if bt is None:
         return from_op(y, (a,), lambda gy: (mul(gy, b),), "mul")
-    sb = bt.data.shape
+    sb = bt.array.shape
 
     def backward(gy):
         # A broadcast input gets its gradient summed back to its own shape.
@@ -166,10 +166,10 @@ def div(a, b, rounding_mode=None):
         x = x.astype(dtypes.get_default_dtype())
         z = z.astype(x.dtype) if bt is not None else z
     y = x / z
-    sa = a.data.shape
+    sa = a.array.shape
     if bt is None:
         return from_op(y, (a,), lambda gy: (gy / b,), "div")
-    sb = bt.data.shape
+    sb = bt.array.shape
 
     def backward(gy):
         return (sum_to(gy / bt, sa) if a.requires_grad else None,
@@ -194,9 +194,9 @@ def remainder(a, b):
 
 def neg(a):
     """-a."""
-    if a.data.dtype.kind == "b":
+    if a.array.dtype.kind == "b":
         raise RuntimeError("neg: negation of a bool tensor is not supported; use ~ instead.")
-    return from_op(-a.data, (a,), lambda gy: (-gy,), "neg")
+    return from_op(-a.array, (a,), lambda gy: (-gy,), "neg")
 
 
 def pow(a, b):
@@ -218,7 +218,7 @@ def pow(a, b):
             return (gy * p * a ** (p - 1),)
         return from_op(y, (a,), backward, "pow", saved=(a,))
     y = x ** z
-    sa, sb = a.data.shape, bt.data.shape
+    sa, sb = a.array.shape, bt.array.shape
 
     def backward_t(gy, out):
         ga = sum_to(gy * bt * a ** (bt - 1), sa) if a.requires_grad else None
@@ -233,7 +233,7 @@ def pow(a, b):
 
 def rpow(s, a):
     """s ** a for a Python-number base and a Tensor exponent."""
-    x = _to_float(a.data) if isinstance(s, float) else a.data
+    x = _to_float(a.array) if isinstance(s, float) else a.array
     y = s ** x
     ls = math.log(s) if s > 0 else float("nan")
     return from_op(y, (a,), lambda gy, out: (gy * out * ls,), "pow", save_output=True)
@@ -241,7 +241,7 @@ def rpow(s, a):
 
 def reciprocal(a):
     """1 / a."""
-    y = 1.0 / _to_float(a.data)
+    y = 1.0 / _to_float(a.array)
     return from_op(y, (a,), lambda gy, out: (-gy * out * out,), "reciprocal", save_output=True)
 
 
@@ -250,20 +250,20 @@ def reciprocal(a):
 
 
 def exp(a):
-    return from_op(_xp(a).exp(_to_float(a.data)), (a,), lambda gy, out: (gy * out,), "exp", save_output=True)
+    return from_op(_xp(a).exp(_to_float(a.array)), (a,), lambda gy, out: (gy * out,), "exp", save_output=True)
 
 
 def _xp(a):
-    return np if isinstance(a.data, np.ndarray) else backend.get_array_module(a.data)
+    return np if isinstance(a.array, np.ndarray) else backend.get_array_module(a.array)
 
 
 def log(a):
-    y = _xp(a).log(_to_float(a.data))
+    y = _xp(a).log(_to_float(a.array))
     return from_op(y, (a,), lambda gy: (gy / a,), "log", saved=(a,))
 
 
 def log1p(a):
-    y = _xp(a).log1p(_to_float(a.data))
+    y = _xp(a).log1p(_to_float(a.array))
     return from_op(y, (a,), lambda gy: (gy / (a + 1),), "log1p", saved=(a,))
 
 
@@ -276,18 +276,18 @@ def log10(a):
 
 
 def expm1(a):
-    y = _xp(a).expm1(_to_float(a.data))
+    y = _xp(a).expm1(_to_float(a.array))
     return from_op(y, (a,), lambda gy, out: (gy * (out + 1),), "expm1", save_output=True)
 
 
 def sqrt(a):
-    y = _xp(a).sqrt(_to_float(a.data))
+    y = _xp(a).sqrt(_to_float(a.array))
     return from_op(y, (a,), lambda gy, out: (gy / (out * 2),), "sqrt", save_output=True)
 
 
 def rsqrt(a):
     xp = _xp(a)
-    y = 1.0 / xp.sqrt(_to_float(a.data))
+    y = 1.0 / xp.sqrt(_to_float(a.array))
     return from_op(y, (a,), lambda gy, out: (gy * out * out * out * -0.5,), "rsqrt",
                    save_output=True)
 
@@ -297,33 +297,33 @@ def square(a):
 
 
 def abs(a):
-    y = _xp(a).abs(a.data)
+    y = _xp(a).abs(a.array)
     return from_op(y, (a,), lambda gy: (gy * sign(a),), "abs", saved=(a,))
 
 
 def sign(a):
-    y = _xp(a).sign(a.data)
+    y = _xp(a).sign(a.array)
     return from_op(y, (a,), lambda gy: (gy * 0,), "sign")
 
 
 def sin(a):
-    y = _xp(a).sin(_to_float(a.data))
+    y = _xp(a).sin(_to_float(a.array))
     return from_op(y, (a,), lambda gy: (gy * cos(a),), "sin", saved=(a,))
 
 
 def cos(a):
-    y = _xp(a).cos(_to_float(a.data))
+    y = _xp(a).cos(_to_float(a.array))
     return from_op(y, (a,), lambda gy: (-gy * sin(a),), "cos", saved=(a,))
 
 
 def tanh(a):
-    y = _xp(a).tanh(_to_float(a.data))
+    y = _xp(a).tanh(_to_float(a.array))
     return from_op(y, (a,), lambda gy, out: (gy * (1 - out * out),), "tanh", save_output=True)
 
 
 def sigmoid(a):
     xp = _xp(a)
-    x = _to_float(a.data)
+    x = _to_float(a.array)
     # split by sign so exp never overflows: sigmoid(x) = exp(x) / (1 + exp(x)) for x < 0
     e = xp.exp(-xp.abs(x))
     y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
@@ -332,17 +332,17 @@ def sigmoid(a):
 
 def relu(a):
     xp = _xp(a)
-    y = xp.maximum(a.data, 0).astype(a.data.dtype, copy=False)
+    y = xp.maximum(a.array, 0).astype(a.array.dtype, copy=False)
 
     def backward(gy, out):
         if not _grad_state.enabled:  # first-order fast path
-            return (_new(gy.data * (out.data > 0)),)
-        return (gy * (out.data > 0),)
+            return (_new(gy.array * (out.array > 0)),)
+        return (gy * (out.array > 0),)
     return from_op(y, (a,), backward, "relu", save_output=True)
 
 
 def erf(a):
-    y = backend.erf(_xp(a), _to_float(a.data))
+    y = backend.erf(_xp(a), _to_float(a.array))
     c = 2.0 / math.sqrt(math.pi)
     return from_op(y, (a,), lambda gy: (gy * exp(-(a * a)) * c,), "erf", saved=(a,))
 
@@ -354,7 +354,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 def gelu(a, approximate: str = "none"):
     """GELU: x * Phi(x) (exact, with erf) or the tanh approximation."""
     xp = _xp(a)
-    x = _to_float(a.data)
+    x = _to_float(a.array)
     if approximate == "tanh":
         k = math.sqrt(2.0 / math.pi)
         inner = k * (x + 0.044715 * x ** 3)
@@ -384,7 +384,7 @@ def silu(a):
 def softplus(a, beta=1.0, threshold=20.0):
     """log(1 + exp(beta x)) / beta, linear above threshold (as torch)."""
     xp = _xp(a)
-    x = _to_float(a.data)
+    x = _to_float(a.array)
     bx = x * beta
     y = xp.where(bx > threshold, x, xp.logaddexp(0, bx) / beta).astype(x.dtype, copy=False)
     return from_op(y, (a,), lambda gy: (gy * where(a * beta > threshold, 1.0, sigmoid(a * beta)),),
@@ -396,9 +396,9 @@ def clamp(a, min=None, max=None):
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
     xp = _xp(a)
-    lo = min.data if isinstance(min, Tensor) else min
-    hi = max.data if isinstance(max, Tensor) else max
-    x = a.data
+    lo = min.array if isinstance(min, Tensor) else min
+    hi = max.array if isinstance(max, Tensor) else max
+    x = a.array
     if isinstance(lo, float) or isinstance(hi, float):
         x = _to_float(x)
     y = xp.clip(x, lo, hi)
@@ -406,11 +406,11 @@ def clamp(a, min=None, max=None):
         y = y.astype(x.dtype)
 
     def backward(gy):
-        mask = xp.ones(a.data.shape, bool)
+        mask = xp.ones(a.array.shape, bool)
         if lo is not None:
-            mask &= a.data >= lo
+            mask &= a.array >= lo
         if hi is not None:
-            mask &= a.data <= hi
+            mask &= a.array <= hi
         return (gy * mask,)
     return from_op(y, (a,), backward, "clamp", saved=(a,))
 
@@ -430,7 +430,7 @@ def _minmax(a, b, is_max):
     x, z, _ = _operands("maximum" if is_max else "minimum", a, b)
     xp = _xp(a)
     y = xp.maximum(x, z) if is_max else xp.minimum(x, z)
-    sa, sb = a.data.shape, b.data.shape
+    sa, sb = a.array.shape, b.array.shape
 
     def backward(gy):
         wa = (x > z) if is_max else (x < z)
@@ -443,7 +443,7 @@ def _minmax(a, b, is_max):
 
 def where(cond, a, b):
     """a where cond else b (a, b Tensors or Python numbers), with broadcasting."""
-    c = cond.data if isinstance(cond, Tensor) else cond
+    c = cond.array if isinstance(cond, Tensor) else cond
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         ref = a if isinstance(a, Tensor) else b
     else:
@@ -462,8 +462,8 @@ def where(cond, a, b):
         y = y.astype(x.dtype if backend.is_array(x) else z.dtype)
 
     def backward(gy):
-        ga = sum_to(where(cond, gy, 0.0), at.data.shape) if at is not None else None
-        gb = sum_to(where(cond, 0.0, gy), bt.data.shape) if bt is not None else None
+        ga = sum_to(where(cond, gy, 0.0), at.array.shape) if at is not None else None
+        gb = sum_to(where(cond, 0.0, gy), bt.array.shape) if bt is not None else None
         return ga, gb
     return from_op(y, (at, bt), backward, "where")
 
@@ -509,57 +509,57 @@ logical_xor_ = _bitwise("xor", _operator.xor)
 
 
 def logical_not(a):
-    return _new(_xp(a).logical_not(a.data))
+    return _new(_xp(a).logical_not(a.array))
 
 
 def logical_and(a, b):
-    return _new(_xp(a).logical_and(a.data, _wrap(b).data))
+    return _new(_xp(a).logical_and(a.array, _wrap(b).array))
 
 
 def logical_or(a, b):
-    return _new(_xp(a).logical_or(a.data, _wrap(b).data))
+    return _new(_xp(a).logical_or(a.array, _wrap(b).array))
 
 
 def invert(a):
-    if a.data.dtype.kind == "f":
+    if a.array.dtype.kind == "f":
         raise TypeError("~: expected a bool or integer tensor, got a float tensor")
-    return _new(~a.data)
+    return _new(~a.array)
 
 
 def isnan(a):
-    return _new(_xp(a).isnan(a.data))
+    return _new(_xp(a).isnan(a.array))
 
 
 def isinf(a):
-    return _new(_xp(a).isinf(a.data))
+    return _new(_xp(a).isinf(a.array))
 
 
 def isfinite(a):
-    return _new(_xp(a).isfinite(a.data))
+    return _new(_xp(a).isfinite(a.array))
 
 
 def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False) -> bool:
-    return bool(_xp(a).allclose(a.data, _wrap(b).data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+    return bool(_xp(a).allclose(a.array, _wrap(b).array, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
 def equal(a, b) -> bool:
-    return tuple(a.data.shape) == tuple(b.data.shape) and bool((a.data == b.data).all())
+    return tuple(a.array.shape) == tuple(b.array.shape) and bool((a.array == b.array).all())
 
 
 def floor(a):
-    return from_op(_xp(a).floor(a.data), (a,), lambda gy: (gy * 0,), "floor")
+    return from_op(_xp(a).floor(a.array), (a,), lambda gy: (gy * 0,), "floor")
 
 
 def ceil(a):
-    return from_op(_xp(a).ceil(a.data), (a,), lambda gy: (gy * 0,), "ceil")
+    return from_op(_xp(a).ceil(a.array), (a,), lambda gy: (gy * 0,), "ceil")
 
 
 def round(a, decimals=0):
-    return from_op(_xp(a).round(a.data, decimals), (a,), lambda gy: (gy * 0,), "round")
+    return from_op(_xp(a).round(a.array, decimals), (a,), lambda gy: (gy * 0,), "round")
 
 
 def trunc(a):
-    return from_op(_xp(a).trunc(a.data), (a,), lambda gy: (gy * 0,), "trunc")
+    return from_op(_xp(a).trunc(a.array), (a,), lambda gy: (gy * 0,), "trunc")
 
 
 def lerp(a, b, weight):

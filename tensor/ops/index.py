@@ -29,7 +29,7 @@ def _convert_index(idx, xp):
     int_adv = False
     for i in idx:
         if isinstance(i, Tensor):
-            d = i.data
+            d = i.array
             if d.dtype.kind in "iu":
                 if d.ndim == 0:
                     out.append(int(d))
@@ -60,7 +60,7 @@ def getitem(a, idx):
     """a[idx] with ints, slices, None, Ellipsis, bool masks and integer arrays."""
     xp = _xp(a)
     key, int_adv = _convert_index(idx, xp)
-    x = a.data
+    x = a.array
     try:
         y = x[key]
     except IndexError as e:
@@ -82,11 +82,11 @@ def getitem(a, idx):
 def _index_backward(gy, key, shape, int_adv):
     """Zeros of `shape` with gy added at `key` (repeated integer indices accumulate)."""
     xp = _xp(gy)
-    gx = xp.zeros(shape, gy.data.dtype)
+    gx = xp.zeros(shape, gy.array.dtype)
     if int_adv:
-        backend.scatter_add(xp, gx, key, gy.data)
+        backend.scatter_add(xp, gx, key, gy.array)
     else:
-        gx[key] = gy.data
+        gx[key] = gy.array
     return from_op(gx, (gy,), lambda g: (getitem(g, key),), "index_backward")
 
 
@@ -108,7 +108,7 @@ def _check_inplace(a: Tensor, op: str):
 
 def _write(a: Tensor, y, op: str):
     """Write array y into a's array, keeping its identity; check the dtype and writability."""
-    x = a.data
+    x = a.array
     if y.dtype != x.dtype and not np.can_cast(y.dtype, x.dtype, casting="same_kind"):
         raise RuntimeError(f"{op}: result type {y.dtype} can't be cast to the desired output "
                            f"type {x.dtype}; convert the tensor first (e.g. .float()).")
@@ -136,7 +136,7 @@ def _needs_graph(a, args) -> bool:
 
 def _alias_old(a: Tensor) -> Tensor:
     """The tensor's current value and graph position, detached from its array."""
-    old = _new(a.data.copy(), a.requires_grad)
+    old = _new(a.array.copy(), a.requires_grad)
     old._node, old._out_idx = a._node, a._out_idx
     return old
 
@@ -148,7 +148,7 @@ def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
         old = _alias_old(a)
         # a.mul_(a): the op's inputs are the old value, not the tensor being overwritten
         r = fn(old, *(old if v is a else v for v in args), **kw)
-        _write(a, r.data, op)
+        _write(a, r.array, op)
         a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, r.requires_grad
     else:
         prev = _grad_state.enabled
@@ -157,18 +157,18 @@ def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
             r = fn(a, *args, **kw)
         finally:
             _grad_state.enabled = prev
-        _write(a, r.data, op)
+        _write(a, r.array, op)
     a._vbox[0] += 1
     return a
 
 
 def _index_put(old, key, value):
     xp = _xp(old)
-    y = old.data.copy()
+    y = old.array.copy()
     vt = value if isinstance(value, Tensor) else None
-    v = vt.data if vt is not None else value
+    v = vt.array if vt is not None else value
     y[key] = v
-    shape = old.data.shape
+    shape = old.array.shape
 
     def backward(gy):
         mask = xp.ones(shape, bool)
@@ -177,7 +177,7 @@ def _index_put(old, key, value):
         g_val = None
         if vt is not None and vt.requires_grad:
             sel = getitem(gy, key)
-            g_val = sum_to(sel, vt.data.shape) if sel.data.shape != vt.data.shape else sel
+            g_val = sum_to(sel, vt.array.shape) if sel.array.shape != vt.array.shape else sel
         return g_old, g_val
     return from_op(y, (old, vt), backward, "index_put")
 
@@ -186,39 +186,39 @@ def setitem(a, idx, value):
     """a[idx] = value (a Tensor, an array or a number), recorded by autograd when needed."""
     xp = _xp(a)
     key, int_adv = _convert_index(idx, xp)
-    if isinstance(value, Tensor) and type(value.data) is not type(a.data):
+    if isinstance(value, Tensor) and type(value.array) is not type(a.array):
         raise RuntimeError(f"setitem: the value is on {value.device} but the tensor is on "
                            f"{a.device}; move it with .to(device).")
     if _needs_graph(a, (value,)):
         _check_inplace(a, "setitem")
         r = _index_put(_alias_old(a), key, value)
-        _write(a, r.data, "setitem")
+        _write(a, r.array, "setitem")
         a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, True
     else:
-        v = value.data if isinstance(value, Tensor) else value
+        v = value.array if isinstance(value, Tensor) else value
         try:
-            a.data[key] = v
+            a.array[key] = v
         except ValueError as e:
             raise RuntimeError(f"setitem: can't assign a value of shape "
                                f"{list(getattr(v, 'shape', ()))} to index {idx!r} of a tensor of "
-                               f"shape {list(a.data.shape)}: {e}") from None
+                               f"shape {list(a.array.shape)}: {e}") from None
     a._vbox[0] += 1
 
 
 def filled(a, value):
     """A tensor like a filled with value; the gradient to a is zero."""
     xp = _xp(a)
-    y = xp.full(a.data.shape, value, a.data.dtype)
+    y = xp.full(a.array.shape, value, a.array.dtype)
     return from_op(y, (a,), lambda gy: (gy * 0,), "fill")
 
 
 def copy_from(a, src):
     """src broadcast to a's shape and cast to a's dtype (gradient flows to src only)."""
     xp = _xp(a)
-    s = src.data if isinstance(src, Tensor) else xp.asarray(src)
-    if type(s) is not type(a.data):
+    s = src.array if isinstance(src, Tensor) else xp.asarray(src)
+    if type(s) is not type(a.array):
         s = backend.to_device(s, a.device)
-    y = xp.broadcast_to(s, a.data.shape).astype(a.data.dtype)
+    y = xp.broadcast_to(s, a.array.shape).astype(a.array.dtype)
     st = src if isinstance(src, Tensor) else None
     sshape = s.shape
 

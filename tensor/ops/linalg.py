@@ -31,12 +31,12 @@ def matmul(a, b):
         ga = gb = None
         if a.requires_grad:
             ga = g2 @ b2.mT
-            ga = sum_to(ga, a2.data.shape)
+            ga = sum_to(ga, a2.array.shape)
             if len(sa) == 1:
                 ga = ga.squeeze(0)
         if b.requires_grad:
             gb = a2.mT @ g2
-            gb = sum_to(gb, b2.data.shape)
+            gb = sum_to(gb, b2.array.shape)
             if len(sb) == 1:
                 gb = gb.squeeze(-1)
         return ga, gb
@@ -44,22 +44,22 @@ def matmul(a, b):
 
 
 def dot(a, b):
-    if a.data.ndim != 1 or b.data.ndim != 1:
-        raise RuntimeError(f"dot: expected 1-D tensors, got {a.data.ndim}-D and {b.data.ndim}-D")
+    if a.array.ndim != 1 or b.array.ndim != 1:
+        raise RuntimeError(f"dot: expected 1-D tensors, got {a.array.ndim}-D and {b.array.ndim}-D")
     return matmul(a, b)
 
 
 def mm(a, b):
-    if a.data.ndim != 2 or b.data.ndim != 2:
-        raise RuntimeError(f"mm: expected 2-D tensors, got shapes {list(a.data.shape)} and "
-                           f"{list(b.data.shape)}")
+    if a.array.ndim != 2 or b.array.ndim != 2:
+        raise RuntimeError(f"mm: expected 2-D tensors, got shapes {list(a.array.shape)} and "
+                           f"{list(b.array.shape)}")
     return matmul(a, b)
 
 
 def bmm(a, b):
-    if a.data.ndim != 3 or b.data.ndim != 3:
-        raise RuntimeError(f"bmm: expected 3-D tensors, got shapes {list(a.data.shape)} and "
-                           f"{list(b.data.shape)}")
+    if a.array.ndim != 3 or b.array.ndim != 3:
+        raise RuntimeError(f"bmm: expected 3-D tensors, got shapes {list(a.array.shape)} and "
+                           f"{list(b.array.shape)}")
     return matmul(a, b)
 
 

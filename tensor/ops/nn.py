@@ -27,13 +27,13 @@ def linear(x, weight, bias=None):
                            f"weight.shape[1]. Check the layer sizes.")
     y = xd @ wd.T
     if bias is not None:
-        y += bias.data
+        y += bias.array
     n_in, n_out = wd.shape[1], wd.shape[0]
 
     def backward(gy):
         if not _grad_state.enabled:
             # first-order fast path on raw arrays: the hottest backward in training
-            g = gy.data
+            g = gy.array
             gx = _new(g @ wd) if x.requires_grad else None
             g2 = g.reshape(-1, n_out)
             gw = _new(g2.T @ xd.reshape(-1, n_in)) if weight.requires_grad else None
@@ -42,9 +42,9 @@ def linear(x, weight, bias=None):
         gx = gy @ weight if x.requires_grad else None
         gw = gb = None
         if weight.requires_grad or (bias is not None and bias.requires_grad):
-            g2 = gy.reshape(-1, n_out) if gy.data.ndim != 2 else gy
+            g2 = gy.reshape(-1, n_out) if gy.array.ndim != 2 else gy
             if weight.requires_grad:
-                x2 = x.reshape(-1, n_in) if x.data.ndim != 2 else x
+                x2 = x.reshape(-1, n_in) if x.array.ndim != 2 else x
                 gw = g2.mT @ x2
             if bias is not None and bias.requires_grad:
                 gb = g2.sum(0)
@@ -54,7 +54,7 @@ def linear(x, weight, bias=None):
 
 def _softmax_input(x, dim, dtype, op):
     """The (floating) input array and the axis of a softmax-like op."""
-    d = x.data if dtype is None else x.data.astype(dtypes.as_dtype(dtype))
+    d = x.array if dtype is None else x.array.astype(dtypes.as_dtype(dtype))
     if d.dtype.kind != "f":
         d = d.astype(dtypes.get_default_dtype())
     if dim is None:  # PyTorch's legacy implicit dim
@@ -74,8 +74,8 @@ def log_softmax(x, dim=None, dtype=None):
 
     def backward(gy, out):
         if not _grad_state.enabled:
-            g = gy.data
-            return (_new(g - xp.exp(out.data) * g.sum(axis=axis, keepdims=True)),)
+            g = gy.array
+            return (_new(g - xp.exp(out.array) * g.sum(axis=axis, keepdims=True)),)
         return (gy - out.exp() * gy.sum(axis, keepdim=True),)
     return from_op(y, (x,), backward, "log_softmax", save_output=True)
 
@@ -108,14 +108,14 @@ def _reduce(loss, reduction, op):
 def _class_target(op, logits, target):
     if not isinstance(target, Tensor):
         target = _wrap(target)
-    t = target.data
+    t = target.array
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: class-index target must be an integer tensor, got {t.dtype}; "
                         "for class probabilities pass a float target of the input's shape.")
-    n_dim = logits.data.ndim
-    if n_dim < 1 or t.shape != (logits.data.shape[:1] + logits.data.shape[2:] if n_dim > 1 else ()):
-        expect = list(logits.data.shape[:1] + logits.data.shape[2:]) if n_dim > 1 else []
-        raise ValueError(f"{op}: input is {list(logits.data.shape)} (N, C, ...), target is "
+    n_dim = logits.array.ndim
+    if n_dim < 1 or t.shape != (logits.array.shape[:1] + logits.array.shape[2:] if n_dim > 1 else ()):
+        expect = list(logits.array.shape[:1] + logits.array.shape[2:]) if n_dim > 1 else []
+        raise ValueError(f"{op}: input is {list(logits.array.shape)} (N, C, ...), target is "
                          f"{list(t.shape)}; expected target shape {expect}.")
     return target
 
@@ -124,8 +124,8 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of class indices. logp: (N, C, ...) or (C,); target: (N, ...)."""
     xp = _xp(logp)
     target = _class_target("nll_loss", logp, target)
-    lp = logp.data
-    t = target.data
+    lp = logp.array
+    t = target.array
     squeeze = lp.ndim == 1
     if squeeze:
         lp, t = lp[None], t[None]
@@ -141,7 +141,7 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
         picked = lp[rows, tc]
     else:
         picked = xp.take_along_axis(xp.moveaxis(lp, 1, -1), tc[..., None], -1)[..., 0]
-    wt = valid.astype(lp.dtype) if weight is None else weight.data.astype(lp.dtype)[tc] * valid
+    wt = valid.astype(lp.dtype) if weight is None else weight.array.astype(lp.dtype)[tc] * valid
     loss = -picked * wt
     if reduction == "none":
         y = loss
@@ -188,13 +188,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    cdim = 1 if input.data.ndim > 1 else 0
+    cdim = 1 if input.array.ndim > 1 else 0
     logp = log_softmax(input, cdim)
-    if isinstance(target, Tensor) and target.data.dtype.kind == "f":
-        if tuple(target.data.shape) != tuple(input.data.shape):
-            raise ValueError(f"cross_entropy: probability target is {list(target.data.shape)} "
-                             f"but input is {list(input.data.shape)}; they must match.")
-        C = input.data.shape[cdim]
+    if isinstance(target, Tensor) and target.array.dtype.kind == "f":
+        if tuple(target.array.shape) != tuple(input.array.shape):
+            raise ValueError(f"cross_entropy: probability target is {list(target.array.shape)} "
+                             f"but input is {list(input.array.shape)}; they must match.")
+        C = input.array.shape[cdim]
         tgt = target * (1 - label_smoothing) + label_smoothing / C if label_smoothing else target
         wl = logp if weight is None else logp * weight.reshape([-1] + [1] * (logp.ndim - cdim - 1))
         loss = -(wl * tgt).sum(cdim)
@@ -204,9 +204,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     nll = nll_loss(logp, target, weight, ignore_index, reduction)
     if not label_smoothing:
         return nll
-    C = input.data.shape[cdim]
+    C = input.array.shape[cdim]
     target = _class_target("cross_entropy", input, target)
-    valid = _new(target.data != ignore_index)
+    valid = _new(target.array != ignore_index)
     wl = logp if weight is None else logp * weight.reshape([-1] + [1] * (logp.ndim - cdim - 1))
     smooth = -wl.sum(cdim) * valid
     if reduction == "none":
@@ -216,11 +216,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     else:
         xp = _xp(input)
         if weight is None:
-            den = valid.data.sum()
+            den = valid.array.sum()
         else:
-            tc = xp.where(target.data != ignore_index, target.data, 0)
-            den = (weight.data[tc] * valid.data).sum()
-        smooth_r = smooth.sum() / _new(xp.asarray(den, dtype=logp.data.dtype))
+            tc = xp.where(target.array != ignore_index, target.array, 0)
+            den = (weight.array[tc] * valid.array).sum()
+        smooth_r = smooth.sum() / _new(xp.asarray(den, dtype=logp.array.dtype))
     return nll * (1 - label_smoothing) + smooth_r * (label_smoothing / C)
 
 
@@ -233,42 +233,42 @@ def dropout(x, p=0.5, training=True, generator=None):
     if p == 1.0:
         return x * 0.0
     from .. import random as _random
-    keep = _random.uniform_array(x.data.shape, x.data.dtype, x.device, generator) >= p
-    scale = (keep * (1.0 / (1.0 - p))).astype(x.data.dtype)
-    y = x.data * scale
+    keep = _random.uniform_array(x.array.shape, x.array.dtype, x.device, generator) >= p
+    scale = (keep * (1.0 / (1.0 - p))).astype(x.array.dtype)
+    y = x.array * scale
     return from_op(y, (x,), lambda gy: (gy * _new(scale),), "dropout")
 
 
 def embedding(input, weight, padding_idx=None, max_norm=None):
     """Rows of weight picked by integer indices; padding_idx gets no gradient."""
-    if input.data.dtype.kind not in "iu":
-        raise TypeError(f"embedding: indices must be an integer tensor, got {input.data.dtype}")
-    n = weight.data.shape[0]
-    if input.data.size and (int(input.data.max()) >= n or int(input.data.min()) < 0):
+    if input.array.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be an integer tensor, got {input.array.dtype}")
+    n = weight.array.shape[0]
+    if input.array.size and (int(input.array.max()) >= n or int(input.array.min()) < 0):
         raise IndexError(f"embedding: index out of range; indices span "
-                         f"[{int(input.data.min())}, {int(input.data.max())}] but the table has "
+                         f"[{int(input.array.min())}, {int(input.array.max())}] but the table has "
                          f"{n} rows.")
     if max_norm is not None:
         raise ValueError("embedding: max_norm is not supported by zgrad yet; renormalise the "
                          "weight explicitly.")
     if padding_idx is None:
         return getitem(weight, input)
-    y = weight.data[input.data]
+    y = weight.array[input.array]
     pad = padding_idx % n
-    keep = (input.data != pad)[..., None]
-    idx = input.data
+    keep = (input.array != pad)[..., None]
+    idx = input.array
 
     def backward(gy):
         from .index import _index_backward
-        return (_index_backward(gy * _new(keep.astype(gy.data.dtype)), (idx,),
-                                weight.data.shape, True),)
+        return (_index_backward(gy * _new(keep.astype(gy.array.dtype)), (idx,),
+                                weight.array.shape, True),)
     return from_op(y, (weight,), backward, "embedding")
 
 
 def one_hot(t, num_classes=-1):
     """Integer tensor -> int64 one-hot tensor with a new last dim of num_classes."""
     xp = _xp(t)
-    d = t.data
+    d = t.array
     if d.dtype.kind not in "iu":
         raise TypeError(f"one_hot: expected an integer tensor, got {d.dtype}")
     if num_classes < 0:
@@ -291,10 +291,10 @@ def l1_loss(input, target, reduction="mean"):
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
                                      pos_weight=None):
     """Stable BCE on logits: max(x,0) - x*t + log(1 + exp(-|x|)) (with pos_weight as torch)."""
-    if tuple(input.data.shape) != tuple(_wrap(target).data.shape):
+    if tuple(input.array.shape) != tuple(_wrap(target).array.shape):
         raise ValueError(f"binary_cross_entropy_with_logits: target size "
-                         f"{list(_wrap(target).data.shape)} must be the same as input size "
-                         f"{list(input.data.shape)}")
+                         f"{list(_wrap(target).array.shape)} must be the same as input size "
+                         f"{list(input.array.shape)}")
     from .elementwise import softplus
     if pos_weight is None:
         loss = softplus(input) - input * target

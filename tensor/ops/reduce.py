@@ -45,7 +45,7 @@ def _expand_back(g: Tensor, shape, axes, keepdim) -> Tensor:
 def _prep(a, dim, dtype, op):
     """The input array of an accumulating reduction (ints accumulate as int64, as PyTorch),
     its shape and the reduced axes."""
-    x = a.data
+    x = a.array
     if dtype is not None:
         x = x.astype(dtypes.as_dtype(dtype))
     elif x.dtype.kind in "biu":
@@ -65,7 +65,7 @@ def sum(a, dim=None, keepdim=False, dtype=None):
 
 def mean(a, dim=None, keepdim=False, dtype=None):
     """Mean over `dim`; floating inputs only, as PyTorch."""
-    x = a.data
+    x = a.array
     if dtype is not None:
         x = x.astype(dtypes.as_dtype(dtype))
     if x.dtype.kind != "f":
@@ -91,13 +91,13 @@ def prod(a, dim=None, keepdim=False, dtype=None):
 
     def backward(gy, out):
         xp = _xp(a)
-        if not bool((a.data == 0).any()):
+        if not bool((a.array == 0).any()):
             return (_expand_back(gy, shape, axes, keepdim) *
                     _expand_back(out, shape, axes, keepdim) / a,)
         # exclusive products along the flattened reduced axes (first-order only)
         rest = [i for i in range(len(shape)) if i not in axes]
         perm = rest + list(axes)
-        xt = xp.transpose(a.data, perm).reshape([shape[i] for i in rest] + [-1])
+        xt = xp.transpose(a.array, perm).reshape([shape[i] for i in rest] + [-1])
         ones = xp.ones(xt.shape[:-1] + (1,), xt.dtype)
         left = xp.cumprod(xp.concatenate([ones, xt[..., :-1]], -1), -1)
         right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(xt, -1)[..., :-1]], -1), -1), -1)
@@ -110,7 +110,7 @@ def prod(a, dim=None, keepdim=False, dtype=None):
 
 def _extreme(a, dim, keepdim, is_max):
     name = "max" if is_max else "min"
-    x = a.data
+    x = a.array
     xp = _xp(a)
     if dim is None:
         if x.size == 0:
@@ -121,7 +121,7 @@ def _extreme(a, dim, keepdim, is_max):
 
         def backward(gy):
             # ties share the gradient evenly, as PyTorch
-            mask = (a.data == y)
+            mask = (a.array == y)
             return (gy * _new((mask / mask.sum()).astype(x.dtype, copy=False)),)
         return from_op(y, (a,), backward, name, saved=(a,))
     (axis,) = _dims(dim, x.ndim, name)
@@ -137,7 +137,7 @@ def _extreme(a, dim, keepdim, is_max):
         if x.ndim == 0:
             return (gy,)
         g = gy if keepdim else gy.unsqueeze(axis)
-        z = _new(xp.zeros(shape, g.data.dtype))
+        z = _new(xp.zeros(shape, g.array.dtype))
         return (z.scatter_add(axis, _new(idx_k), g),)
     v = from_op(vals, (a,), backward, name)
     return values_indices(v, _new(idx_out.astype(np.int64, copy=False)))
@@ -161,7 +161,7 @@ def min(a, dim=None, keepdim=False):
 
 
 def _amax(a, dim, keepdim, is_max):
-    x = a.data
+    x = a.array
     axes = _dims(dim, x.ndim, "amax")
     y = x.max(axis=axes, keepdims=True) if is_max else x.min(axis=axes, keepdims=True)
     shape = x.shape
@@ -170,7 +170,7 @@ def _amax(a, dim, keepdim, is_max):
         y = y.reshape(tuple(s for i, s in enumerate(shape) if i not in axes))
 
     def backward(gy):
-        mask = (a.data == yk)
+        mask = (a.array == yk)
         w = (mask / mask.sum(axis=axes, keepdims=True)).astype(x.dtype, copy=False)
         return (_expand_back(gy, shape, axes, keepdim) * _new(w),)
     return from_op(y, (a,), backward, "amax" if is_max else "amin", saved=(a,))
@@ -190,9 +190,9 @@ def _arg(a, dim, keepdim, is_max):
     xp = _xp(a)
     fn = xp.argmax if is_max else xp.argmin
     if dim is None:
-        return _new(xp.asarray(fn(a.data)).astype(np.int64))
-    (axis,) = _dims(dim, a.data.ndim, "argmax" if is_max else "argmin")
-    r = fn(a.data, axis=axis)
+        return _new(xp.asarray(fn(a.array)).astype(np.int64))
+    (axis,) = _dims(dim, a.array.ndim, "argmax" if is_max else "argmin")
+    r = fn(a.array, axis=axis)
     return _new((xp.expand_dims(r, axis) if keepdim else r).astype(np.int64, copy=False))
 
 
@@ -210,10 +210,10 @@ def var(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
     """Variance with Bessel's `correction` (default 1), as torch.var."""
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
-    axes = _dims(dim, a.data.ndim, "var")
+    axes = _dims(dim, a.array.ndim, "var")
     n = 1
     for i in axes:
-        n *= a.data.shape[i]
+        n *= a.array.shape[i]
     d = a - mean(a, axes, keepdim=True)
     return sum(d * d, axes, keepdim=keepdim) / (n - correction if n > correction else float("nan"))
 
@@ -229,15 +229,15 @@ def var_mean(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 def logsumexp(a, dim, keepdim=False):
     """log(sum(exp(a))) over `dim`, stable for large inputs."""
-    axes = _dims(dim, a.data.ndim, "logsumexp")
+    axes = _dims(dim, a.array.ndim, "logsumexp")
     xp = _xp(a)
-    m = a.data.max(axis=axes, keepdims=True) if a.data.size else xp.zeros(
-        _kept_shape(a.data.shape, axes), a.data.dtype)
+    m = a.array.max(axis=axes, keepdims=True) if a.array.size else xp.zeros(
+        _kept_shape(a.array.shape, axes), a.array.dtype)
     m = xp.where(xp.isfinite(m), m, 0)
     mt = _new(m)
     s = (a - mt).exp().sum(axes, keepdim=True).log() + mt
     if not keepdim:
-        s = s.reshape(tuple(d for i, d in enumerate(a.data.shape) if i not in axes))
+        s = s.reshape(tuple(d for i, d in enumerate(a.array.shape) if i not in axes))
     return s
 
 
@@ -259,24 +259,24 @@ def norm(a, p="fro", dim=None, keepdim=False):
 
 
 def all(a, dim=None, keepdim=False):
-    axes = _dims(dim, a.data.ndim, "all")
-    return _new(_xp(a).asarray(a.data.astype(bool).all(axis=axes, keepdims=keepdim)))
+    axes = _dims(dim, a.array.ndim, "all")
+    return _new(_xp(a).asarray(a.array.astype(bool).all(axis=axes, keepdims=keepdim)))
 
 
 def any(a, dim=None, keepdim=False):
-    axes = _dims(dim, a.data.ndim, "any")
-    return _new(_xp(a).asarray(a.data.astype(bool).any(axis=axes, keepdims=keepdim)))
+    axes = _dims(dim, a.array.ndim, "any")
+    return _new(_xp(a).asarray(a.array.astype(bool).any(axis=axes, keepdims=keepdim)))
 
 
 def count_nonzero(a, dim=None):
-    axes = _dims(dim, a.data.ndim, "count_nonzero")
-    return _new(_xp(a).asarray((a.data != 0).sum(axis=axes)).astype(np.int64))
+    axes = _dims(dim, a.array.ndim, "count_nonzero")
+    return _new(_xp(a).asarray((a.array != 0).sum(axis=axes)).astype(np.int64))
 
 
 def cumsum(a, dim, dtype=None):
     """Cumulative sum along dim."""
-    (axis,) = _dims(dim, a.data.ndim, "cumsum")
-    x = a.data if dtype is None else a.data.astype(dtypes.as_dtype(dtype))
+    (axis,) = _dims(dim, a.array.ndim, "cumsum")
+    x = a.array if dtype is None else a.array.astype(dtypes.as_dtype(dtype))
     if dtype is None and x.dtype.kind in "biu":
         x = x.astype(np.int64)
     y = _xp(a).cumsum(x, axis=axis)
@@ -284,8 +284,8 @@ def cumsum(a, dim, dtype=None):
 
 
 def cumprod(a, dim):
-    (axis,) = _dims(dim, a.data.ndim, "cumprod")
-    y = _xp(a).cumprod(a.data, axis=axis)
+    (axis,) = _dims(dim, a.array.ndim, "cumprod")
+    y = _xp(a).cumprod(a.array, axis=axis)
 
     def backward(gy, out):
         # d out_j / d x_i = out_j / x_i for j >= i (inputs without zeros)

@@ -27,7 +27,7 @@ def _shape_arg(shape):
 def reshape(a, *shape):
     """Reshape (a view when the memory layout allows, as PyTorch)."""
     shape = _shape_arg(shape)
-    x = a.data
+    x = a.array
     try:
         y = x.reshape(shape)
     except ValueError:
@@ -45,7 +45,7 @@ def view(a, *shape):
     if len(shape) == 1 and isinstance(shape[0], (np.dtype, str, type)):
         raise TypeError("view(dtype) is not supported; use .to(dtype)")
     shape = _shape_arg(shape)
-    x = a.data
+    x = a.array
     n = 1
     for d in shape:
         n *= d if d != -1 else 1
@@ -64,34 +64,34 @@ def view(a, *shape):
 
 def permute(a, *dims):
     dims = _shape_arg(dims)
-    nd = a.data.ndim
+    nd = a.array.ndim
     if sorted(d % nd if nd else 0 for d in dims) != list(range(nd)):
         raise RuntimeError(f"permute: dims {list(dims)} is not a permutation of the "
                            f"{nd} dims of the input")
     dims = tuple(d % nd for d in dims)
     inv = tuple(np.argsort(dims))
-    y = _xp(a).transpose(a.data, dims)
+    y = _xp(a).transpose(a.array, dims)
     return _as_view(from_op(y, (a,), lambda gy: (gy.permute(inv),), "permute"), a)
 
 
 def transpose(a, dim0, dim1):
-    nd = a.data.ndim
+    nd = a.array.ndim
     if nd == 0:
         return a
     (d0,), (d1,) = _dims(dim0, nd, "transpose"), _dims(dim1, nd, "transpose")
-    y = _xp(a).swapaxes(a.data, d0, d1)
+    y = _xp(a).swapaxes(a.array, d0, d1)
     return _as_view(from_op(y, (a,), lambda gy: (gy.transpose(d0, d1),), "transpose"), a)
 
 
 def t_(a):
-    if a.data.ndim > 2:
-        raise RuntimeError(f"t(): expects a tensor with <= 2 dims, got {a.data.ndim}; "
+    if a.array.ndim > 2:
+        raise RuntimeError(f"t(): expects a tensor with <= 2 dims, got {a.array.ndim}; "
                            "use transpose(dim0, dim1) or .mT")
-    return transpose(a, 0, 1) if a.data.ndim == 2 else a
+    return transpose(a, 0, 1) if a.array.ndim == 2 else a
 
 
 def T(a):
-    return permute(a, tuple(range(a.data.ndim - 1, -1, -1)))
+    return permute(a, tuple(range(a.array.ndim - 1, -1, -1)))
 
 
 def mT(a):
@@ -99,7 +99,7 @@ def mT(a):
 
 
 def squeeze(a, dim=None):
-    x = a.data
+    x = a.array
     if dim is None:
         axes = tuple(i for i, s in enumerate(x.shape) if s == 1)
     else:
@@ -112,16 +112,16 @@ def squeeze(a, dim=None):
 
 
 def unsqueeze(a, dim):
-    nd = a.data.ndim + 1
+    nd = a.array.ndim + 1
     if not -nd <= dim < nd:
         raise IndexError(f"unsqueeze: dim {dim} out of range; expected [{-nd}, {nd - 1}]")
     d = dim % nd
-    y = _xp(a).expand_dims(a.data, d)
+    y = _xp(a).expand_dims(a.array, d)
     return _as_view(from_op(y, (a,), lambda gy: (gy.squeeze(d),), "unsqueeze"), a)
 
 
 def flatten(a, start_dim=0, end_dim=-1):
-    x = a.data
+    x = a.array
     if x.ndim == 0:
         return reshape(a, (1,))
     s, e = start_dim % x.ndim, end_dim % x.ndim
@@ -132,7 +132,7 @@ def flatten(a, start_dim=0, end_dim=-1):
 
 
 def unflatten(a, dim, sizes):
-    x = a.data
+    x = a.array
     d = dim % x.ndim
     return reshape(a, x.shape[:d] + tuple(sizes) + x.shape[d + 1:])
 
@@ -140,7 +140,7 @@ def unflatten(a, dim, sizes):
 def expand(a, *sizes):
     """Broadcast to `sizes` (-1 keeps a dim) without copying, as Tensor.expand."""
     sizes = _shape_arg(sizes)
-    x = a.data
+    x = a.array
     lead = len(sizes) - x.ndim
     if lead < 0:
         raise RuntimeError(f"expand: the number of sizes ({len(sizes)}) must be >= the number "
@@ -158,7 +158,7 @@ def expand(a, *sizes):
 
 
 def expand_as(a, other):
-    return expand(a, other.data.shape)
+    return expand(a, other.array.shape)
 
 
 def broadcast_to(a, shape):
@@ -168,7 +168,7 @@ def broadcast_to(a, shape):
 def repeat(a, *sizes):
     """Tile the tensor `sizes` times along each dim, as Tensor.repeat."""
     sizes = _shape_arg(sizes)
-    x = a.data
+    x = a.array
     if len(sizes) < x.ndim:
         raise RuntimeError(f"repeat: number of repeat dims ({len(sizes)}) can not be smaller than "
                            f"number of tensor dims ({x.ndim})")
@@ -186,7 +186,7 @@ def repeat(a, *sizes):
 
 
 def contiguous(a):
-    x = a.data
+    x = a.array
     if x.flags.c_contiguous:
         return a
     y = _xp(a).ascontiguousarray(x)
@@ -194,31 +194,31 @@ def contiguous(a):
 
 
 def clone(a):
-    return from_op(a.data.copy(), (a,), lambda gy: (gy,), "clone")
+    return from_op(a.array.copy(), (a,), lambda gy: (gy,), "clone")
 
 
 def to_dtype(a, dtype):
     """Cast; differentiable between floating dtypes."""
     dt = dtypes.as_dtype(dtype)
-    if dt == a.data.dtype:
+    if dt == a.array.dtype:
         return a
-    y = a.data.astype(dt)
-    src = a.data.dtype
+    y = a.array.astype(dt)
+    src = a.array.dtype
     if dt.kind != "f" or src.kind != "f":
         return _new(y)
     return from_op(y, (a,), lambda gy: (gy.to(src),), "to")
 
 
 def narrow(a, dim, start, length):
-    (d,) = _dims(dim, a.data.ndim, "narrow")
+    (d,) = _dims(dim, a.array.ndim, "narrow")
     idx = (slice(None),) * d + (slice(start, start + length),)
     return a[idx]
 
 
 def split(a, split_size_or_sections, dim=0):
     """Split into chunks of `split_size` (the last may be smaller) or of the given sizes."""
-    (d,) = _dims(dim, a.data.ndim, "split")
-    n = a.data.shape[d]
+    (d,) = _dims(dim, a.array.ndim, "split")
+    n = a.array.shape[d]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
         if step <= 0 and n:
@@ -238,16 +238,16 @@ def split(a, split_size_or_sections, dim=0):
 
 
 def chunk(a, chunks, dim=0):
-    (d,) = _dims(dim, a.data.ndim, "chunk")
-    n = a.data.shape[d]
+    (d,) = _dims(dim, a.array.ndim, "chunk")
+    n = a.array.shape[d]
     step = -(-n // chunks) if n else 1
     return split(a, max(step, 1), d)
 
 
 def unbind(a, dim=0):
-    (d,) = _dims(dim, a.data.ndim, "unbind")
+    (d,) = _dims(dim, a.array.ndim, "unbind")
     pre = (slice(None),) * d
-    return tuple(a[pre + (i,)] for i in range(a.data.shape[d]))
+    return tuple(a[pre + (i,)] for i in range(a.array.shape[d]))
 
 
 def cat(tensors, dim=0):
@@ -258,21 +258,21 @@ def cat(tensors, dim=0):
     from .elementwise import _wrap
     tensors = [_wrap(t) for t in tensors]
     # PyTorch skips legacy empty 1-D tensors in cat
-    nd = max(t.data.ndim for t in tensors)
-    ts = [t for t in tensors if not (t.data.ndim == 1 and t.data.shape[0] == 0 and nd > 1)] \
+    nd = max(t.array.ndim for t in tensors)
+    ts = [t for t in tensors if not (t.array.ndim == 1 and t.array.shape[0] == 0 and nd > 1)] \
         or tensors[:1]
-    (d,) = _dims(dim, ts[0].data.ndim, "cat")
-    dt = ts[0].data.dtype
+    (d,) = _dims(dim, ts[0].array.ndim, "cat")
+    dt = ts[0].array.dtype
     for t in ts[1:]:
-        dt = dtypes.result_type(dt, t.data.dtype, False, False)
+        dt = dtypes.result_type(dt, t.array.dtype, False, False)
     xp = _xp(ts[0])
-    arrays = [t.data if t.data.dtype == dt else t.data.astype(dt) for t in ts]
+    arrays = [t.array if t.array.dtype == dt else t.array.astype(dt) for t in ts]
     try:
         y = xp.concatenate(arrays, axis=d)
     except ValueError as e:
         raise RuntimeError(f"cat: sizes of tensors must match except in dim {d}; got shapes "
-                           f"{[list(t.data.shape) for t in ts]} ({e})") from None
-    sizes = [t.data.shape[d] for t in ts]
+                           f"{[list(t.array.shape) for t in ts]} ({e})") from None
+    sizes = [t.array.shape[d] for t in ts]
 
     def backward(gy):
         return split(gy, sizes, d)
@@ -284,54 +284,54 @@ def stack(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("stack: expected a non-empty list of Tensors")
-    shapes = {tuple(t.data.shape) for t in tensors}
+    shapes = {tuple(t.array.shape) for t in tensors}
     if len(shapes) > 1:
         raise RuntimeError(f"stack: expects each tensor to be equal size, got {sorted(shapes)}")
-    nd = tensors[0].data.ndim + 1
+    nd = tensors[0].array.ndim + 1
     d = dim % nd
     return cat([t.unsqueeze(d) for t in tensors], d)
 
 
 def hstack(tensors):
-    return cat(tensors, 0 if tensors[0].data.ndim == 1 else 1)
+    return cat(tensors, 0 if tensors[0].array.ndim == 1 else 1)
 
 
 def vstack(tensors):
-    return cat([t.reshape(1, -1) if t.data.ndim == 1 else t for t in tensors], 0)
+    return cat([t.reshape(1, -1) if t.array.ndim == 1 else t for t in tensors], 0)
 
 
 def flip(a, dims):
-    dims = _dims(dims if isinstance(dims, (list, tuple)) else (dims,), a.data.ndim, "flip")
-    y = _xp(a).flip(a.data, dims)
+    dims = _dims(dims if isinstance(dims, (list, tuple)) else (dims,), a.array.ndim, "flip")
+    y = _xp(a).flip(a.array, dims)
     return from_op(y, (a,), lambda gy: (gy.flip(dims),), "flip")
 
 
 def roll(a, shifts, dims=None):
     xp = _xp(a)
     if dims is None:
-        src = a.data.shape
-        y = xp.roll(a.data.reshape(-1), shifts).reshape(src)
+        src = a.array.shape
+        y = xp.roll(a.array.reshape(-1), shifts).reshape(src)
         return from_op(y, (a,), lambda gy: (gy.reshape(-1).roll(-shifts).reshape(src),), "roll")
-    y = xp.roll(a.data, shifts, dims)
+    y = xp.roll(a.array, shifts, dims)
     neg = tuple(-s for s in shifts) if isinstance(shifts, (tuple, list)) else -shifts
     return from_op(y, (a,), lambda gy: (gy.roll(neg, dims),), "roll")
 
 
 def _check_index(op, index, dim, a):
-    if index.data.dtype.kind not in "iu":
-        raise TypeError(f"{op}: index must be an integer tensor, got {index.data.dtype}")
+    if index.array.dtype.kind not in "iu":
+        raise TypeError(f"{op}: index must be an integer tensor, got {index.array.dtype}")
 
 
 def gather(a, dim, index):
     """out[i][j] = a[index[i][j]][j] for dim=0 (as torch.gather)."""
     _check_index("gather", index, dim, a)
-    (d,) = _dims(dim, a.data.ndim, "gather")
+    (d,) = _dims(dim, a.array.ndim, "gather")
     xp = _xp(a)
-    y = xp.take_along_axis(a.data, index.data, d)
-    src = a.data.shape
+    y = xp.take_along_axis(a.array, index.array, d)
+    src = a.array.shape
 
     def backward(gy):
-        z = _new(xp.zeros(src, gy.data.dtype))
+        z = _new(xp.zeros(src, gy.array.dtype))
         return z.scatter_add(d, index, gy), None
     return from_op(y, (a, index), backward, "gather")
 
@@ -339,11 +339,11 @@ def gather(a, dim, index):
 def scatter_add(a, dim, index, src):
     """out = a.clone(); out[index[i][j]][j] += src[i][j] for dim=0 (as torch.scatter_add)."""
     _check_index("scatter_add", index, dim, a)
-    (d,) = _dims(dim, a.data.ndim, "scatter_add")
+    (d,) = _dims(dim, a.array.ndim, "scatter_add")
     xp = _xp(a)
-    y = a.data.copy()
-    idx = _scatter_index(xp, index.data, d)
-    backend.scatter_add(xp, y, idx, src.data[tuple(slice(0, s) for s in index.data.shape)]
+    y = a.array.copy()
+    idx = _scatter_index(xp, index.array, d)
+    backend.scatter_add(xp, y, idx, src.array[tuple(slice(0, s) for s in index.array.shape)]
                         .astype(y.dtype, copy=False))
 
     def backward(gy):
@@ -354,13 +354,13 @@ def scatter_add(a, dim, index, src):
 def scatter(a, dim, index, src):
     """out = a.clone(); out[index[i][j]][j] = src[i][j] for dim=0 (src a Tensor or number)."""
     _check_index("scatter", index, dim, a)
-    (d,) = _dims(dim, a.data.ndim, "scatter")
+    (d,) = _dims(dim, a.array.ndim, "scatter")
     xp = _xp(a)
-    y = a.data.copy()
-    idx = _scatter_index(xp, index.data, d)
+    y = a.array.copy()
+    idx = _scatter_index(xp, index.array, d)
     st = src if isinstance(src, Tensor) else None
-    y[idx] = st.data[tuple(slice(0, s) for s in index.data.shape)] if st is not None else src
-    mask = xp.zeros(a.data.shape, bool)
+    y[idx] = st.array[tuple(slice(0, s) for s in index.array.shape)] if st is not None else src
+    mask = xp.zeros(a.array.shape, bool)
     mask[idx] = True
 
     def backward(gy):
@@ -380,12 +380,12 @@ def _scatter_index(xp, index, d):
 
 def masked_fill(a, mask, value):
     """a with `value` where mask is True (mask broadcasts)."""
-    m = mask.data if isinstance(mask, Tensor) else mask
+    m = mask.array if isinstance(mask, Tensor) else mask
     if m.dtype != np.bool_:
         raise TypeError(f"masked_fill: mask must be a bool tensor, got {m.dtype}")
     xp = _xp(a)
     v = value.item() if isinstance(value, Tensor) else value
-    y = xp.where(m, xp.asarray(v, dtype=a.data.dtype), a.data)
+    y = xp.where(m, xp.asarray(v, dtype=a.array.dtype), a.array)
 
     def backward(gy):
         return (gy * _new(~m),)
@@ -393,22 +393,22 @@ def masked_fill(a, mask, value):
 
 
 def tril(a, diagonal=0):
-    y = _xp(a).tril(a.data, diagonal)
+    y = _xp(a).tril(a.array, diagonal)
     return from_op(y, (a,), lambda gy: (gy.tril(diagonal),), "tril")
 
 
 def triu(a, diagonal=0):
-    y = _xp(a).triu(a.data, diagonal)
+    y = _xp(a).triu(a.array, diagonal)
     return from_op(y, (a,), lambda gy: (gy.triu(diagonal),), "triu")
 
 
 def index_select(a, dim, index):
-    (d,) = _dims(dim, a.data.ndim, "index_select")
+    (d,) = _dims(dim, a.array.ndim, "index_select")
     return a[(slice(None),) * d + (index,)]
 
 
 def movedim(a, source, destination):
-    nd = a.data.ndim
+    nd = a.array.ndim
     src = [source] if isinstance(source, int) else list(source)
     dst = [destination] if isinstance(destination, int) else list(destination)
     src = [s % nd for s in src]

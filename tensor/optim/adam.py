@@ -44,7 +44,7 @@ class Adam(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            x = p.data
+            x = p.array
             xp = get_array_module(x)
             g = self._grad(p, maximize)
             st = self.state[p]
@@ -54,20 +54,20 @@ class Adam(Optimizer):
                 st["exp_avg_sq"] = self._zeros_like(x)
                 if amsgrad:
                     st["max_exp_avg_sq"] = self._zeros_like(x)
-            st["step"].data += 1
-            t = float(st["step"].data)
+            st["step"].array += 1
+            t = float(st["step"].array)
             if wd != 0:
                 if decoupled:
                     x *= 1 - lr * wd
                 else:
                     g = g + wd * x
-            m, v = st["exp_avg"].data, st["exp_avg_sq"].data
+            m, v = st["exp_avg"].array, st["exp_avg_sq"].array
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * (g * g)
             if amsgrad:
-                vmax = st["max_exp_avg_sq"].data
+                vmax = st["max_exp_avg_sq"].array
                 xp.maximum(vmax, v, out=vmax)
                 v = vmax
             denom = xp.sqrt(v)

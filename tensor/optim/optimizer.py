@@ -3,8 +3,8 @@
 Note [Optimizer updates]
 ~~~~~~~~~~~~~~~~~~~~~~~~
 ``step()`` is not recorded by autograd and does not go through Tensor ops: each optimizer
-updates ``p.data`` (and its state arrays) in place with the array module's ufuncs
-(``xp = get_array_module(p.data)``, so CuPy parameters update on the GPU), then bumps
+updates ``p.array`` (and its state arrays) in place with the array module's ufuncs
+(``xp = get_array_module(p.array)``, so CuPy parameters update on the GPU), then bumps
 ``p._vbox[0]`` so that a graph that saved the old value refuses to backpropagate through it.
 Updating in place keeps the Parameter objects and their arrays, which matters when a
 parameter lives in shared memory (Hogwild-style workers see the update) or is viewed by
@@ -110,7 +110,7 @@ class Optimizer:
                 else:
                     if p.grad.grad_fn is not None:
                         p.grad = p.grad.detach()
-                    p.grad.data[...] = 0
+                    p.grad.array[...] = 0
                     p.grad._vbox[0] += 1
 
     def step(self, closure=None):
@@ -129,9 +129,9 @@ class Optimizer:
     # -- helpers for subclasses (Note [Optimizer updates]) -----------------------------------
     @staticmethod
     def _grad(p, maximize: bool):
-        g = p.grad.data
-        if g.shape != p.data.shape:
-            raise RuntimeError(f"optimizer: a parameter of shape {list(p.data.shape)} has a "
+        g = p.grad.array
+        if g.shape != p.array.shape:
+            raise RuntimeError(f"optimizer: a parameter of shape {list(p.array.shape)} has a "
                                f"gradient of shape {list(g.shape)}; they must match.")
         return -g if maximize else g
 
@@ -196,12 +196,12 @@ class Optimizer:
     def _cast_state(p, name: str, val):
         """A private copy of a saved state value on p's device (floats in p's dtype)."""
         if isinstance(val, Tensor) or backend.is_array(val):
-            a = val.data if isinstance(val, Tensor) else val
+            a = val.array if isinstance(val, Tensor) else val
             if name == "step":  # a counter: stays a float32 scalar on the CPU, as PyTorch's
                 return _new(np.array(backend.to_numpy(a), np.float32).reshape(()))
             a = backend.to_device(a, p.device)
-            if a.dtype.kind == "f" and a.dtype != p.data.dtype:
-                a = a.astype(p.data.dtype)
+            if a.dtype.kind == "f" and a.dtype != p.array.dtype:
+                a = a.astype(p.array.dtype)
             return _new(a.copy())
         if isinstance(val, (int, float)) and name == "step":
             return _new(np.array(val, np.float32))

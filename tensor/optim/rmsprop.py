@@ -40,7 +40,7 @@ class RMSprop(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            x = p.data
+            x = p.array
             xp = get_array_module(x)
             g = self._grad(p, group["maximize"])
             st = self.state[p]
@@ -51,14 +51,14 @@ class RMSprop(Optimizer):
                     st["momentum_buffer"] = self._zeros_like(x)
                 if centered:
                     st["grad_avg"] = self._zeros_like(x)
-            st["step"].data += 1
+            st["step"].array += 1
             if wd != 0:
                 g = g + wd * x
-            s = st["square_avg"].data
+            s = st["square_avg"].array
             s *= alpha
             s += (1 - alpha) * (g * g)
             if centered:
-                a = st["grad_avg"].data
+                a = st["grad_avg"].array
                 a *= alpha
                 a += (1 - alpha) * g
                 denom = s - a * a
@@ -67,7 +67,7 @@ class RMSprop(Optimizer):
                 denom = xp.sqrt(s)
             denom += eps
             if mom > 0:
-                buf = st["momentum_buffer"].data
+                buf = st["momentum_buffer"].array
                 buf *= mom
                 buf += g / denom
                 x -= lr * buf

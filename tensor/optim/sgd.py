@@ -36,7 +36,7 @@ class SGD(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            x = p.data
+            x = p.array
             g = self._grad(p, maximize)
             if wd != 0:
                 g = g + wd * x
@@ -46,10 +46,10 @@ class SGD(Optimizer):
                 if buf is None:
                     buf = st["momentum_buffer"] = _new(g.copy())
                 else:
-                    b = buf.data
+                    b = buf.array
                     b *= mom
                     b += (1 - damp) * g if damp else g
                     buf._vbox[0] += 1
-                g = g + mom * buf.data if nesterov else buf.data
+                g = g + mom * buf.array if nesterov else buf.array
             x -= lr * g
             p._vbox[0] += 1

@@ -190,9 +190,9 @@ def _tensor_inputs(rank, ws):
     dist.init_process_group(timeout=30)
     t = tensor.tensor([1.0, 2.0, 3.0]) * (rank + 1)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    before = t.data
+    before = t.array
     dist.broadcast(t, src=0)
-    assert t.data is before          # written in place into t.data
+    assert t.array is before          # written in place into t.array
     with pytest.raises(TypeError, match="zgrad Tensor or a numpy"):
         dist.all_reduce([1.0, 2.0])
     with pytest.raises(ValueError, match="ReduceOp"):

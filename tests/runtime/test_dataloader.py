@@ -106,7 +106,7 @@ def test_batches_are_tensors_on_shared_memory_and_stay_valid_while_held():
     held = list(loader)   # hold every batch: no block may be overwritten under them
     x, y = held[3]
     assert isinstance(x, tensor.Tensor) and isinstance(y, tensor.Tensor)
-    assert "/dev/shm/zgrad_" in _mapping_of(x.data), "the batch lives in the shared block"
+    assert "/dev/shm/zgrad_" in _mapping_of(x.array), "the batch lives in the shared block"
     assert _ids([(h[0][:, :, None], None) for h in held]) == list(range(200))
     assert [int(v) for _, y in held for v in y.numpy()] == [i * i for i in range(200)]
 
@@ -216,9 +216,9 @@ def test_pin_memory_gives_page_locked_batches_on_cuda():
     out = list(DataLoader(Squares(6), batch_size=3, pin_memory=True, num_workers=1))
     assert _ids(out) == list(range(6))
     cupy = tensor.backend.cupy
-    attrs = cupy.cuda.runtime.pointerGetAttributes(out[0][0].data.ctypes.data)
+    attrs = cupy.cuda.runtime.pointerGetAttributes(out[0][0].array.ctypes.data)
     assert attrs.type == cupy.cuda.runtime.memoryTypeHost, "the batch is in page-locked memory"
-    x = tensor.backend.to_device(out[1][0].data, tensor.device("cuda"))
+    x = tensor.backend.to_device(out[1][0].array, tensor.device("cuda"))
     assert float(x.sum()) == 15 * (3 + 4 + 5)
 
 

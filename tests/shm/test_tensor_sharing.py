@@ -25,11 +25,11 @@ def no_leaks():
 def test_share_memory_and_is_shared():
     t = tensor.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
     assert not t.is_shared()
-    assert t.share_memory_() is t and t.is_shared() and shm.is_shared(t.data)
+    assert t.share_memory_() is t and t.is_shared() and shm.is_shared(t.array)
     assert t.tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    data = t.data
+    data = t.array
     t.share_memory_()
-    assert t.data is data  # already shared: no second copy
+    assert t.array is data  # already shared: no second copy
     t.grad = tensor.ones(2, 2)
     t.share_memory_()
     assert t.grad.is_shared()
@@ -37,7 +37,7 @@ def test_share_memory_and_is_shared():
         payload = ForkingPickler.dumps(x)
         assert len(payload) < 1000  # a handle
         y = pickle.loads(payload)   # (claims the handle: an unclaimed one holds the segment)
-        assert np.shares_memory(y.data, x.data) and y.requires_grad == x.requires_grad
+        assert np.shares_memory(y.array, x.array) and y.requires_grad == x.requires_grad
     v = tensor.from_numpy(shm.zeros((3,)))
     assert v.is_shared()  # from_numpy keeps the shared storage
 
@@ -45,13 +45,13 @@ def test_share_memory_and_is_shared():
 def _child_updates(q, r):
     w, w_view, g = q.get(timeout=30)
     assert w.is_shared() and w_view.is_shared() and g.is_shared()
-    assert w.requires_grad and np.shares_memory(w.data, w_view.data)
+    assert w.requires_grad and np.shares_memory(w.array, w_view.array)
     with tensor.no_grad():
-        w.data += 1.0          # in place on the shared storage: the parent sees it
-        g.data[:] = 5.0
+        w.array += 1.0          # in place on the shared storage: the parent sees it
+        g.array[:] = 5.0
     made = tensor.zeros(4).share_memory_()
-    made.data[:] = 7.0
-    r.put((made, float(w_view.data.sum())))
+    made.array[:] = 7.0
+    r.put((made, float(w_view.array.sum())))
     assert q.get(timeout=30) == "parent wrote"
     r.put(made.tolist())
 
@@ -72,7 +72,7 @@ def test_tensors_views_and_grads_through_a_queue(method):
     assert view_sum == 4.0                       # the view saw the child's += through w
     assert (w.detach().numpy() == 1.0).all() and (w.grad.numpy() == 5.0).all()
     assert made.is_shared() and made.tolist() == [7.0] * 4
-    made.data[:] = -1.0
+    made.array[:] = -1.0
     q.put("parent wrote")
     assert _get(r, p) == [-1.0] * 4
     _join(p)

@@ -159,11 +159,11 @@ def test_every_layer_repr_matches_pytorch():
 def test_load_state_dict_copies_in_place_and_keeps_parameter_objects():
     src, dst = Net(), Net()
     w = dst.seq[0].weight
-    arr = w.data
+    arr = w.array
     v0 = w._version
     res = dst.load_state_dict(src.state_dict())
     assert res.missing_keys == [] and res.unexpected_keys == []
-    assert dst.seq[0].weight is w and w.data is arr and w._version > v0
+    assert dst.seq[0].weight is w and w.array is arr and w._version > v0
     for k, v in src.state_dict().items():
         np.testing.assert_array_equal(dst.state_dict()[k].numpy(), v.numpy())
 
@@ -333,7 +333,7 @@ def _hogwild_step(rank, world_size, model):
 
 
 def test_shared_model_updated_in_place_by_worker_processes():
-    # Hogwild-style: optimizers update p.data in place, so a shared model sees every worker
+    # Hogwild-style: optimizers update p.array in place, so a shared model sees every worker
     before = shm_listing()
     m = nn.Linear(3, 2).share_memory()
     w0 = m.weight.detach().numpy().copy()

@@ -261,7 +261,7 @@ def test_load_state_dict_checks_group_sizes_and_copies_state():
     other.load_state_dict(sd)
     assert other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["momentum"] == 0.9
     buf = next(iter(other.state.values()))["momentum_buffer"]
-    assert buf.data is not sd["state"][0]["momentum_buffer"].data
+    assert buf.array is not sd["state"][0]["momentum_buffer"].array
 
 
 def test_float32_parameters_stay_float32():

@@ -63,7 +63,7 @@ def test_round_trip_nested_structure_of_every_supported_type(tmp_path):
     back = tensor.load(tmp_path / "a.safetensors")
     _eq(obj, back)
     assert isinstance(back["param"], nn.Parameter) and back["param"].requires_grad
-    assert back["tensors"][0].data.flags.writeable
+    assert back["tensors"][0].array.flags.writeable
 
 
 def test_same_tensor_twice_is_stored_once_and_stays_shared(tmp_path):

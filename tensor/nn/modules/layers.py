@@ -88,7 +88,7 @@ class Embedding(Module):
         init.normal_(self.weight)
         if self.padding_idx is not None:
             with no_grad():
-                self.weight.data[self.padding_idx] = 0
+                self.weight.array[self.padding_idx] = 0
                 self.weight._vbox[0] += 1
 
     def forward(self, input: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ the order of ``parameters()`` and of the state_dict keys; the keys are dotted pa
 (``"0.weight"``, ``"encoder.layers.1.bias"``) exactly as PyTorch builds them, so a zgrad
 state_dict and a PyTorch state_dict of the same module tree have the same keys.
 
-Device and dtype moves (``to``, ``cuda``, ``float``) replace each parameter's ``.data`` in
+Device and dtype moves (``to``, ``cuda``, ``float``) replace each parameter's ``.array`` in
 place, keeping the Parameter objects, so an optimizer built before the move still holds them.
 """
 from __future__ import annotations
@@ -333,7 +333,7 @@ class Module:
                 missing.append(key)
                 continue
             src = state_dict[key]
-            arr = src.data if isinstance(src, Tensor) else src
+            arr = src.array if isinstance(src, Tensor) else src
             if not backend.is_array(arr):
                 if isinstance(arr, (int, float, bool, list)):
                     arr = np.asarray(arr)
@@ -342,14 +342,14 @@ class Module:
                                   f"Tensor or array in the state_dict, got "
                                   f"{type(src).__name__}.")
                     continue
-            if tuple(arr.shape) != tuple(t.data.shape):
+            if tuple(arr.shape) != tuple(t.array.shape):
                 errors.append(f"size mismatch for {key}: copying a param with shape "
                               f"{list(arr.shape)} from checkpoint, the shape in current model "
-                              f"is {list(t.data.shape)}.")
+                              f"is {list(t.array.shape)}.")
                 continue
             with no_grad():
                 arr = backend.to_device(arr, t.device)
-                t.data[...] = arr  # casts to the parameter's dtype, as copy_ does
+                t.array[...] = arr  # casts to the parameter's dtype, as copy_ does
                 t._vbox[0] += 1
         if strict:
             own = {k for k, _ in local} | set(self._modules)
@@ -412,7 +412,7 @@ class Module:
                 p.grad = None
             else:
                 p.grad = p.grad.detach() if p.grad.grad_fn is not None else p.grad
-                p.grad.data[...] = 0
+                p.grad.array[...] = 0
                 p.grad._vbox[0] += 1
 
     def apply(self, fn) -> "Module":
@@ -428,14 +428,14 @@ class Module:
             for t in list(m._parameters.values()) + list(m._buffers.values()):
                 if t is None:
                     continue
-                new = fn(t.data)
-                if new is not t.data:
-                    t.data = new
+                new = fn(t.array)
+                if new is not t.array:
+                    t.array = new
                     t._vbox[0] += 1
                 if t.grad is not None:
-                    g = fn(t.grad.data)
-                    if g is not t.grad.data:
-                        t.grad.data = g
+                    g = fn(t.grad.array)
+                    if g is not t.grad.array:
+                        t.grad.array = g
         return self
 
     def to(self, *args, **kwargs) -> "Module":

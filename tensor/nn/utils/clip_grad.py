@@ -32,17 +32,17 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
     max_norm, norm_type = float(max_norm), float(norm_type)
     if not grads:
         return _new(backend.get_array_module().zeros((), "float32"))
-    g0 = grads[0].data
+    g0 = grads[0].array
     xp = backend.get_array_module(g0)
     if math.isinf(norm_type):
-        norms = [xp.abs(g.data).max() if g.data.size else xp.zeros((), g.data.dtype)
+        norms = [xp.abs(g.array).max() if g.array.size else xp.zeros((), g.array.dtype)
                  for g in grads]
         total = xp.max(xp.stack(norms))
     else:
         # accumulate in float64: a sum of squares over many float32 gradients loses digits
         acc = xp.zeros((), "float64")
         for g in grads:
-            a = xp.abs(g.data.astype("float64", copy=False).ravel())
+            a = xp.abs(g.array.astype("float64", copy=False).ravel())
             acc = acc + (a @ a if norm_type == 2.0 else (a ** norm_type).sum())
         total = acc ** (1.0 / norm_type)
     total_f = _to_host_float(total)
@@ -54,7 +54,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
     coef = max_norm / (total_f + 1e-6)
     if coef < 1.0 or math.isnan(coef):
         for g in grads:
-            d = g.data
+            d = g.array
             d *= d.dtype.type(coef)
             g._vbox[0] += 1
     return _new(xp.asarray(total_f, dtype=g0.dtype))
@@ -64,5 +64,5 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     """Clamp every gradient element into [-clip_value, clip_value], in place."""
     clip_value = float(clip_value)
     for g in _grads(parameters):
-        g.data.clip(-clip_value, clip_value, out=g.data)
+        g.array.clip(-clip_value, clip_value, out=g.array)
         g._vbox[0] += 1

@@ -33,6 +33,6 @@ def vector_to_parameters(vec: Tensor, parameters) -> None:
     with no_grad():
         for p in params:
             n = p.numel()
-            p.data[...] = vec.data[offset:offset + n].reshape(p.data.shape)
+            p.array[...] = vec.array[offset:offset + n].reshape(p.array.shape)
             p._vbox[0] += 1
             offset += n
