@@ -150,39 +150,83 @@ def load_config(path, overrides=()) -> Config:
     Returns:
         a type-checked ``Config`` with every interpolation resolved.
     Raises:
-        ConfigError: a missing file, bad YAML, an unknown key or a value of the wrong type.
+        ConfigError: a missing file, bad YAML, an unknown key, a value of the wrong type or out
+            of range; one paragraph naming the file, the line and the key path (see
+            Note [Config errors] in runtime/_config_errors.py).
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    schema = OmegaConf.structured(Config)
+    from . import _config_errors as ce
+
+    sources = []
+    merged = OmegaConf.structured(Config)
+    # one source at a time, so a failure knows which file (or override) caused it
+    for src, node in _read_chain(path):
+        sources.append(src)
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as e:
+            raise ConfigError(ce.explain(e, Config, sources, src)) from None
+    for text in overrides:
+        ce.parse_override(text, SECTIONS)
+        src = ce.override_source(text)
+        sources.append(src)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([text]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(ce.explain(e, Config, sources, src)) from None
     try:
-        merged = OmegaConf.merge(schema, *_read_chain(path),
-                                 OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config {path}: {e}") from None
+        raise ConfigError(ce.explain(e, Config, sources)) from None
     obj.extends = None
+    ce.check_values(obj, sources)
     return obj
 
 
 def _read_chain(path, seen=()):
-    """The YAML files from the most basic ``extends`` down to `path`, as OmegaConf nodes."""
+    """(Source, OmegaConf node) for each YAML file from the most basic ``extends`` to `path`."""
+    import io
     import os
 
+    import yaml
     from omegaconf import OmegaConf
-    path = os.path.abspath(path)
-    if path in seen:
-        raise ConfigError(f"config {path}: 'extends' forms a cycle through {list(seen)}")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config {path}: no such file. Check the path (configs/ holds the "
-                          "ready ones).")
+
+    from . import _config_errors as ce
+    label = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    apath = os.path.abspath(path)
+    if apath in seen:
+        raise ConfigError(f"{label}: 'extends' forms a cycle: "
+                          f"{' -> '.join(list(seen) + [apath])}. Remove one of the extends.")
+    if not os.path.isfile(apath):
+        what = "is a folder, not a file" if os.path.isdir(apath) else "no such file"
+        from_ = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"{label}: {what}{from_}. Check the path; configs/ holds the ready "
+                          "configs (digits_mlp.yaml, mnist_mlp.yaml).")
     try:
-        node = OmegaConf.load(path)
-    except Exception as e:  # yaml's scanner and parser errors carry the line
-        raise ConfigError(f"config {path}: not valid YAML: {e}") from None
-    base = node.get("extends") if hasattr(node, "get") else None
+        with open(apath, encoding="utf-8") as f:
+            text = f.read()
+        lines = ce.line_map(text)
+        node = OmegaConf.load(io.StringIO(text))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
+        raise ConfigError(f"{at}: not valid YAML: {e.problem or e.context}"
+                          f"{' ' + e.context if e.context and e.problem else ''}. Check the "
+                          "indentation, colons and brackets on or just above that line.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{label}: not valid YAML: {e}.") from None
+    if not hasattr(node, "keys"):
+        raise ConfigError(f"{label}:1: expected a mapping of sections at the top level "
+                          f"({', '.join(SECTIONS)}), got a list.")
+    src = ce.Source(label, lines)
+    base = node.get("extends")
     if base is None:
-        return [node]
-    base = os.path.join(os.path.dirname(path), base)
-    return _read_chain(base, seen + (path,)) + [node]
+        return [(src, node)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{src.where(('extends',))}: extends: expected a path to a base "
+                          f"config (relative to this file), got {base!r}.")
+    base = os.path.join(os.path.dirname(apath), base)
+    return _read_chain(base, seen + (apath,)) + [(src, node)]
+
