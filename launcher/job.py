@@ -1,0 +1,114 @@
+"""One job from start to end: identity, restarts, the final report and the shm sweep."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+from .env import worker_env
+from .supervisor import Supervisor
+
+# exit codes: 1 a worker failed (torchrun's), 2 bad usage or config, 128+N a signal
+EXIT_WORKER_FAILED = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the store binds it right after)."""
+    with socket.socket() as s:
+        s.bind((host if host.startswith("127.") else "", 0))
+        return s.getsockname()[1]
+
+
+def say(msg: str):
+    """The launcher's own messages go to stderr, so stdout is only the workers' output."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_job(argv, placement, run_dir: str, *, secret: str, job_id: str, max_restarts: int = 0,
+            grace_s: float = 5.0, device: str = "cpu", gpus: int = 0) -> int:
+    """Run `argv` as every worker of this launcher until done; returns the exit code.
+
+    A failed group is restarted up to `max_restarts` times (each restart gets
+    TORCHELASTIC_RESTART_COUNT += 1; a trainer resumes from its latest checkpoint).
+    """
+    sup = Supervisor(os.path.join(run_dir, "logs"), grace_s=grace_s)
+    sup.install_signals()
+    state = {"job_id": job_id, "launcher_pid": os.getpid(), "argv": list(argv),
+             "world_size": placement.world_size, "ranks": placement.ranks,
+             "node_rank": placement.node_rank, "scheduler": placement.scheduler,
+             "restarts": 0, "status": "running"}
+    attempt, rc = 0, EXIT_WORKER_FAILED
+    try:
+        while True:
+            if not placement.multi_launcher:   # a fresh port: the old one may be in TIME_WAIT
+                placement.master_port = free_port(placement.master_addr) \
+                    if attempt or not placement.master_port else placement.master_port
+            envs = {rank: worker_env(placement, i, secret=secret, job_id=job_id,
+                                     run_dir=run_dir, restart_count=attempt,
+                                     max_restarts=max_restarts, device=device, gpus=gpus)
+                    for i, rank in enumerate(placement.ranks)}
+            _write_state(run_dir, placement, state)
+            sup.start(argv, envs, attempt)
+            outcome = sup.wait()
+            stopped = sup.stop()
+            if outcome.status == "ok":
+                rc, state["status"] = 0, "finished"
+                break
+            if outcome.status == "interrupted":
+                import signal
+                name = signal.Signals(outcome.signum).name
+                say(f"zgrad run: got {name}; stopped every worker "
+                    f"({', '.join(f'rank {r}: {h}' for r, h in sorted(stopped.items())) or 'none running'}).")
+                rc, state["status"] = 128 + outcome.signum, f"interrupted by {name}"
+                break
+            sup.report_failure(outcome, stopped)
+            state["failures"] = state.get("failures", []) + [
+                {"rank": outcome.failed.rank, "returncode": outcome.returncode}]
+            if attempt >= max_restarts or sup.interrupted:
+                if max_restarts:
+                    say(f"zgrad run: no restarts left ({max_restarts} used); the job failed.")
+                rc, state["status"] = EXIT_WORKER_FAILED, "failed"
+                break
+            attempt += 1
+            state["restarts"] = attempt
+            say(f"zgrad run: restarting the group ({attempt}/{max_restarts}); it resumes from "
+                "its latest checkpoint if it wrote one.")
+    finally:
+        sup.stop()
+        state["swept_segments"] = sweep_segments(job_id, placement)
+        state["exit_code"] = rc
+        _write_state(run_dir, placement, state)
+    return rc
+
+
+def _write_state(run_dir, placement, state):
+    """RUN_DIR/launcher[_nodeN].json: job id, pid, status (for people and for tests)."""
+    name = "launcher.json" if not placement.multi_launcher else \
+        f"launcher_rank{placement.ranks[0]}.json"
+    tmp = os.path.join(run_dir, f".{name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, name))
+
+
+def sweep_segments(job_id: str, placement, wait_s: float = 3.0) -> int:
+    """After the workers: let the job's shm manager finish, then remove what is left.
+
+    The manager exits by itself once its clients are gone (Note [Shm lifetime]); segments still
+    counted as in flight wait for the job's root (this launcher) to die, so we remove them by
+    name. Where other launchers share this host and job (two "nodes" on one machine), a
+    manager that is still running serves them: then nothing is removed here.
+    """
+    try:
+        from shm import segment
+        from shm.__main__ import manager_alive
+    except ImportError:  # pragma: no cover - shm always ships with zgrad
+        return 0
+    deadline = time.monotonic() + wait_s
+    while manager_alive(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if placement.multi_launcher and manager_alive(job_id):
+        return 0
+    return len(segment.sweep(job_id))
