@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import cluster
+from . import cluster, tools
 from .job import free_port, run_job, say
 
 EXIT_USAGE = 2
@@ -91,9 +91,8 @@ def main(argv=None) -> int:
             return cmd_run(args)
         if args.cmd in ("config", "check"):
             return cmd_config(args)
-        from . import tools
         return getattr(tools, f"cmd_{args.cmd}")(args)
-    except (ConfigError, UsageError, cluster.PlacementError) as e:
+    except (ConfigError, UsageError, cluster.PlacementError, tools.ToolError) as e:
         msg = str(e)
         print(msg if msg.startswith("zgrad") else f"zgrad {args.cmd}: {msg}", file=sys.stderr)
         return EXIT_USAGE
