@@ -406,6 +406,19 @@ def test_persistent_workers_reused_across_epochs_and_stopped_with_loader():
     assert not any(_alive(p) for p in pids)
 
 
+def test_persistent_workers_loader_as_a_temporary_yields_every_batch():
+    """`for b in DataLoader(..., persistent_workers=True)`: the loader dies at once, the loop
+    still holds the iterator, which must keep its workers (PyTorch yields all 10 batches)."""
+    got = [(x.numpy().copy(), y.tolist()) for x, y in
+           DataLoader(Squares(20), batch_size=2, num_workers=2, persistent_workers=True)]
+    assert len(got) == 10 and [int(v) for x, _ in got for v in x[:, 0, 0]] == list(range(20))
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while _worker_pids() and time.monotonic() < deadline:   # the iterator stopped its workers
+        time.sleep(0.02)
+    assert not _worker_pids()
+
+
 # -- IterableDataset --------------------------------------------------------------------------------
 class Stream(IterableDataset):
     def __init__(self, n, sharded=True):
