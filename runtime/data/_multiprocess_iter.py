@@ -348,7 +348,15 @@ class _MultiProcessIter(_BaseIter):
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return got    # the worker closed its end: its sentinel reports why
-            key, _, status, payload = self._w.receiver.decode(data, wid)
+            try:
+                key, _, status, payload = self._w.receiver.decode(data, wid)
+            except FileNotFoundError:
+                # a result sent just before its worker died names a block that died with it
+                p = self._w.procs[wid]
+                p.join(1.0)
+                if p.is_alive():
+                    raise
+                self._raise_worker_died(wid, p, read_pending=False)
             if key == (-1, -1):   # worker_init_fn failed: that worker cannot serve anything
                 self._shutdown()
                 self._raise_worker_error(wid, payload)
@@ -359,10 +367,10 @@ class _MultiProcessIter(_BaseIter):
             if not conn.poll():
                 return got
 
-    def _raise_worker_died(self, wid, p):
+    def _raise_worker_died(self, wid, p, read_pending=True):
         conn = self._w.result_conns[wid]
         try:
-            sent = conn.poll()
+            sent = read_pending and conn.poll()
         except (OSError, EOFError):
             sent = False
         if sent:   # what it sent before dying (a worker_init_fn error is raised from here)

@@ -569,3 +569,29 @@ def test_tensor_dataset_and_nested_samples_through_workers():
     assert b["x"].shape == (3, 2) and b["x"][:, 0].tolist() == [0.0, 1.0, 2.0]
     assert b["meta"][0] == ["id0", "id1", "id2"] and b["meta"][1].dtype == np.int32
     assert b["w"].dtype == np.float64 and b["w"].tolist() == [0.0, 0.5, 1.0]
+
+
+class _Pids(Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return np.full((256,), os.getpid(), np.int64)
+
+
+def test_worker_killed_while_main_loop_is_slow_is_reported_as_a_dead_worker():
+    """Results a worker sent before SIGKILL name a block that died with it: the report must be
+    the worker's pid and signal, not shm's 'keep the sender's array alive' hint."""
+    it = iter(DataLoader(_Pids(), batch_size=1, num_workers=2, prefetch_factor=2))
+    pid0 = int(next(it)[0, 0])
+    time.sleep(0.5)                     # the main loop is slow; worker 0's next batches wait
+    os.kill(pid0, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)                     # the shm manager reclaims the dead worker's blocks
+    with pytest.raises(RuntimeError, match=rf"worker 0 \(pid {pid0}\) was killed by signal "
+                                           "SIGKILL") as e:
+        for _ in it:
+            pass
+    assert "keep the sender" not in str(e.value)
