@@ -143,6 +143,19 @@ def test_scenario_in_a_job_of_its_own(scenario):
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
 
 
+def test_manager_sigkill_then_normal_exit_leaves_no_segment():
+    env = {k: v for k, v in os.environ.items() if k not in ("ZGRAD_JOB_ID", "ZGRAD_JOB_ROOT_PID")}
+    out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios",
+                          "manager_killed_then_normal_exit"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    name = out.stdout.split()[0]
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/dev/shm/{name}"):
+        assert time.monotonic() < deadline, f"{name} leaked after the manager was killed"
+        time.sleep(0.05)
+
+
 def _drops_inherited_then_reports(box, q):
     name = shm.handle(box[0])[0]
     box.clear()  # the only reference (the Process object keeps the list, not the array)
