@@ -306,6 +306,8 @@ class _MultiProcessIter(_BaseIter):
         msg = (f"Caught {type_name} in DataLoader worker process {wid} {where}.\n"
                f"Original Traceback (most recent call last):\n"
                f"{tb.split('Traceback (most recent call last):', 1)[-1].lstrip(chr(10))}")
+        if exc_type is not None and issubclass(exc_type, KeyError):
+            msg = _KeyErrorMessage(msg)   # str(KeyError(s)) is repr(s): newlines as '\n'
         try:
             exc = exc_type(msg) if exc_type is not None else RuntimeError(msg)
         except Exception:
@@ -417,3 +419,11 @@ class _MultiProcessIter(_BaseIter):
 
     def __del__(self):
         self._finalizer()
+
+
+class _KeyErrorMessage(str):
+    """A message whose repr is itself, so a re-raised KeyError prints its traceback readably
+    (KeyError's str() is the repr of its argument)."""
+
+    def __repr__(self):
+        return self

@@ -595,3 +595,41 @@ def test_worker_killed_while_main_loop_is_slow_is_reported_as_a_dead_worker():
         for _ in it:
             pass
     assert "keep the sender" not in str(e.value)
+
+
+class _Ragged(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return np.zeros(3 + i % 2, np.float32)
+
+
+def test_worker_error_hints_name_the_real_cause(monkeypatch):
+    """Samples of different shapes and a full /dev/shm are not 'must be picklable' errors."""
+    with pytest.raises(RuntimeError, match="different shapes") as e:
+        list(DataLoader(_Ragged(), batch_size=2, num_workers=1))
+    assert "picklable" not in str(e.value)
+    import shm
+
+    def full(*a, **k):
+        raise shm.OutOfSharedMemoryError("shm: /dev/shm has 0 bytes free (test)")
+    monkeypatch.setattr(shm.Segment, "create", staticmethod(full))   # inherited by fork
+    with pytest.raises(Exception, match="OutOfSharedMemoryError") as e:
+        list(DataLoader(Squares(4), batch_size=2, num_workers=1))
+    assert "picklable" not in str(e.value)
+
+
+class _Missing(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {}["absent"]
+
+
+def test_worker_key_error_prints_its_traceback_readably():
+    with pytest.raises(KeyError) as e:
+        list(DataLoader(_Missing(), batch_size=2, num_workers=1))
+    text = str(e.value)
+    assert "Original Traceback" in text and "\\n" not in text and "\n" in text
