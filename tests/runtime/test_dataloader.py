@@ -242,10 +242,17 @@ def test_at_most_prefetch_factor_times_workers_batches_in_flight():
     loader = DataLoader(Counting(200, counter), batch_size=2, num_workers=2, prefetch_factor=3)
     it = iter(loader)
     next(it)
-    time.sleep(0.5)   # let the workers run as far ahead as they are allowed
+    # they run ahead: wait (however slow the machine) until they did, then until they stop
+    deadline = time.monotonic() + 30
+    while counter.value < 2 * 3 * 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counter.value >= 2 * 3 * 2, f"the workers fetched only {counter.value} items"
+    last = -1
+    while counter.value != last and time.monotonic() < deadline:
+        last = counter.value
+        time.sleep(0.3)
     # 6 requests up front, plus the one released by the batch just yielded
     assert counter.value <= (2 * 3 + 1) * 2, counter.value
-    assert counter.value >= 2 * 3 * 2 - 2   # they did run ahead
     del it
 
 
