@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import sys
-import time
 
 from .env import worker_env
 from .supervisor import Supervisor
@@ -93,22 +92,21 @@ def _write_state(run_dir, placement, state):
     os.replace(tmp, os.path.join(run_dir, name))
 
 
-def sweep_segments(job_id: str, placement, wait_s: float = 3.0) -> int:
-    """After the workers: let the job's shm manager finish, then remove what is left.
+def sweep_segments(job_id: str, placement) -> int:
+    """After the workers: remove the job's segments that nothing will remove otherwise.
 
-    The manager exits by itself once its clients are gone (Note [Shm lifetime]); segments still
-    counted as in flight wait for the job's root (this launcher) to die, so we remove them by
-    name. Where other launchers share this host and job (two "nodes" on one machine), a
-    manager that is still running serves them: then nothing is removed here.
+    A running shm manager unlinks everything it counts when its clients are gone and the job's
+    root (a launcher) is dead (Note [Shm lifetime]), so only a manager that is gone (killed)
+    leaves garbage. Standalone, every process of this job id is gone by now, so whatever is
+    left is garbage and is removed at once (a lingering manager exits when it sees this
+    launcher, its root, die). Where other launchers may share this host and job id (two
+    "nodes" on one machine), a running manager still serves them: then it is left to it.
     """
     try:
         from shm import segment
         from shm.__main__ import manager_alive
     except ImportError:  # pragma: no cover - shm always ships with zgrad
         return 0
-    deadline = time.monotonic() + wait_s
-    while manager_alive(job_id) and time.monotonic() < deadline:
-        time.sleep(0.1)
     if placement.multi_launcher and manager_alive(job_id):
         return 0
     return len(segment.sweep(job_id))

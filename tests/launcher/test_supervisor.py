@@ -106,6 +106,12 @@ def _two_launchers(tmp_path, argvs_envs, timeout_s=60):
             p.kill()
 
 
+def _job_of(path):
+    import json
+    with open(path) as f:
+        return json.load(f)["job_id"]
+
+
 def _cli(*args):
     import sys
     return [sys.executable, "-m", "launcher", *map(str, args)]
@@ -128,6 +134,7 @@ def test_slurm_style_environment_places_one_worker_per_task(tmp_path):
     runs = os.listdir(tmp_path / "runs")
     assert len(runs) == 1 and sorted(os.listdir(tmp_path / "runs" / runs[0] / "logs")) == \
         ["rank_0.log", "rank_1.log"]
+    assert_job_gone(_job_of(tmp_path / "runs" / runs[0] / "launcher_rank0.json"))
 
 
 def test_two_nodes_on_one_machine(tmp_path):
@@ -139,6 +146,10 @@ def test_two_nodes_on_one_machine(tmp_path):
     for r, (rc, out, err) in enumerate(_two_launchers(tmp_path, jobs)):
         assert rc == 0, err
         assert f"[rank {r}] rank {r}/2 local 0/1 sum 3" in out
+    # both nodes derived the same shm job id from the shared secret and the master address
+    assert _job_of(tmp_path / "node0" / "launcher_rank0.json") == \
+        _job_of(tmp_path / "node1" / "launcher_rank1.json")
+    assert_job_gone(_job_of(tmp_path / "node0" / "launcher_rank0.json"))
 
 
 def test_multi_node_without_a_secret_is_a_clear_error(tmp_path):
