@@ -48,8 +48,9 @@ def run_job(argv, placement, run_dir: str, *, secret: str, job_id: str, max_rest
                                      run_dir=run_dir, restart_count=attempt,
                                      max_restarts=max_restarts, device=device, gpus=gpus)
                     for i, rank in enumerate(placement.ranks)}
-            _write_state(run_dir, placement, state)
             sup.start(argv, envs, attempt)
+            state["workers"] = {str(w.rank): w.pid for w in sup.workers}
+            _write_state(run_dir, placement, state)
             outcome = sup.wait()
             stopped = sup.stop()
             if outcome.status == "ok":

@@ -1,4 +1,5 @@
 """The zgrad CLI: help, config/check, env, plot, cluster placement; the trainer's jobs end to end."""
+import importlib.util
 import json
 import os
 
@@ -130,3 +131,119 @@ def test_worker_env_is_torchrun_compatible():
         job_identity(p, {})
     standalone = cluster.from_flags(2, 1, 0, "127.0.0.1", 0)
     assert job_identity(standalone, {})[0] != job_identity(standalone, {})[0]  # fresh per job
+
+
+# -- the trainer under the launcher, end to end ------------------------------------------------
+
+needs_trainer = pytest.mark.skipif(importlib.util.find_spec("runtime.trainer") is None,
+                                   reason="runtime.trainer has not landed in this checkout")
+
+def _summary(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return json.load(f)
+
+
+@needs_trainer
+def test_main_job_reaches_97_percent_on_digits_with_two_workers(tmp_path):
+    run = tmp_path / "run"
+    r = zgrad("run", DIGITS, "--run-dir", run, cwd=tmp_path, timeout_s=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(run)
+    assert s["world_size"] == 2 and s["final_test_accuracy"] >= 0.97, s
+    assert "[rank 0] trainer: final test accuracy" in r.stdout
+    assert "2 workers on node 0 of 1 (world 2)" in r.stderr and "model mlp" in r.stderr
+    from runtime.config import load_config
+    written = load_config(run / "config.yaml")    # the resolved config the workers loaded
+    assert written.distributed.nproc_per_node == 2 and written.logging.run_dir == str(run)
+    assert sorted(os.listdir(run / "logs")) == ["rank_0.log", "rank_1.log"]
+    assert (run / "metrics.jsonl").stat().st_size > 0
+
+
+_SMALL = ["model.args.hidden_sizes=[64]", "train.epochs=2", "train.max_steps=30",
+          "train.log_every_steps=5", "checkpoint.every_steps=10", "checkpoint.every_epochs=null",
+          "logging.progress=false", "data.name=tests.launcher.scripts.gated:GatedDigits"]
+
+
+def _arrays(ckpt):
+    import safetensors.numpy
+    out = {}
+    for name in sorted(os.listdir(ckpt)):
+        if name.endswith(".safetensors"):
+            out.update({f"{name}/{k}": v for k, v in
+                        safetensors.numpy.load_file(os.path.join(ckpt, name)).items()})
+    return out
+
+
+@needs_trainer
+def test_restart_after_a_sigkill_finishes_bitwise_like_an_uninterrupted_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    a, b = tmp_path / "a", tmp_path / "b"
+    gate = b / "checkpoints" / "step_000010"
+    cmd = [sys.executable, "-m", "launcher", "run", DIGITS, *_SMALL, "--grace-s", "2"]
+    full = subprocess.Popen(cmd + ["--run-dir", str(a)], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(cmd + ["--run-dir", str(b), "--max-restarts", "1"], cwd=tmp_path,
+                              env=cli_env(ZGRAD_TEST_GATE=gate), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not gate.is_dir():
+            assert killed.poll() is None, killed.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        with open(b / "launcher.json") as f:
+            os.kill(json.load(f)["workers"]["1"], signal.SIGKILL)
+        out, err = killed.communicate(timeout=120)
+        assert killed.returncode == 0, err[-3000:]
+        assert full.wait(timeout=120) == 0, full.communicate()[1][-3000:]
+    finally:
+        full.kill()
+        killed.kill()
+    assert "rank 1 (pid" in err and "was killed by SIGKILL" in err
+    assert "restarting the group (1/1)" in err and "resumed from" in out
+    with open(b / "launcher.json") as f:
+        state = json.load(f)
+    assert state["status"] == "finished" and state["restarts"] == 1
+    final_a, final_b = _arrays(a / "checkpoints" / "step_000030"), \
+        _arrays(b / "checkpoints" / "step_000030")
+    assert final_a.keys() == final_b.keys() and any(k.startswith("model") for k in final_a)
+    for k in final_a:   # bitwise: the restarted job resumed exactly where it stopped
+        assert final_a[k].dtype == final_b[k].dtype and (final_a[k] == final_b[k]).all(), k
+
+
+@needs_trainer
+def test_two_nodes_on_one_machine_train_with_the_trainer(tmp_path):
+    import subprocess
+    import sys
+    from tests.helpers import free_port
+    port, run = free_port(), tmp_path / "run"
+    env = cli_env(ZGRAD_SECRET="node-secret")
+    procs = [subprocess.Popen([sys.executable, "-m", "launcher", "run", DIGITS, *_SMALL[:2],
+                               "train.max_steps=20", "logging.progress=false", "--nnodes", "2",
+                               "--node-rank", str(r), "--nproc-per-node", "1",
+                               "--master-port", str(port), "--run-dir", str(run)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    s = _summary(run)
+    assert s["world_size"] == 2 and s["step"] == 20 and s["final_test_accuracy"] > 0.5
+    assert sorted(os.listdir(run / "logs")) == ["rank_0.log", "rank_1.log"]
+
+
+@needs_trainer
+def test_profile_prints_a_per_op_table(tmp_path):
+    r = zgrad("profile", DIGITS, "model.args.hidden_sizes=[32]", "--steps", 2, cwd=tmp_path,
+              timeout_s=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 steps of 32 samples" in r.stdout
+    for name in ("linear ", "LinearBackward0", "optimizer.step", "Self ms", "Total ms"):
+        assert name in r.stdout
