@@ -44,6 +44,14 @@ def job_identity(placement, environ=None) -> tuple:
     return secret, "j" + digest[:10]
 
 
+def _terminal_columns() -> int:
+    """The width of the launcher's terminal, or 0 when its stdout is not one."""
+    try:
+        return os.get_terminal_size(1).columns if os.isatty(1) else 0
+    except OSError:
+        return 0
+
+
 def _loopback(addr: str) -> bool:
     return addr in ("localhost", "::1") or addr.startswith("127.")
 
@@ -77,6 +85,11 @@ def worker_env(placement, index: int, *, secret: str, job_id: str, run_dir: str,
         "TORCHELASTIC_MAX_RESTARTS": str(max_restarts),
         "PYTHONUNBUFFERED": "1",     # lines reach the log as they are printed
     })
+    if _terminal_columns():
+        # the workers write into a pipe, but the launcher shows rank 0's lines on a terminal:
+        # a progress bar may draw (the launcher redraws it in place) at the terminal's width
+        env["ZGRAD_TTY"] = "1"
+        env.setdefault("COLUMNS", str(_terminal_columns() - len(f"[rank {rank}] ")))
     if gpus and device != "cpu":
         env["ZGRAD_DEVICE"] = f"cuda:{local_rank % gpus}"
     else:
