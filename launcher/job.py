@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -41,9 +42,8 @@ def run_job(argv, placement, run_dir: str, *, secret: str, job_id: str, max_rest
     attempt, rc = 0, EXIT_WORKER_FAILED
     try:
         while True:
-            if not placement.multi_launcher:   # a fresh port: the old one may be in TIME_WAIT
-                placement.master_port = free_port(placement.master_addr) \
-                    if attempt or not placement.master_port else placement.master_port
+            if attempt and not placement.multi_launcher:   # the old port may be in TIME_WAIT
+                placement.master_port = free_port(placement.master_addr)
             envs = {rank: worker_env(placement, i, secret=secret, job_id=job_id,
                                      run_dir=run_dir, restart_count=attempt,
                                      max_restarts=max_restarts, device=device, gpus=gpus)
@@ -52,29 +52,11 @@ def run_job(argv, placement, run_dir: str, *, secret: str, job_id: str, max_rest
             state["workers"] = {str(w.rank): w.pid for w in sup.workers}
             _write_state(run_dir, placement, state)
             outcome = sup.wait()
-            stopped = sup.stop()
-            if outcome.status == "ok":
-                rc, state["status"] = 0, "finished"
-                break
-            if outcome.status == "interrupted":
-                import signal
-                name = signal.Signals(outcome.signum).name
-                say(f"zgrad run: got {name}; stopped every worker "
-                    f"({', '.join(f'rank {r}: {h}' for r, h in sorted(stopped.items())) or 'none running'}).")
-                rc, state["status"] = 128 + outcome.signum, f"interrupted by {name}"
-                break
-            sup.report_failure(outcome, stopped)
-            state["failures"] = state.get("failures", []) + [
-                {"rank": outcome.failed.rank, "returncode": outcome.returncode}]
-            if attempt >= max_restarts or sup.interrupted:
-                if max_restarts:
-                    say(f"zgrad run: no restarts left ({max_restarts} used); the job failed.")
-                rc, state["status"] = EXIT_WORKER_FAILED, "failed"
+            rc = _settle(sup, outcome, sup.stop(), state, attempt, max_restarts)
+            if rc is not None:
                 break
             attempt += 1
             state["restarts"] = attempt
-            say(f"zgrad run: restarting the group ({attempt}/{max_restarts}); it resumes from "
-                "its latest checkpoint if it wrote one.")
     finally:
         sup.stop()
         state["swept_segments"] = sweep_segments(job_id, placement)
@@ -83,8 +65,33 @@ def run_job(argv, placement, run_dir: str, *, secret: str, job_id: str, max_rest
     return rc
 
 
+def _settle(sup, outcome, stopped: dict, state: dict, attempt: int, max_restarts: int):
+    """Report how one launch ended; the job's exit code, or None to restart the group."""
+    if outcome.status == "ok":
+        state["status"] = "finished"
+        return 0
+    if outcome.status == "interrupted":
+        name = signal.Signals(outcome.signum).name
+        how = ", ".join(f"rank {r}: {h}" for r, h in sorted(stopped.items())) or "none running"
+        say(f"zgrad run: got {name}; stopped every worker ({how}).")
+        state["status"] = f"interrupted by {name}"
+        return 128 + outcome.signum
+    sup.report_failure(outcome, stopped)
+    state.setdefault("failures", []).append({"rank": outcome.failed.rank,
+                                             "returncode": outcome.returncode})
+    if attempt >= max_restarts or sup.interrupted:
+        if max_restarts:
+            say(f"zgrad run: no restarts left ({max_restarts} used); the job failed.")
+        state["status"] = "failed"
+        return EXIT_WORKER_FAILED
+    say(f"zgrad run: restarting the group ({attempt + 1}/{max_restarts}); it resumes from its "
+        "latest checkpoint if it wrote one.")
+    return None
+
+
 def _write_state(run_dir, placement, state):
-    """RUN_DIR/launcher[_nodeN].json: job id, pid, status (for people and for tests)."""
+    """RUN_DIR/launcher.json (launcher_rankN.json when several launchers share the job): job
+    id, pids, status, restarts, failures (for people and for tests)."""
     name = "launcher.json" if not placement.multi_launcher else \
         f"launcher_rank{placement.ranks[0]}.json"
     tmp = os.path.join(run_dir, f".{name}.{os.getpid()}")

@@ -96,7 +96,7 @@ class Profiler:
     # -- hooks -----------------------------------------------------------------------------
     def _install(self):
         import tensor  # noqa: F401  (loads every op module)
-        import tensor.nn.functional
+        import tensor.nn.functional  # noqa: F401  (its functions are ops too)
         from tensor import _tensor
         from tensor._tensor import Tensor
         ops = {}
