@@ -103,6 +103,9 @@ def cmd_config(args) -> int:
 
     from runtime.config import load_config
     cfg = load_config(args.config, args.overrides)
+    if args.cmd == "check":
+        from .names import check_names
+        check_names(cfg, args.config, args.overrides, import_user_code=True)
     if args.cmd == "config":
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     else:
@@ -203,6 +206,8 @@ def cmd_run(args) -> int:
         cfg, dist, device = None, DistributedConfig(), "auto"
     else:
         cfg = load_config(args.target, overrides)
+        from .names import check_names
+        check_names(cfg, args.target, overrides)
         dist, device = cfg.distributed, cfg.train.device
     placement = _placement(args, dist)
     try:

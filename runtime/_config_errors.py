@@ -131,7 +131,7 @@ def _section_merge_error(e, schema):
     return None
 
 
-def _last_definer(sources, path: tuple):
+def last_definer(sources, path: tuple):
     for src in reversed(sources):
         if src.defines(path):
             return src
@@ -146,7 +146,7 @@ def explain(e, schema, sources, source=None) -> str:
     section = None if path else _section_merge_error(e, schema)
     if section:
         path = section[0]
-    src = source or _last_definer(sources, path)
+    src = source or last_definer(sources, path)
     where = src.where(path)
     key = ".".join(path) or "(top level)"
     first = str(getattr(e, "msg", None) or e).split("\n")[0]
@@ -198,7 +198,7 @@ def check_values(cfg, sources) -> None:
     from .config import ConfigError
 
     def fail(path, expected, value):
-        where = _last_definer(sources, path).where(path)
+        where = last_definer(sources, path).where(path)
         raise ConfigError(f"{where}: {'.'.join(path)}: expected {expected}, got {_got(value)}.")
 
     def get(path):

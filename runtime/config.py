@@ -185,6 +185,14 @@ def load_config(path, overrides=()) -> Config:
     return obj
 
 
+def locate(path, overrides, key) -> str:
+    """``file:line`` (or the override) that last set `key` (a tuple like ``("model", "name")``)
+    in the config `path` with `overrides`: for errors found after loading (registry names)."""
+    from . import _config_errors as ce
+    sources = [src for src, _ in _read_chain(path)] + [ce.override_source(o) for o in overrides]
+    return ce.last_definer(sources, tuple(key)).where(tuple(key))
+
+
 def _read_chain(path, seen=()):
     """(Source, OmegaConf node) for each YAML file from the most basic ``extends`` to `path`."""
     import io

@@ -160,3 +160,20 @@ def test_cli_config_errors_are_one_paragraph_and_exit_2(tmp_path, text, override
         assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stdout == ""
     assert not (tmp_path / "runs").exists()      # nothing started
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("runtime.trainer") is None,
+                    reason="runtime.trainer (its registries) has not landed in this checkout")
+def test_unregistered_names_point_at_their_line_with_a_suggestion(tmp_path):
+    path = write(tmp_path, "c.yaml", f"""
+        extends: {os.path.join(CONFIGS, "digits_mlp.yaml")}
+        model:
+          name: mlpp
+    """)
+    r = zgrad("check", path, cwd=tmp_path, timeout_s=30)
+    assert r.returncode == 2
+    assert "c.yaml:3: model.name: model 'mlpp' is not registered" in r.stderr
+    assert "Did you mean 'mlp'?" in r.stderr
+    r = zgrad("run", path, "optim.name=adamw2", cwd=tmp_path, timeout_s=30)
+    assert r.returncode == 2 and "model 'mlpp'" in r.stderr    # before any worker starts
+    assert not (tmp_path / "runs").exists()
