@@ -96,6 +96,9 @@ def main(argv=None) -> int:
         msg = str(e)
         print(msg if msg.startswith("zgrad") else f"zgrad {args.cmd}: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:   # before any worker started (once they run, Supervisor handles it)
+        print(f"zgrad {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 def cmd_config(args) -> int:
