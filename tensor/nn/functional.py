@@ -83,7 +83,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
     if scale_grad_by_freq or sparse:
         raise ValueError("embedding: scale_grad_by_freq and sparse gradients are not supported "
                          "by zgrad; use the defaults (dense gradients).")
-    return _N.embedding(input, weight, padding_idx, max_norm)
+    return _N.embedding(input, weight, padding_idx, max_norm, norm_type)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
