@@ -92,7 +92,7 @@ def _steps(T, reverse):
 def _lstm_forward(xp, mode, gx, w, b, h, c, m, reverse):
     T, B, GH = gx.shape
     H = GH // 4
-    wt = w.T
+    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
     acts = gx + b if b is not None else gx.copy()  # (T, B, 4H): pre-activations, then gates
     y = xp.empty((T + 2, B, H), gx.dtype)
     hprev = xp.empty((T, B, H), gx.dtype)
@@ -156,7 +156,7 @@ def _lstm_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
 def _gru_forward(xp, mode, gx, w, b, h, c, m, reverse):
     T, B, GH = gx.shape
     H = GH // 3
-    wt = w.T
+    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
     rz = xp.empty((T, B, 2 * H), gx.dtype)
     ns = xp.empty((T, B, H), gx.dtype)
     ghn = xp.empty((T, B, H), gx.dtype)
@@ -211,7 +211,7 @@ def _gru_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
 
 def _rnn_forward(xp, mode, gx, w, b, h, c, m, reverse):
     T, B, H = gx.shape
-    wt = w.T
+    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
     pre = gx + b if b is not None else gx.copy()
     hprev = xp.empty((T, B, H), gx.dtype)
     y = xp.empty((T + 1, B, H), gx.dtype)
