@@ -1,13 +1,15 @@
 """Normalisation ops: layer_norm (fused forward and backward) and group_norm.
 
-layer_norm has a fused backward: the composite (mean, sub, var, rsqrt, mul, add) records about
-ten nodes and makes as many full passes over the activations in backward; the closed form
+layer_norm has a fused forward and backward: the composite (mean, sub, mul, mean, rsqrt, mul,
+mul, add) records eight nodes and makes as many full passes over the activations each way; the
+fused op reduces rows with einsum (no squared temporaries) and uses the closed form
 
     gx = rstd * (g - mean(g) - xhat * mean(g * xhat)),   g = gy * weight
 
-makes three. On the transformer benchmark (d_model 128, seq 64, batch 16) it cut layer_norm's
-forward + backward time by about 2.5x. With create_graph=True the backward is written with
-differentiable ops instead, so higher-order gradients still work.
+On (16, 64, 128) float32 (the transformer benchmark's activations) forward + backward took
+about half the composite's time (1.5x-2.3x faster across runs on a busy 2-core machine).
+With create_graph=True the backward is written with differentiable ops instead, so
+higher-order gradients still work.
 """
 from __future__ import annotations
 
@@ -42,30 +44,36 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     x = input.array
     if x.dtype.kind != "f":
         raise TypeError(f"layer_norm: expected a floating-point input, got {x.dtype}")
-    mu = x.mean(axis=axes, keepdims=True)
-    xc = x - mu
-    var = (xc * xc).mean(axis=axes, keepdims=True)
+    n = math.prod(shape)
+    lead_shape = x.shape[:x.ndim - len(axes)]
+    x2 = x.reshape(-1, n)  # one normalised row per leading index: reductions along axis 1
+    xhat = x2 - x2.mean(axis=1, keepdims=True)
+    var = xp.einsum("ij,ij->i", xhat, xhat)[:, None] / n  # no squared temporary
     rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = xc * rstd
-    y = xhat
-    if weight is not None:
-        y = y * weight.array
+    xhat *= rstd
+    y = xhat * weight.array.reshape(-1) if weight is not None else xhat.copy()
     if bias is not None:
-        y = y + bias.array
-    lead = tuple(range(x.ndim - len(axes)))
+        y += bias.array.reshape(-1)
+    y = y.reshape(x.shape)
+    lead = tuple(range(len(lead_shape)))
 
     def backward(gy):
         if _grad_state.enabled:  # create_graph: differentiable ops, so it can be differentiated
             return _layer_norm_backward_graph(gy, input, weight, bias, axes, lead, eps)
-        g = gy.array
-        gw = _new((g * xhat).sum(axis=lead)) if weight is not None and weight.requires_grad \
-            else None
-        gb = _new(g.sum(axis=lead)) if bias is not None and bias.requires_grad else None
-        gx = None
+        g = gy.array.reshape(-1, n)
+        gw = gb = gx = None
+        if weight is not None and weight.requires_grad:
+            gw = _new(xp.einsum("ij,ij->j", g, xhat).reshape(shape))
+        if bias is not None and bias.requires_grad:
+            gb = _new(g.sum(axis=0).reshape(shape))
         if input.requires_grad:
-            gh = g * weight.array if weight is not None else g
-            gx = _new(rstd * (gh - gh.mean(axis=axes, keepdims=True)
-                              - xhat * (gh * xhat).mean(axis=axes, keepdims=True)))
+            gh = g * weight.array.reshape(-1) if weight is not None else g.copy()
+            a = gh.mean(axis=1, keepdims=True)
+            c = xp.einsum("ij,ij->i", gh, xhat)[:, None] / n
+            gh -= a
+            gh -= xhat * c
+            gh *= rstd
+            gx = _new(gh.reshape(x.shape))
         return gx, gw, gb
     return from_op(y, (input, weight, bias), backward, "native_layer_norm",
                    saved=tuple(p for p in (input, weight) if p is not None))

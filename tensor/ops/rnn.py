@@ -10,8 +10,8 @@ activations; its backward runs the whole backward-through-time on raw arrays: ev
 elementwise factor that does not depend on the incoming gradient is computed for all steps at
 once before the loop, so a step costs one matmul and a few multiplies, and the weight gradient
 is one matmul over all steps after it. Recording the same computation step by step in the
-autograd graph makes ~25 nodes per step; the fused op made the 2-layer LSTM training step about
-3x faster (see benchmarks/bench_lstm_step.py).
+autograd graph makes ~15 nodes per step: for one LSTM layer (35 steps, batch 32, hidden 128,
+float32, one thread) forward + backward took 60 ms that way and 12 ms fused.
 
 The op returns one array ``(T + 1, B, H)`` (``(T + 2, B, H)`` for LSTM): the output at every
 step, then h_n (then c_n), so that it is a single-output node; the layer slices it.
