@@ -3,9 +3,10 @@ PyTorch CPU eager.
 
 TransformerEncoder(2 x TransformerEncoderLayer(d_model 128, 4 heads, feed-forward 512,
 dropout 0.1, batch_first)), sequence 64, batch 16, a linear head to 64 classes at every
-position and cross-entropy over all positions, float32, training mode (dropout on). Both start from the same weights (PyTorch's
-state_dict loaded into zgrad), so the first-step losses agree. Run interleaved with the same
-thread count; medians and the ratio zgrad / torch.
+position and cross-entropy over all positions, float32, training mode (dropout on). Both
+start from the same weights (PyTorch's state_dict loaded into zgrad); their dropout masks
+differ, so the first-step losses agree only roughly. Run interleaved with the same thread
+count; medians and the ratio zgrad / torch.
 
     python benchmarks/bench_transformer_step.py [--threads N] [--repeats R] [--steps S]
 """
@@ -102,7 +103,8 @@ def main():
             times[k].append(time_steps(f, a, args.steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"TransformerEncoder {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, ff {FF}, "
-          f"seq {SEQ}, batch {BATCH}, head {CLASSES}, float32, {args.threads} threads, median of {args.repeats} x {args.steps} steps")
+          f"seq {SEQ}, batch {BATCH}, head {CLASSES}, float32, {args.threads} threads, "
+          f"median of {args.repeats} x {args.steps} steps")
     print("first-step loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
     for k, v in med.items():
         print(f"{k:6s} {v * 1e3:8.2f} ms/step  {v / med['torch']:6.2f}x torch")

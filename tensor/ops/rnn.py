@@ -191,7 +191,6 @@ def _gru_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
     R = ghn * r * (1 - r)            # dar = dan * R
     Z = (hprev - n) * z * (1 - z)    # daz = dh * Z
     zc = z
-    keep = None
     if m is not None:
         A, Z = A * m, Z * m
         zc = xp.where(m, z, 1)  # dh passes through a step that does not exist

@@ -9,6 +9,9 @@ from tensor.nn import functional as F
 from tests.helpers import check_grad
 
 torch = pytest.importorskip("torch")
+# PyTorch warns when a bool key_padding_mask meets a float attn_mask; the tests mix them on
+# purpose (zgrad accepts the mix, as PyTorch still does)
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched")
 
 
 def _t(a):
@@ -119,8 +122,36 @@ def test_sdpa_dropout_is_inverted_and_seeded():
         F.scaled_dot_product_attention(q, q, q, attn_mask=tensor.ones(4, 4), is_causal=True)
 
 
+def test_sdpa_grouped_query_attention_matches_pytorch():
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.normal(size=(2, 4, 3, 2)), rng.normal(size=(2, 2, 5, 2)),
+               rng.normal(size=(2, 2, 5, 2)))
+    zo = F.scaled_dot_product_attention(_t(q), _t(k), _t(v), enable_gqa=True)
+    to = torch.nn.functional.scaled_dot_product_attention(
+        torch.tensor(q), torch.tensor(k), torch.tensor(v), enable_gqa=True)
+    _close(zo, to, "grouped-query attention")
+
+
 # ---------------------------------------------------------------------------------------------
 # MultiheadAttention
+
+
+def test_functional_multi_head_attention_forward_matches_pytorch():
+    rng = np.random.default_rng(12)
+    E, H, L, S, N = 4, 2, 3, 5, 2
+    w_in, b_in = rng.normal(size=(3 * E, E)), rng.normal(size=(3 * E,))
+    w_out, b_out = rng.normal(size=(E, E)), rng.normal(size=(E,))
+    q, k, v = rng.normal(size=(L, N, E)), rng.normal(size=(S, N, E)), rng.normal(size=(S, N, E))
+    kpm = np.array([[False] * 4 + [True], [False] * 5])
+    zo, zw = F.multi_head_attention_forward(
+        *map(_t, (q, k, v)), E, H, _t(w_in), _t(b_in), None, None, False, 0.0, _t(w_out),
+        _t(b_out), key_padding_mask=_t(kpm))
+    to, tw = torch.nn.functional.multi_head_attention_forward(
+        *map(torch.tensor, (q, k, v)), E, H, torch.tensor(w_in), torch.tensor(b_in), None,
+        None, False, 0.0, torch.tensor(w_out), torch.tensor(b_out),
+        key_padding_mask=torch.tensor(kpm))
+    _close(zo, to, "output")
+    _close(zw, tw, "weights")
 
 
 @pytest.mark.parametrize("cfg", [dict(), dict(batch_first=True, bias=False),

@@ -100,8 +100,10 @@ def test_layer_matches_pytorch(kind, extra, cfg):
     h0 = rng.normal(size=(cfg["num_layers"] * D, B, 5))
     c0 = rng.normal(size=h0.shape)
     zx, tx = _t(x).requires_grad_(), torch.tensor(x, requires_grad=True)
-    zh = (_t(h0), _t(c0)) if kind == "LSTM" else _t(h0)
-    th = (torch.tensor(h0), torch.tensor(c0)) if kind == "LSTM" else torch.tensor(h0)
+    zh = (_t(h0).requires_grad_(), _t(c0).requires_grad_()) if kind == "LSTM" else \
+        _t(h0).requires_grad_()
+    th = (torch.tensor(h0, requires_grad=True), torch.tensor(c0, requires_grad=True)) \
+        if kind == "LSTM" else torch.tensor(h0, requires_grad=True)
     zo, zs = zm(zx, zh)
     to, ts = tm(tx, th)
     _close(zo, to, "output")
@@ -117,6 +119,8 @@ def test_layer_matches_pytorch(kind, extra, cfg):
     zl.backward()
     tl.backward()
     _compare_grads(zm, tm, zx, tx)
+    for z, t in zip(zh if kind == "LSTM" else (zh,), th if kind == "LSTM" else (th,)):
+        _close(z.grad, t.grad, "grad of the initial state")
 
 
 def test_default_state_unbatched_and_init():

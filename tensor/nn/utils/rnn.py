@@ -150,7 +150,7 @@ def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.
                          f"{padding_side!r}")
     sequences = list(sequences)
     lengths = np.array([s.shape[0] for s in sequences], np.int64)
-    T, B = int(lengths.max()), len(sequences)
+    T = int(lengths.max())
     data = cat(sequences, 0)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     t = np.arange(T)[:, None]
