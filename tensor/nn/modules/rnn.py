@@ -10,6 +10,7 @@ steps plus the fused recurrence of tensor/ops/rnn.py (see Note [Fused recurrence
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class RNNBase(Module):
         if hidden_size <= 0 or num_layers <= 0:
             raise ValueError(f"{type(self).__name__}: hidden_size and num_layers must be "
                              f"positive, got {hidden_size} and {num_layers}")
+        if dropout and num_layers == 1:
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
         if proj_size:
             raise ValueError(f"{type(self).__name__}: proj_size={proj_size} (LSTM with "
                              "projections) is not supported by zgrad; use proj_size=0.")
