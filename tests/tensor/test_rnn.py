@@ -92,6 +92,8 @@ CONFIGS = [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_layer_matches_pytorch(kind, extra, cfg):
     zm, tm = _pair(kind, 3, 5, **cfg, **extra)
+    assert [[tuple(p.shape) for p in g] for g in zm.all_weights] == \
+        [[tuple(p.shape) for p in g] for g in tm.all_weights]
     rng = np.random.default_rng(2)
     B, T = 4, 6
     shape = (B, T, 3) if cfg.get("batch_first") else (T, B, 3)

@@ -74,6 +74,12 @@ class RNNBase(Module):
     def _flat_weights(self):
         return [getattr(self, n) for n in self._flat_weights_names]
 
+    @property
+    def all_weights(self):
+        """The parameters grouped per layer and direction, as PyTorch's all_weights."""
+        w, n = self._flat_weights, 4 if self.bias else 2
+        return [w[i:i + n] for i in range(0, len(w), n)]
+
     def flatten_parameters(self) -> None:
         """A no-op kept for PyTorch scripts (cuDNN's weight packing has no counterpart here)."""
 
