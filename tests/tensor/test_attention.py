@@ -6,7 +6,7 @@ import pytest
 import tensor
 from tensor import nn
 from tensor.nn import functional as F
-from tests.helpers import check_grad
+from tests.helpers import check_grad, requires_cupy
 
 torch = pytest.importorskip("torch")
 # PyTorch warns when a bool key_padding_mask meets a float attn_mask; the tests mix them on
@@ -292,3 +292,29 @@ def test_decoder_and_transformer_match_pytorch(norm_first):
 def test_encoder_layer_rejects_unknown_activation():
     with pytest.raises(RuntimeError, match="relu/gelu"):
         nn.TransformerEncoderLayer(4, 2, activation="swish")
+
+
+@requires_cupy
+def test_attention_and_transformer_on_gpu_match_cpu():
+    """SDPA, MultiheadAttention (need_weights both ways) and a transformer encoder on CuPy
+    (float64): outputs and gradients equal the CPU ones."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(2, 5, 8))
+    kpm = np.array([[False] * 5, [False] * 3 + [True] * 2])
+    results = []
+    for dev in ("cpu", "cuda"):
+        tensor.manual_seed(0)
+        enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True),
+                                    2).double().to(dev)
+        mha = nn.MultiheadAttention(8, 2, batch_first=True).double().to(dev)
+        xt = tensor.tensor(x, device=dev, requires_grad=True)
+        mask = nn.Transformer.generate_square_subsequent_mask(5, device=dev, dtype=xt.dtype)
+        km = tensor.tensor(kpm, device=dev)
+        y = enc(xt, mask=mask, src_key_padding_mask=km)
+        a, w = mha(xt, xt, xt, key_padding_mask=km)
+        s = F.scaled_dot_product_attention(xt, xt, xt, is_causal=True)
+        (y.sum() + (a ** 2).sum() + w.sum() + s.sum()).backward()
+        results.append([t.detach().cpu().numpy() for t in
+                        [y, a, w, s, xt.grad] + [p.grad for p in enc.parameters()]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)

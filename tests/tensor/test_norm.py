@@ -6,7 +6,7 @@ import pytest
 import tensor
 from tensor import nn
 from tensor.nn import functional as F
-from tests.helpers import check_grad
+from tests.helpers import check_grad, requires_cupy
 
 torch = pytest.importorskip("torch")
 
@@ -119,3 +119,23 @@ def test_embedding_padding_idx_and_max_norm_match_pytorch():
     _close(zm.weight.grad, tm.weight.grad, "weight grad (zero at padding_idx)")
     assert not zm.weight.grad.numpy()[1].any()
     assert zm.weight.detach().numpy()[3].tolist() == [3.0, 0.0, 0.0]  # unused: untouched
+
+
+@requires_cupy
+def test_norms_and_embedding_on_gpu_match_cpu():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 3))
+    idx = np.array([[0, 2, 2], [3, 1, 0]])
+    results = []
+    for dev in ("cpu", "cuda"):
+        tensor.manual_seed(0)
+        ln, gn = nn.LayerNorm((6, 3)).double().to(dev), nn.GroupNorm(3, 6).double().to(dev)
+        emb = nn.Embedding(4, 3, padding_idx=1, max_norm=1.0).double().to(dev)
+        xt = tensor.tensor(x, device=dev, requires_grad=True)
+        y = ln(xt) * gn(xt) + emb(tensor.tensor(idx, device=dev)).sum()
+        (y ** 2).sum().backward()
+        results.append([t.detach().cpu().numpy() for t in
+                        [y, xt.grad, ln.weight.grad, gn.bias.grad, emb.weight.grad,
+                         emb.weight]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)

@@ -7,7 +7,7 @@ import tensor
 from tensor import nn
 from tensor.nn.utils import rnn as rnn_utils
 from tensor.ops.rnn import recurrence
-from tests.helpers import check_grad
+from tests.helpers import check_grad, requires_cupy
 
 torch = pytest.importorskip("torch")
 
@@ -283,3 +283,29 @@ def test_errors_name_the_problem():
         m(tensor.zeros(2, 1, 3), (tensor.zeros(2, 1, 4), tensor.zeros(1, 1, 4)))
     with pytest.raises(ValueError, match="proj_size"):
         nn.LSTM(3, 4, proj_size=2)
+
+
+@requires_cupy
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_layers_on_gpu_match_cpu(kind):
+    """The same layers on CuPy (float64): outputs and gradients equal the CPU ones, packed
+    input included."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(4, 6, 3))
+    results = []
+    for dev in ("cpu", "cuda"):
+        tensor.manual_seed(0)
+        m = getattr(nn, kind)(3, 5, 2, bidirectional=True, batch_first=True).double().to(dev)
+        cell = getattr(nn, kind + "Cell")(3, 5).double().to(dev)
+        xt = tensor.tensor(x, device=dev, requires_grad=True)
+        packed = rnn_utils.pack_padded_sequence(xt, [3, 6, 1, 4], True, enforce_sorted=False)
+        out, _ = m(packed)
+        pad, _ = rnn_utils.pad_packed_sequence(out, batch_first=True)
+        full, _ = m(xt)
+        c = cell(xt[:, 0])
+        c = c[0] if kind == "LSTM" else c
+        ((pad ** 2).sum() + full.sum() + c.sum()).backward()
+        results.append([t.detach().cpu().numpy() for t in
+                        [pad, full, c, xt.grad] + [p.grad for p in m.parameters()]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
