@@ -84,8 +84,9 @@ def _fused_attention(q, k, v, bias, dropout_p, scale):
         if keep is not None:
             gp *= keep
         gs = p * (gp - (gp * p).sum(axis=-1, keepdims=True))
+        # gb may be gs itself (a bias of the scores' full shape): scale a copy, not gs
         gb = sum_to(_new(gs), bt.array.shape) if bt is not None and bt.requires_grad else None
-        gs *= scale
+        gs = gs * scale
         gq = _new(gs @ ka) if q.requires_grad else None
         gk = _new(xp.swapaxes(gs, -1, -2) @ qa) if k.requires_grad else None
         gv = _sum_batch(gv, va.shape)

@@ -81,8 +81,8 @@ def test_sdpa_gradcheck(mask):
     w = _t(rng.normal(size=(2, 3, 2)))
     S = 3 if mask == "causal" else 5
     args = [rng.normal(size=(2, 3, 4)), rng.normal(size=(2, S, 4)), rng.normal(size=(2, S, 2))]
-    if mask == "float":  # a float mask that requires grad gets its gradient too
-        args.append(rng.normal(size=(3, S)))
+    if mask == "float":  # a float mask that requires grad gets its gradient too; one of the
+        args.append(rng.normal(size=(2, 3, S)))  # scores' full shape (no broadcast sum-back)
 
     def f(q, k, v, fm=None):
         m = fm if mask == "float" else am
