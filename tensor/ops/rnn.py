@@ -4,7 +4,7 @@ Note [Fused recurrence]
 ~~~~~~~~~~~~~~~~~~~~~~~
 A layer splits into the input projection ``gx = x @ W_ih.T + b_ih`` for all time steps at once
 (one matmul, an ordinary ``linear`` op) and the recurrence, which is one op here:
-``recurrence(gx, w_hh, b_hh, h0, c0, mode, mask, reverse)``. Its forward loops over time, one
+``recurrence(gx, w_hh, b_hh, h0, c0, mode, mask, reverse, w_hr)``. Its forward loops over time, one
 matmul of the hidden state with the fused gate weights per step, and keeps the gate
 activations; its backward runs the whole backward-through-time on raw arrays: every
 elementwise factor that does not depend on the incoming gradient is computed for all steps at
@@ -13,8 +13,9 @@ is one matmul over all steps after it. Recording the same computation step by st
 autograd graph makes ~15 nodes per step: for one LSTM layer (35 steps, batch 32, hidden 128,
 float32, one thread) forward + backward took 60 ms that way and 12 ms fused.
 
-The op returns one array ``(T + 1, B, H)`` (``(T + 2, B, H)`` for LSTM): the output at every
-step, then h_n (then c_n), so that it is a single-output node; the layer slices it.
+The op returns the output of every step, h_n (and c_n for LSTM) as Tensors of one multi-output
+node; an output that gets no gradient counts as zeros. An LSTM with ``w_hr`` (PyTorch's
+proj_size) projects the hidden state, h = W_hr (o * tanh(c)), inside the same loop.
 
 ``mask`` (T, B) marks the steps that exist for each sequence (packed sequences of unequal
 lengths). At a step that does not exist, the state passes through unchanged and the output is
@@ -26,8 +27,9 @@ raw arrays. Its error says so.
 """
 from __future__ import annotations
 
+from .. import backend
 from .._grad_mode import state as _grad_state
-from .._tensor import _new, from_op
+from .._tensor import Node, _edge, _new
 from .elementwise import _xp
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -42,62 +44,91 @@ def _sigmoid_(xp, a):
     return a
 
 
-def recurrence(gx, w_hh, b_hh, h0, c0=None, mode="LSTM", mask=None, reverse=False):
+def recurrence(gx, w_hh, b_hh, h0, c0=None, mode="LSTM", mask=None, reverse=False, w_hr=None):
     """Run one layer's recurrence in one direction over the projected inputs.
 
     Args:
         gx: (T, B, G*H) Tensor, the input projection ``x @ W_ih.T + b_ih`` of every step.
-        w_hh: (G*H, H) Tensor; b_hh: (G*H,) Tensor or None.
-        h0: (B, H) Tensor; c0: (B, H) Tensor for LSTM, else None.
+        w_hh: (G*H, P) Tensor (P = H, or proj_size); b_hh: (G*H,) Tensor or None.
+        h0: (B, P) Tensor; c0: (B, H) Tensor for LSTM, else None.
         mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (PyTorch's gate orders: i,f,g,o / r,z,n).
         mask: optional (T, B) boolean array: which steps exist (see Note [Fused recurrence]).
         reverse: run from the last step to the first.
+        w_hr: LSTM only, optional (P, H) projection of the hidden state (PyTorch's proj_size).
     Returns:
-        (T + 1, B, H) Tensor (outputs, h_n), or (T + 2, B, H) for LSTM (outputs, h_n, c_n).
+        (output (T, B, P), h_n (B, P)), and c_n (B, H) for LSTM: Tensors of one graph node.
     """
     xp = _xp(gx)
     T, B, GH = gx.array.shape
-    H = w_hh.array.shape[1]
-    if GH != GATES[mode] * H or w_hh.array.shape[0] != GH:
-        raise RuntimeError(f"recurrence: gx is {list(gx.array.shape)} and w_hh "
-                           f"{list(w_hh.array.shape)}; expected {GATES[mode]} * hidden_size "
-                           f"gate columns for mode {mode}.")
+    P = w_hh.array.shape[1]
+    H = GH // GATES[mode]
+    if GH % GATES[mode] or w_hh.array.shape[0] != GH or (w_hr is None and P != H) or (
+            w_hr is not None and tuple(w_hr.array.shape) != (P, H)):
+        raise RuntimeError(f"recurrence: gx is {list(gx.array.shape)}, w_hh "
+                           f"{list(w_hh.array.shape)}" + (f" and w_hr {list(w_hr.array.shape)}"
+                                                          if w_hr is not None else "") +
+                           f"; expected {GATES[mode]} * hidden_size gate columns for {mode}.")
     m = None if mask is None else xp.asarray(mask)[..., None]  # (T, B, 1)
-    fwd = {"LSTM": _lstm_forward, "GRU": _gru_forward}.get(mode, _rnn_forward)
-    y, saved = fwd(xp, mode, gx.array, w_hh.array, None if b_hh is None else b_hh.array,
-                   h0.array, None if c0 is None else c0.array, m, reverse)
-    bwd = {"LSTM": _lstm_backward, "GRU": _gru_backward}.get(mode, _rnn_backward)
+    arr = lambda t: None if t is None else t.array  # noqa: E731
+    if mode == "LSTM":
+        outs, saved = _lstm_forward(xp, gx.array, w_hh.array, arr(b_hh), h0.array, c0.array, m,
+                                    reverse, arr(w_hr))
+    else:
+        fwd = _gru_forward if mode == "GRU" else _rnn_forward
+        outs, saved = fwd(xp, mode, gx.array, w_hh.array, arr(b_hh), h0.array, m, reverse)
 
-    def backward(gy):
+    def backward(g_out, g_hn, g_cn=None):
         if _grad_state.enabled:
             raise RuntimeError(f"recurrence ({mode}): double backward (create_graph=True) "
                                "through zgrad's fused RNN/LSTM/GRU recurrence is not supported.")
-        g = gy.array
-        g_out = g[:T] if m is None else g[:T] * m
-        dgx, dgh, dh0, dc0 = bwd(xp, mode, g_out, g[T], g[T + 1] if mode == "LSTM" else None,
-                                 w_hh.array, saved, m, reverse)
+        gy = g_out.array if m is None else g_out.array * m
+        if mode == "LSTM":
+            dgx, dh0, dc0, gwr = _lstm_backward(xp, gy, g_hn.array, g_cn.array, w_hh.array,
+                                                saved, m, reverse, arr(w_hr))
+        else:
+            bwd = _gru_backward if mode == "GRU" else _rnn_backward
+            dgx, dh0 = bwd(xp, mode, gy, g_hn.array, w_hh.array, saved, m, reverse)
+            dc0 = gwr = None
+        dgh = saved.get("dgh", dgx)
         hprev = saved["hprev"]
-        gw = _new(dgh.reshape(-1, GH).T @ hprev.reshape(-1, H)) if w_hh.requires_grad else None
+        gw = _new(dgh.reshape(-1, GH).T @ hprev.reshape(-1, P)) if w_hh.requires_grad else None
         gb = _new(dgh.sum(axis=(0, 1))) if b_hh is not None and b_hh.requires_grad else None
-        return (_new(dgx), gw, gb, _new(dh0),
-                None if c0 is None else _new(dc0))
-    return from_op(y, (gx, w_hh, b_hh, h0, c0), backward, "recurrence_" + mode.lower(),
-                   saved=(w_hh,))
+        wrap = lambda a: None if a is None else _new(a)  # noqa: E731
+        return _new(dgx), gw, gb, _new(dh0), wrap(dc0), wrap(gwr)
+    return _multi_output(outs, (gx, w_hh, b_hh, h0, c0, w_hr), backward,
+                         "recurrence_" + mode.lower(), (w_hh,) if w_hr is None else (w_hh, w_hr))
+
+
+def _multi_output(arrays, parents, backward, name, saved):
+    """Tensors around `arrays` sharing one graph Node (see Note [Graph] in _tensor.py);
+    backward gets one gradient per output (zeros for an output that received none)."""
+    outs = [_new(a) for a in arrays]
+    if not (_grad_state.enabled and any(p is not None and p.requires_grad for p in parents)):
+        return tuple(outs)
+    meta = tuple((a.shape, a.dtype, backend.get_array_module(a)) for a in arrays)
+    node = Node(backward, tuple(map(_edge, parents)), name,
+                tuple((s._vbox, s._vbox[0], s) for s in saved), n_out=len(arrays),
+                out_meta=meta)
+    for i, t in enumerate(outs):
+        t._node, t._out_idx, t.requires_grad = node, i, True
+    return tuple(outs)
 
 
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _lstm_forward(xp, mode, gx, w, b, h, c, m, reverse):
+def _lstm_forward(xp, gx, w, b, h, c, m, reverse, w_hr):
     T, B, GH = gx.shape
-    H = GH // 4
-    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
+    H, P = GH // 4, h.shape[1]
+    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is faster on h @ wt than on h @ w.T
+    wrt = None if w_hr is None else xp.ascontiguousarray(w_hr.T)
     acts = gx + b if b is not None else gx.copy()  # (T, B, 4H): pre-activations, then gates
-    y = xp.empty((T + 2, B, H), gx.dtype)
-    hprev = xp.empty((T, B, H), gx.dtype)
+    y = xp.empty((T, B, P), gx.dtype)
+    hprev = xp.empty((T, B, P), gx.dtype)
     cprev = xp.empty((T, B, H), gx.dtype)
     tcs = xp.empty((T, B, H), gx.dtype)
+    hfull = None if w_hr is None else xp.empty((T, B, H), gx.dtype)
     for t in _steps(T, reverse):
         hprev[t], cprev[t] = h, c
         a = acts[t]
@@ -108,17 +139,19 @@ def _lstm_forward(xp, mode, gx, w, b, h, c, m, reverse):
         c_new = a[:, H:2 * H] * c + a[:, :H] * g
         tc = xp.tanh(c_new, out=tcs[t])
         h_new = a[:, 3 * H:] * tc
+        if wrt is not None:  # LSTM with projections: h = W_hr (o * tanh(c))
+            hfull[t] = h_new
+            h_new = h_new @ wrt
         if m is None:
             h, c = h_new, c_new
             y[t] = h_new
         else:
             h, c = xp.where(m[t], h_new, h), xp.where(m[t], c_new, c)
             xp.multiply(h_new, m[t], out=y[t])
-    y[T], y[T + 1] = h, c
-    return y, {"acts": acts, "hprev": hprev, "cprev": cprev, "tcs": tcs}
+    return (y, h, c), {"acts": acts, "hprev": hprev, "cprev": cprev, "tcs": tcs, "hfull": hfull}
 
 
-def _lstm_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
+def _lstm_backward(xp, gy, dh, dc, w, s, m, reverse, w_hr):
     acts, cprev, tcs = s["acts"], s["cprev"], s["tcs"]
     T, B, GH = acts.shape
     H = GH // 4
@@ -129,39 +162,48 @@ def _lstm_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
     M[:, :, 1] = cprev * f * (1 - f)
     M[:, :, 2] = i * (1 - g * g)
     M[:, :, 3] = tcs * o * (1 - o)
-    P = o * (1 - tcs * tcs)  # dc += dh * P
+    Pc = o * (1 - tcs * tcs)  # dc += dh * Pc
     F = f
     keep = None
     if m is not None:  # a step that does not exist passes dh, dc through unchanged
         M *= m[..., None]
-        P = P * m
+        Pc = Pc * m
         F = xp.where(m, f, 1)
         keep = (~m).astype(acts.dtype)
     dA = xp.empty((T, B, 4, H), acts.dtype)
+    dhs = None if w_hr is None else xp.empty((T,) + dh.shape, acts.dtype)
     dh, dc = dh.copy(), dc.copy()
     for t in reversed(_steps(T, reverse)):
         dh += gy[t]
-        dc += dh * P[t]
+        dhf = dh
+        if w_hr is not None:  # back through the projection
+            dhs[t] = dh
+            dhf = dh @ w_hr
+        dc += dhf * Pc[t]
         xp.multiply(M[t, :, :3], dc[:, None], out=dA[t, :, :3])
-        xp.multiply(M[t, :, 3], dh, out=dA[t, :, 3])
+        xp.multiply(M[t, :, 3], dhf, out=dA[t, :, 3])
         dc *= F[t]
         dh_new = dA[t].reshape(B, GH) @ w
         if keep is not None:
             dh_new += dh * keep[t]
         dh = dh_new
-    dA = dA.reshape(T, B, GH)
-    return dA, dA, dh, dc
+    gwr = None
+    if w_hr is not None:
+        if m is not None:
+            dhs *= m  # a carried gradient is not the projection's
+        gwr = dhs.reshape(-1, dhs.shape[-1]).T @ s["hfull"].reshape(-1, H)
+    return dA.reshape(T, B, GH), dh, dc, gwr
 
 
-def _gru_forward(xp, mode, gx, w, b, h, c, m, reverse):
+def _gru_forward(xp, mode, gx, w, b, h, m, reverse):
     T, B, GH = gx.shape
     H = GH // 3
-    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
+    wt = xp.ascontiguousarray(w.T)
     rz = xp.empty((T, B, 2 * H), gx.dtype)
     ns = xp.empty((T, B, H), gx.dtype)
     ghn = xp.empty((T, B, H), gx.dtype)
     hprev = xp.empty((T, B, H), gx.dtype)
-    y = xp.empty((T + 1, B, H), gx.dtype)
+    y = xp.empty((T, B, H), gx.dtype)
     for t in _steps(T, reverse):
         hprev[t] = h
         gh = h @ wt
@@ -179,11 +221,10 @@ def _gru_forward(xp, mode, gx, w, b, h, c, m, reverse):
         else:
             h = xp.where(m[t], h_new, h)
             xp.multiply(h_new, m[t], out=y[t])
-    y[T] = h
-    return y, {"rz": rz, "ns": ns, "ghn": ghn, "hprev": hprev}
+    return (y, h), {"rz": rz, "ns": ns, "ghn": ghn, "hprev": hprev}
 
 
-def _gru_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
+def _gru_backward(xp, mode, gy, dh, w, s, m, reverse):
     rz, n, ghn, hprev = s["rz"], s["ns"], s["ghn"], s["hprev"]
     T, B, H = n.shape
     r, z = rz[..., :H], rz[..., H:]
@@ -195,7 +236,7 @@ def _gru_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
         A, Z = A * m, Z * m
         zc = xp.where(m, z, 1)  # dh passes through a step that does not exist
     dgx = xp.empty((T, B, 3 * H), n.dtype)
-    dgh = xp.empty((T, B, 3 * H), n.dtype)
+    dgh = s["dgh"] = xp.empty((T, B, 3 * H), n.dtype)  # the recurrent part's own gradient
     dh = dh.copy()
     for t in reversed(_steps(T, reverse)):
         dh += gy[t]
@@ -205,15 +246,15 @@ def _gru_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
         dgh[t, :, :2 * H] = dgx[t, :, :2 * H]
         xp.multiply(dan, r[t], out=dgh[t, :, 2 * H:])
         dh = dgh[t] @ w + dh * zc[t]
-    return dgx, dgh, dh, None
+    return dgx, dh
 
 
-def _rnn_forward(xp, mode, gx, w, b, h, c, m, reverse):
+def _rnn_forward(xp, mode, gx, w, b, h, m, reverse):
     T, B, H = gx.shape
-    wt = xp.ascontiguousarray(w.T)  # OpenBLAS is ~1.5x faster on h @ wt than on h @ w.T
+    wt = xp.ascontiguousarray(w.T)
     pre = gx + b if b is not None else gx.copy()
     hprev = xp.empty((T, B, H), gx.dtype)
-    y = xp.empty((T + 1, B, H), gx.dtype)
+    y = xp.empty((T, B, H), gx.dtype)
     for t in _steps(T, reverse):
         hprev[t] = h
         a = pre[t]
@@ -228,11 +269,10 @@ def _rnn_forward(xp, mode, gx, w, b, h, c, m, reverse):
         else:
             h = xp.where(m[t], a, h)
             xp.multiply(a, m[t], out=y[t])
-    y[T] = h
-    return y, {"hs": pre, "hprev": hprev}
+    return (y, h.copy()), {"hs": pre, "hprev": hprev}
 
 
-def _rnn_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
+def _rnn_backward(xp, mode, gy, dh, w, s, m, reverse):
     hs = s["hs"]
     T, B, H = hs.shape
     D = 1 - hs * hs if mode == "RNN_TANH" else (hs > 0).astype(hs.dtype)
@@ -249,4 +289,4 @@ def _rnn_backward(xp, mode, gy, dh, dc, w, s, m, reverse):
         if keep is not None:
             dh_new += dh * keep[t]
         dh = dh_new
-    return da, da, dh, None
+    return da, dh

@@ -44,34 +44,54 @@ def _compare_grads(zm, tm, zx, tx):
 # the fused recurrence: gradcheck of every input, every mode, masks and both directions
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(MODES) + ["LSTM_PROJ"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_recurrence_gradcheck(mode, masked, reverse):
     rng = np.random.default_rng(1)
-    T, B, H = 4, 3, 2
+    T, B, H = 4, 3, 3
+    proj = mode == "LSTM_PROJ"
+    mode = "LSTM" if proj else mode
+    P = 2 if proj else H
     G = MODES[mode]
     mask = None
     if masked:  # sequences of lengths 4, 2, 1 (a packed batch)
         mask = np.arange(T)[:, None] < np.array([4, 2, 1])[None, :]
-    w_gy = rng.normal(size=(T + (2 if mode == "LSTM" else 1), B, H))
-    args = [rng.normal(size=(T, B, G * H)), rng.normal(size=(G * H, H)) * 0.7,
-            rng.normal(size=(G * H,)), rng.normal(size=(B, H))]
+    shapes = [(T, B, P), (B, P)] + ([(B, H)] if mode == "LSTM" else [])
+    w_out = [_t(rng.normal(size=sh)) for sh in shapes]
+    args = [rng.normal(size=(T, B, G * H)), rng.normal(size=(G * H, P)) * 0.7,
+            rng.normal(size=(G * H,)), rng.normal(size=(B, P))]
     if mode == "LSTM":
         args.append(rng.normal(size=(B, H)))
+    if proj:
+        args.append(rng.normal(size=(P, H)))
     if mode == "RNN_RELU":
         args[0] = args[0] + 0.3  # away from relu's kink
 
-    def f(gx, w, b, h0, c0=None):
-        y = recurrence(gx, w, b, h0, c0, mode, mask, reverse)
-        return (y * _t(w_gy)).sum()
+    def f(gx, w, b, h0, c0=None, w_hr=None):
+        outs = recurrence(gx, w, b, h0, c0, mode, mask, reverse, w_hr)
+        return sum((o * wo).sum() for o, wo in zip(outs, w_out))
     check_grad(f, *args)
+
+
+def test_recurrence_output_that_gets_no_gradient():
+    """An LSTM whose c_n (or output) is unused: the missing gradients count as zeros."""
+    x = tensor.randn(3, 2, 8, dtype=tensor.float64, requires_grad=True)
+    w = tensor.randn(8, 2, dtype=tensor.float64, requires_grad=True)
+    h0 = tensor.zeros(2, 2, dtype=tensor.float64)
+    out, h_n, c_n = recurrence(x, w, None, h0, h0, "LSTM")
+    h_n.sum().backward()
+    g1 = x.grad.numpy().copy()
+    x.grad = None
+    out, h_n, c_n = recurrence(x, w, None, h0, h0, "LSTM")
+    (h_n.sum() + 0 * c_n.sum() + 0 * out.sum()).backward()
+    np.testing.assert_allclose(g1, x.grad.numpy())
 
 
 def test_recurrence_double_backward_is_refused():
     x = tensor.randn(2, 1, 1, dtype=tensor.float64, requires_grad=True)
     w = tensor.randn(1, 1, dtype=tensor.float64, requires_grad=True)
-    y = recurrence(x, w, None, tensor.zeros(1, 1, dtype=tensor.float64), None, "RNN_TANH")
+    y, _ = recurrence(x, w, None, tensor.zeros(1, 1, dtype=tensor.float64), None, "RNN_TANH")
     with pytest.raises(RuntimeError, match="double backward"):
         tensor.autograd.grad(y.sum(), [x], create_graph=True)
     (g,) = tensor.autograd.grad(y.sum(), [w])  # the first-order gradient is fine
@@ -88,7 +108,8 @@ CONFIGS = [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
 
 
 @pytest.mark.parametrize("kind,extra", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
-                                        ("RNN", {"nonlinearity": "relu"})])
+                                        ("RNN", {"nonlinearity": "relu"}),
+                                        ("LSTM", {"proj_size": 2})])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_layer_matches_pytorch(kind, extra, cfg):
     zm, tm = _pair(kind, 3, 5, **cfg, **extra)
@@ -99,8 +120,8 @@ def test_layer_matches_pytorch(kind, extra, cfg):
     shape = (B, T, 3) if cfg.get("batch_first") else (T, B, 3)
     x = rng.normal(size=shape)
     D = 2 if cfg.get("bidirectional") else 1
-    h0 = rng.normal(size=(cfg["num_layers"] * D, B, 5))
-    c0 = rng.normal(size=h0.shape)
+    h0 = rng.normal(size=(cfg["num_layers"] * D, B, extra.get("proj_size", 5)))
+    c0 = rng.normal(size=(cfg["num_layers"] * D, B, 5))
     zx, tx = _t(x).requires_grad_(), torch.tensor(x, requires_grad=True)
     zh = (_t(h0).requires_grad_(), _t(c0).requires_grad_()) if kind == "LSTM" else \
         _t(h0).requires_grad_()
@@ -222,19 +243,25 @@ def test_pack_rejects_unsorted_and_bad_lengths():
         rnn_utils.pack_padded_sequence(x, [3])
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTM_PROJ"])
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_layer_on_packed_sequence_matches_pytorch(kind, enforce_sorted):
-    zm, tm = _pair(kind, 2, 3, 2, bidirectional=True, batch_first=True)
+    extra = {"proj_size": 2} if kind == "LSTM_PROJ" else {}
+    kind = kind[:4] if extra else kind
+    zm, tm = _pair(kind, 2, 3, 2, bidirectional=True, batch_first=True, **extra)
     rng = np.random.default_rng(7)
     lengths = [6, 4, 4, 1] if enforce_sorted else [4, 6, 1, 4]
     x = rng.normal(size=(4, 6, 2))
     h0 = rng.normal(size=(4, 4, 3))
+    if extra:
+        h0 = (rng.normal(size=(4, 4, 2)), h0)
     zx, tx = _t(x).requires_grad_(), torch.tensor(x, requires_grad=True)
     zp = rnn_utils.pack_padded_sequence(zx, lengths, True, enforce_sorted)
     tp = torch.nn.utils.rnn.pack_padded_sequence(tx, lengths, True, enforce_sorted)
-    zh = (_t(h0), _t(h0 * 0.5)) if kind == "LSTM" else _t(h0)
-    th = (torch.tensor(h0), torch.tensor(h0 * 0.5)) if kind == "LSTM" else torch.tensor(h0)
+    if not extra and kind == "LSTM":
+        h0 = (h0, h0 * 0.5)
+    zh = tuple(map(_t, h0)) if kind == "LSTM" else _t(h0)
+    th = tuple(map(torch.tensor, h0)) if kind == "LSTM" else torch.tensor(h0)
     zo, zs = zm(zp, zh)
     to, ts = tm(tp, th)
     assert isinstance(zo, rnn_utils.PackedSequence)
@@ -282,7 +309,10 @@ def test_errors_name_the_problem():
     with pytest.raises(RuntimeError, match="expected h_0 of size"):
         m(tensor.zeros(2, 1, 3), (tensor.zeros(2, 1, 4), tensor.zeros(1, 1, 4)))
     with pytest.raises(ValueError, match="proj_size"):
-        nn.LSTM(3, 4, proj_size=2)
+        nn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(RuntimeError, match="expected h_0 of size"):
+        nn.LSTM(3, 4, proj_size=2)(tensor.zeros(2, 1, 3), (tensor.zeros(1, 1, 4),
+                                                            tensor.zeros(1, 1, 4)))
 
 
 @requires_cupy

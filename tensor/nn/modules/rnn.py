@@ -45,20 +45,24 @@ class RNNBase(Module):
             warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
                           f"non-zero dropout expects num_layers greater than 1, but got "
                           f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
-        if proj_size:
-            raise ValueError(f"{type(self).__name__}: proj_size={proj_size} (LSTM with "
-                             "projections) is not supported by zgrad; use proj_size=0.")
+        if proj_size < 0 or (proj_size and (mode != "LSTM" or proj_size >= hidden_size)):
+            raise ValueError(f"{type(self).__name__}: proj_size must be 0, or for LSTM a "
+                             f"positive number smaller than hidden_size ({hidden_size}); got "
+                             f"{proj_size}.")
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
-        self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, 0
+        self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, proj_size
+        out_size = proj_size or hidden_size  # the hidden state's size (the output's per direction)
         gh = GATES[mode] * hidden_size
         self._flat_weights_names = []
         for layer in range(num_layers):
             for sfx in ("", "_reverse")[:2 if bidirectional else 1]:
-                n_in = input_size if layer == 0 else hidden_size * (2 if bidirectional else 1)
-                shapes = {"weight_ih": (gh, n_in), "weight_hh": (gh, hidden_size)}
+                n_in = input_size if layer == 0 else out_size * (2 if bidirectional else 1)
+                shapes = {"weight_ih": (gh, n_in), "weight_hh": (gh, out_size)}
                 if bias:
                     shapes.update(bias_ih=(gh,), bias_hh=(gh,))
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
                 for kind, shape in shapes.items():
                     name = f"{kind}_l{layer}{sfx}"
                     setattr(self, name, Parameter.empty(shape, dtype, device))
@@ -77,7 +81,8 @@ class RNNBase(Module):
     @property
     def all_weights(self):
         """The parameters grouped per layer and direction, as PyTorch's all_weights."""
-        w, n = self._flat_weights, 4 if self.bias else 2
+        w = self._flat_weights
+        n = (4 if self.bias else 2) + (1 if self.proj_size else 0)
         return [w[i:i + n] for i in range(0, len(w), n)]
 
     def flatten_parameters(self) -> None:
@@ -86,27 +91,28 @@ class RNNBase(Module):
     def _weights(self, layer: int, direction: int):
         sfx = "_reverse" if direction else ""
         get = lambda k: getattr(self, f"{k}_l{layer}{sfx}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                get("weight_hr"))
 
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
         x, mask, unbatched = self._time_major(input)
-        T, B = x.shape[0], x.shape[1]
+        B = x.shape[1]
         D = 2 if self.bidirectional else 1
         h0, c0 = self._initial_state(hx, x, B, D, unbatched, input if packed else None)
         layer_in, hs, cs = x, [], []
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
-                w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._weights(layer, d)
                 k = layer * D + d
                 gx = F.linear(layer_in, w_ih, b_ih)
-                y = recurrence(gx, w_hh, b_hh, h0[k], None if c0 is None else c0[k],
-                               self.mode, mask, reverse=d == 1)
-                outs.append(y[:T])
-                hs.append(y[T])
+                res = recurrence(gx, w_hh, b_hh, h0[k], None if c0 is None else c0[k],
+                                 self.mode, mask, reverse=d == 1, w_hr=w_hr)
+                outs.append(res[0])
+                hs.append(res[1])
                 if c0 is not None:
-                    cs.append(y[T + 1])
+                    cs.append(res[2])
             layer_in = outs[0] if D == 1 else cat(outs, 2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, True)
@@ -154,10 +160,12 @@ class RNNBase(Module):
     def _initial_state(self, hx, x, B, D, unbatched, packed):
         """Per layer-and-direction initial states (h0, and c0 for LSTM), zeros by default."""
         shape = (self.num_layers * D, B, self.hidden_size)
+        h_shape = shape[:2] + (self.proj_size or self.hidden_size,)
         lstm = self.mode == "LSTM"
         if hx is None:
-            h0 = zeros(*shape, dtype=x.dtype, device=x.device)
-            return h0, (h0 if lstm else None)
+            c0 = zeros(*shape, dtype=x.dtype, device=x.device)
+            h0 = zeros(*h_shape, dtype=x.dtype, device=x.device) if self.proj_size else c0
+            return h0, (c0 if lstm else None)
         if lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of Tensors")
@@ -170,10 +178,11 @@ class RNNBase(Module):
         for i, s in enumerate(states):
             if unbatched:
                 s = s.unsqueeze(1)
-            if tuple(s.shape) != shape:
+            want = h_shape if i == 0 else shape
+            if tuple(s.shape) != want:
                 name = ("h_0", "c_0")[i] if lstm else "hx"
                 raise RuntimeError(f"{type(self).__name__}: expected {name} of size "
-                                   f"{list(shape[:1] + shape[2:]) if unbatched else list(shape)}"
+                                   f"{list(want[:1] + want[2:]) if unbatched else list(want)}"
                                    f", got {list(states[i].shape)}.")
             if packed is not None and packed.sorted_indices is not None:
                 s = s[:, packed.sorted_indices]  # the caller's batch order -> the sorted one
@@ -203,6 +212,8 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
 
@@ -292,9 +303,9 @@ class RNNCellBase(Module):
                 raise RuntimeError(f"{type(self).__name__}: hidden state has shape "
                                    f"{list(s.shape)}, expected {[B, self.hidden_size]}.")
         gx = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)
-        y = recurrence(gx, self.weight_hh, self.bias_hh, states[0],
-                       states[1] if n_states == 2 else None, self.mode)
-        outs = [y[1], y[2]] if n_states == 2 else [y[1]]
+        res = recurrence(gx, self.weight_hh, self.bias_hh, states[0],
+                         states[1] if n_states == 2 else None, self.mode)
+        outs = list(res[1:])
         return [o.squeeze(0) for o in outs] if unbatched else outs
 
     def extra_repr(self) -> str:
