@@ -4,8 +4,8 @@ Note [Fused recurrence]
 ~~~~~~~~~~~~~~~~~~~~~~~
 A layer splits into the input projection ``gx = x @ W_ih.T + b_ih`` for all time steps at once
 (one matmul, an ordinary ``linear`` op) and the recurrence, which is one op here:
-``recurrence(gx, w_hh, b_hh, h0, c0, mode, mask, reverse, w_hr)``. Its forward loops over time, one
-matmul of the hidden state with the fused gate weights per step, and keeps the gate
+``recurrence(gx, w_hh, b_hh, h0, c0, mode, mask, reverse, w_hr)``. Its forward loops over
+time, one matmul of the hidden state with the fused gate weights per step, and keeps the gate
 activations; its backward runs the whole backward-through-time on raw arrays: every
 elementwise factor that does not depend on the incoming gradient is computed for all steps at
 once before the loop, so a step costs one matmul and a few multiplies, and the weight gradient
