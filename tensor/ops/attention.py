@@ -7,7 +7,8 @@ attention probabilities for backward, whose closed form is
 
 (gP = go v^T, times the dropout mask). The composite records five nodes; the fused op was only
 5-12% faster forward + backward at (16, 4, 64, 32) float32 with a causal mask (the matmuls
-dominate), and is kept for its single saved array (P) and its safe handling of masked rows. With create_graph=True the backward is written with differentiable ops instead.
+dominate), and is kept for its single saved array (P) and its safe handling of masked rows.
+With create_graph=True the backward is written with differentiable ops instead.
 Masks become one additive float ``bias`` (-inf where a position may not attend). A query row
 with every key masked gives zero output in scaled_dot_product_attention (PyTorch's "safe"
 softmax) and NaN in the weights of multi_head_attention_forward with need_weights=True, both
