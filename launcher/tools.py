@@ -13,12 +13,19 @@ class ToolError(Exception):
     """A tool cannot run (missing optional package, empty run folder): one paragraph, exit 2."""
 
 
-def _version(module: str) -> str:
-    try:
-        mod = __import__(module)
-    except Exception as e:   # an installed but broken package is worth showing as such
-        return "not installed" if isinstance(e, ImportError) else f"broken ({e})"
-    return getattr(mod, "__version__", "installed")
+def _version(dist: str) -> str:
+    """An installed distribution's version, read from its metadata (importing tensorboardX or
+    scikit-learn would take seconds: tensorboardX imports torch when it is there)."""
+    from importlib import metadata
+    names = [dist] if dist != "cupy" else \
+        [d.metadata["Name"] for d in metadata.distributions()
+         if (d.metadata["Name"] or "").lower().startswith("cupy")]
+    for name in names:
+        try:
+            return metadata.version(name) + ("" if name == dist else f" ({name})")
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def _zgrad_version() -> str:
@@ -58,9 +65,15 @@ def env_report() -> tuple:
     lines = [f"python: {platform.python_version()} ({sys.executable})",
              f"platform: {platform.platform()}",
              f"zgrad: {_zgrad_version()}"]
-    for mod in ("numpy", "zmq", "cupy", "omegaconf", "yaml", "sklearn", "matplotlib",
-                "tensorboardX"):
-        lines.append(f"{mod}: {_version(mod)}")
+    for dist in ("numpy", "pyzmq", "cupy", "omegaconf", "PyYAML", "scikit-learn", "matplotlib",
+                 "tensorboardX", "mlxtend"):
+        lines.append(f"{dist}: {_version(dist)}")
+        if dist == "pyzmq":
+            try:
+                import zmq
+                lines[-1] += f" (libzmq {zmq.zmq_version()})"
+            except ImportError:
+                pass
     warnings = []
     cpus = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus

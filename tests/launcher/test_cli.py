@@ -39,7 +39,7 @@ def test_check_says_ok_with_a_summary(tmp_path):
 def test_env_reports_versions_and_shm(tmp_path):
     r = zgrad("env", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for item in ("python:", "numpy:", "zgrad:", "zmq:", "cupy:", "CPUs:", "GPUs", "/dev/shm:"):
+    for item in ("python:", "numpy:", "zgrad:", "pyzmq:", "cupy:", "CPUs:", "GPUs", "/dev/shm:"):
         assert item in r.stdout
 
 
