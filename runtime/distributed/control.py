@@ -19,6 +19,8 @@ from . import wire
 
 # the largest frame a member sends: a header, or a payload frame (Note [Unauthenticated bytes])
 MAX_FRAME_BYTES = wire.FRAME_MAX_BYTES + 4096
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 def _heartbeat(sock: zmq.Socket):
@@ -33,16 +35,21 @@ class ControlLink:
 
     def __init__(self, size: int, rank: int, auth: wire.Auth, bind_host: str, what: str):
         self.size, self.rank, self.auth, self.what = size, rank, auth, what
+        self._curve_secret, self._curve_public = wire.curve_server_keys(auth.key)
         self.pull = wire.context().socket(zmq.PULL)
         wire.limit_socket(self.pull, MAX_FRAME_BYTES)
         self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.curve_server = True          # see Note [Unauthenticated bytes]
+        self.pull.curve_secretkey = self._curve_secret
         _heartbeat(self.pull)
+        self.pull_monitor = self.pull.get_monitor_socket(_HANDSHAKE_FAILED)
         port = self.pull.bind_to_random_port(f"tcp://{bind_host}")
         self.endpoint = f"tcp://{bind_host}:{port}"
         self.push: dict[int, zmq.Socket] = {}
         self.monitors: dict[zmq.Socket, int] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
+        self.poller.register(self.pull_monitor, zmq.POLLIN)
         self.pending = [collections.deque() for _ in range(size)]
         self.send_count = [0] * size
         self.recv_count = [0] * size
@@ -64,6 +71,8 @@ class ControlLink:
             s = ctx.socket(zmq.PUSH)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.LINGER, 2000)
+            s.curve_serverkey = self._curve_public
+            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()   # unchecked: any will do
             _heartbeat(s)
             mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
             self.monitors[mon] = peer
@@ -93,12 +102,15 @@ class ControlLink:
         """Wait up to timeout_ms for a message, a monitor event or one of `fds` ((fd, event)
         pairs); take the messages and events that arrived."""
         if fds:
-            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in [self.pull, *self.monitors]]
+            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in
+                                        [self.pull, self.pull_monitor, *self.monitors]]
                                        + fds, timeout_ms))
         else:
             events = dict(self.poller.poll(timeout_ms))
         if self.pull in events:
             self.drain()
+        if self.pull_monitor in events:
+            self._count_handshake_failures()
         for mon, peer in self.monitors.items():
             if mon in events:
                 while mon.poll(0):
@@ -107,6 +119,14 @@ class ControlLink:
                         self.lost.setdefault(peer, time.monotonic())
                     elif ev["event"] == zmq.EVENT_CONNECTED:
                         self.lost.pop(peer, None)
+
+    def _count_handshake_failures(self):
+        while self.pull_monitor.poll(0):
+            ev = recv_monitor_message(self.pull_monitor, zmq.NOBLOCK)
+            if ev["event"] & _HANDSHAKE_FAILED:
+                self.refusals.refuse(f"a client of {self.endpoint}", "its ZeroMQ (CURVE) "
+                                     "handshake failed: it does not hold the job secret",
+                                     "connection")
 
     def drain(self):
         """Take every queued message: verified ones in order into ``pending``, ABORTs into
@@ -148,5 +168,8 @@ class ControlLink:
             mon.close(0)
         for s in self.push.values():
             s.close()
+        self._count_handshake_failures()
+        self.pull.disable_monitor()
+        self.pull_monitor.close(0)
         self.pull.close(0)
         self.refusals.report()

@@ -20,7 +20,8 @@ first says hello and learns the server's random ``sid``; every request then carr
 client's random ``cid`` and a counter ``n`` that must grow, and is signed with ``sid`` in the
 context, so a request replayed from another job's store or within this one is refused. The
 client checks a reply's MAC before it decodes it. A request that fails its MAC is dropped and
-counted (Note [Unauthenticated bytes]) and answered with the bare ``REFUSED`` frame: the
+counted (Note [Unauthenticated bytes]: the store reads its socket all the time, so what
+a stranger sends is dropped as fast as it comes) and answered with the bare ``REFUSED`` frame: the
 client cannot verify that (the store does not know our secret), so it reads it as "what
 listens there does not share our secret", never as the store's word on anything else.
 """
