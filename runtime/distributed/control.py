@@ -1,7 +1,8 @@
 """The control link of a peer mesh: signed, counted ZeroMQ messages between group members.
 
 Each member binds one PULL socket and connects one PUSH socket to every other member (see
-Note [Peer mesh] in transport.py). Every message is signed for its receiver, its group and
+Note [Peer mesh] in transport.py); only holders of the job secret get through the connection
+gate (Note [Connection gate]). Every message is signed for its receiver, its group and
 its job (Note [Wire MAC]) and carries a per-(sender, receiver) counter, so within a pair
 messages arrive in order, exactly once; they are parked per sender until the mesh asks.
 Only the group's communication thread touches these sockets.
@@ -15,12 +16,11 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import wire
+from . import wire, zap
 
 # the largest frame a member sends: a header, or a payload frame (Note [Unauthenticated bytes])
 MAX_FRAME_BYTES = wire.FRAME_MAX_BYTES + 4096
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_NO_LOGIN = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 def _heartbeat(sock: zmq.Socket):
@@ -35,14 +35,14 @@ class ControlLink:
 
     def __init__(self, size: int, rank: int, auth: wire.Auth, bind_host: str, what: str):
         self.size, self.rank, self.auth, self.what = size, rank, auth, what
-        self._curve_secret, self._curve_public = wire.curve_server_keys(auth.key)
+        self.refusals = wire.Refusals(what)
         self.pull = wire.context().socket(zmq.PULL)
         wire.limit_socket(self.pull, MAX_FRAME_BYTES)
         self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.curve_server = True          # see Note [Unauthenticated bytes]
-        self.pull.curve_secretkey = self._curve_secret
+        self._domain = zap.gate_server(self.pull, auth.key, self.refusals)
         _heartbeat(self.pull)
-        self.pull_monitor = self.pull.get_monitor_socket(_HANDSHAKE_FAILED)
+        # a client without a login (ZeroMQ's NULL mechanism) fails before the gate's check
+        self.pull_monitor = self.pull.get_monitor_socket(_NO_LOGIN)
         port = self.pull.bind_to_random_port(f"tcp://{bind_host}")
         self.endpoint = f"tcp://{bind_host}:{port}"
         self.push: dict[int, zmq.Socket] = {}
@@ -57,7 +57,6 @@ class ControlLink:
         self.trackers: list = []              # (dst, MessageTracker) of zero-copy frames
         self.aborted: str | None = None       # the first ABORT a peer sent us...
         self.aborted_by: int | None = None    # ...and who sent it
-        self.refusals = wire.Refusals(what)
         # see Note [Wire MAC]: what our MACs are bound to, besides the header
         self._bind = b"|".join([b"zgrad-msg", auth.job, what.encode(), b""])
         self._ctx_in = self._bind + str(rank).encode()
@@ -71,8 +70,7 @@ class ControlLink:
             s = ctx.socket(zmq.PUSH)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.LINGER, 2000)
-            s.curve_serverkey = self._curve_public
-            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()   # unchecked: any will do
+            zap.gate_client(s, self.auth.key)
             _heartbeat(s)
             mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
             self.monitors[mon] = peer
@@ -110,7 +108,7 @@ class ControlLink:
         if self.pull in events:
             self.drain()
         if self.pull_monitor in events:
-            self._count_handshake_failures()
+            self._count_no_login()
         for mon, peer in self.monitors.items():
             if mon in events:
                 while mon.poll(0):
@@ -120,13 +118,12 @@ class ControlLink:
                     elif ev["event"] == zmq.EVENT_CONNECTED:
                         self.lost.pop(peer, None)
 
-    def _count_handshake_failures(self):
+    def _count_no_login(self):
         while self.pull_monitor.poll(0):
-            ev = recv_monitor_message(self.pull_monitor, zmq.NOBLOCK)
-            if ev["event"] & _HANDSHAKE_FAILED:
-                self.refusals.refuse(f"a client of {self.endpoint}", "its ZeroMQ (CURVE) "
-                                     "handshake failed: it does not hold the job secret",
-                                     "connection")
+            if recv_monitor_message(self.pull_monitor, zmq.NOBLOCK)["event"] & _NO_LOGIN:
+                # ZeroMQ does not say who: the count goes under our own address
+                self.refusals.refuse(f"a client of {self.endpoint}", "it has no ZeroMQ login "
+                                     "(a job secret) for this socket", "connection")
 
     def drain(self):
         """Take every queued message: verified ones in order into ``pending``, ABORTs into
@@ -168,8 +165,9 @@ class ControlLink:
             mon.close(0)
         for s in self.push.values():
             s.close()
-        self._count_handshake_failures()
+        self._count_no_login()
         self.pull.disable_monitor()
         self.pull_monitor.close(0)
         self.pull.close(0)
+        zap.release(self._domain)
         self.refusals.report()

@@ -47,22 +47,21 @@ Note [Unauthenticated bytes]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 Anyone who can reach a port can send bytes before we know whether they hold the secret, so
 what a stranger can make a rank hold is bounded:
-- the mesh's ZeroMQ sockets run CURVE with a server key pair derived from the job secret
-  (``curve_server_keys``): a client must know the server's public key to complete the
-  handshake, so a peer without the secret is dropped at connect and never gets a frame into
-  a queue, also in a group whose collectives run on shared memory and never read the mesh.
-  The handshake failure is counted and logged (ZeroMQ does not say from which address).
-  (CURVE also encrypts; it costs little because bulk bytes take the data channel.)
+- the mesh's ZeroMQ sockets admit a connection only once it logged in with a password
+  derived from the job secret (Note [Connection gate]): a peer without the secret is
+  dropped at the handshake and never gets a frame into a queue, also in a group whose
+  collectives run on shared memory and never read the mesh. The data channel checks its
+  hello the same way (Note [Data channel]).
 - every receiving socket (mesh PULL, store ROUTER) sets ``ZMQ_MAXMSGSIZE``: ZeroMQ drops the
   connection of a peer that announces a larger frame, during the handshake too, before it
   allocates it. Our own payloads are cut into frames of at most ``FRAME_MAX_BYTES``
-  (256 KiB; store values are limited to ``STORE_MAX_BYTES``), so the limit never bites a member.
-- the store (which cannot use CURVE: a rank with a stale secret file must be told so, see
+  (4 MiB; store values are limited to ``STORE_MAX_BYTES``), so the limit never bites a member.
+- the store (which has no gate: a rank with a stale secret file must be told so, see
   Note [Job secret]) is read continuously by its thread; a request that fails the MAC is
-  dropped when read, before it is decoded or queued, and counted per peer address. The
-  first refusal from a peer is logged at once, the total when the socket closes
-  (``Refusals``): one line per peer, not one per message. Signed mesh frames in the wrong
-  context (Note [Wire MAC]) are counted the same way.
+  dropped when read, before it is decoded or queued. Every refusal (a gate's, the store's,
+  a signed mesh frame in the wrong context, Note [Wire MAC]) is counted per peer address;
+  the first from a peer is logged at once, the total when the socket closes (``Refusals``):
+  one line per peer, not one per message.
 - no receive high-water mark: libzmq 4.3 asserts (kills the process) when a connection whose
   input stopped at a finite ZMQ_RCVHWM dies or misses heartbeats (zeromq/libzmq#3937,
   #4229), which a stranger can cause at will; and a stopped input stalls our heartbeats.
@@ -97,14 +96,13 @@ import time
 
 import msgpack
 import zmq
-import zmq.utils.z85 as z85
 
 log = logging.getLogger("runtime.distributed")
 
 SECRET_ENV = "ZGRAD_SECRET"
 ZERO_COPY_MIN_BYTES = 64 * 1024
 # see Note [Unauthenticated bytes]
-FRAME_MAX_BYTES = 256 * 1024          # payload frames of the mesh
+FRAME_MAX_BYTES = 4 << 20             # payload frames of the mesh (a ring piece is one frame)
 STORE_MAX_BYTES = 512 * 1024          # a store request or reply frame
 
 _ctx: zmq.Context | None = None
@@ -293,13 +291,6 @@ def limit_socket(sock: zmq.Socket, max_bytes: int):
     bind: ZeroMQ copies the options into the listener."""
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     sock.setsockopt(zmq.RCVHWM, 0)     # see the Note: a finite one crashes libzmq 4.3
-
-
-def curve_server_keys(key: bytes) -> tuple[bytes, bytes]:
-    """(secret, public) CURVE keys (Z85) of every mesh socket of a job with secret `key`
-    (Note [Unauthenticated bytes])."""
-    secret = z85.encode(hmac.digest(key, b"zgrad-curve-server", "sha256"))
-    return secret, zmq.curve_public(secret)
 
 
 def send_msg(sock: zmq.Socket, auth: Auth, header: dict, payload=None, track: bool = False,

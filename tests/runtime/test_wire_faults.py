@@ -48,20 +48,24 @@ STRANGER = textwrap.dedent("""
     import os, sys, time, zmq
     ctx = zmq.Context()
     big = b"\\0" * (1 << 20)
-    for addr, kind in ((sys.argv[1], zmq.PUSH), (sys.argv[2], zmq.DEALER)):
+    # the mesh twice: without a ZeroMQ login, and with a wrong one
+    for addr, kind, login in ((sys.argv[1], zmq.PUSH, False), (sys.argv[1], zmq.PUSH, True),
+                              (sys.argv[2], zmq.DEALER, False)):
         for frames, n in (([b"hdr", b"m" * 32], 1500), ([b"hdr", b"m" * 32, big], 1500)):
             s = ctx.socket(kind)
+            if login:
+                s.plain_username, s.plain_password = b"zgrad", b"guessed"
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.SNDTIMEO, 200)  # a socket whose peer hung up has nowhere to send
             s.connect(addr)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 2
             for i in range(n):              # zero-copy: the stranger itself stays small
                 try:
                     s.send_multipart(frames, copy=len(frames) == 2)
                 except zmq.Again:
                     if time.monotonic() > deadline:
                         break
-            time.sleep(1)                   # let ZeroMQ push what the other side takes
+            time.sleep(0.5)                 # let ZeroMQ push what the other side takes
     print("SENT", flush=True)
     os._exit(0)                             # no linger, no context teardown
 """)
@@ -99,9 +103,13 @@ def test_stranger_flood_is_bounded_dropped_and_logged_once_per_peer():
     for grown, x, ring_ok, _ in res:
         assert x == 3.0 and ring_ok
         assert grown < 100 << 20, f"a rank grew by {grown >> 20} MiB"    # unbounded: ~1.5 GiB
-    mesh_lines = [ln for ln in res[1][3] if ln.startswith("group 0:")]
-    store_lines = [ln for ln in res[0][3] if ln.startswith("store:")]
-    for lines, why in ((mesh_lines, "handshake failed"), (store_lines, "HMAC does not match")):
+    mesh = [ln for ln in res[1][3] if ln.startswith("group 0:")]
+    no_login = [ln for ln in mesh if "a client of tcp://127.0.0.1" in ln]
+    wrong_login = [ln for ln in mesh if "from 127.0.0.1" in ln]
+    store = [ln for ln in res[0][3] if ln.startswith("store:")]
+    assert len(mesh) == len(no_login) + len(wrong_login), mesh
+    for lines, why in ((no_login, "no ZeroMQ login"), (wrong_login, "login does not match"),
+                       (store, "HMAC does not match")):
         # one line when the peer is first refused, one with its count at close: not 1 per message
         assert len(lines) == 2, lines
         assert why in lines[0] and "127.0.0.1" in lines[0] and "ZGRAD_SECRET" in lines[0], lines
@@ -117,7 +125,7 @@ def _replay_into_subgroup(rank, ws):
     os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
     import zmq
     import runtime.distributed as dist
-    from runtime.distributed import wire
+    from runtime.distributed import wire, zap
     grab = _grab()
     captured, send_msg = [], wire.send_msg
     if rank == 1:
@@ -135,10 +143,9 @@ def _replay_into_subgroup(rank, ws):
     if rank == 1:
         wire.send_msg = send_msg
         # the injector holds the secret (another job sharing ZGRAD_SECRET, or a process on the
-        # path): it passes the CURVE handshake, so only the MAC's binding can stop it
+        # path): it passes the connection gate, so only the MAC's binding can stop it
         s = wire.context().socket(zmq.PUSH)
-        s.curve_serverkey = wire.curve_server_keys(g.mesh.auth.key)[1]
-        s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+        zap.gate_client(s, g.mesh.auth.key)
         s.connect(g.mesh.endpoints[0])
         for frames in captured:             # injected before rank 1's own messages
             s.send_multipart(frames)
@@ -384,3 +391,32 @@ def test_script_runs_under_torchrun(tmp_path):
     lines = sorted(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
     assert out.returncode == 0 and lines == ["RESULT 0 2 3.0", "RESULT 1 2 3.0"], \
         out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# payloads of several frames (everything on ZeroMQ)
+
+
+def _zmq_only_large(rank, ws):
+    os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
+    os.environ["ZGRAD_DATA_CHANNEL"] = "0"
+    import runtime.distributed as dist
+    from runtime.distributed import wire
+    dist.init_process_group(timeout=30)
+    assert not dist.api._state.world.mesh.raw
+    n = 2 * wire.FRAME_MAX_BYTES // 4 + 3          # a whole tensor is 3 frames
+    x = np.arange(n, dtype=np.float32) + rank
+    b = x.copy()
+    dist.broadcast(b, src=1)
+    outs = [np.empty(n, np.float32) for _ in range(ws)]
+    dist.all_gather(outs, x)
+    a = x.copy()
+    dist.all_reduce(a)
+    base = np.arange(n, dtype=np.float32)
+    dist.destroy_process_group()
+    return (np.array_equal(b, base + 1), all(np.array_equal(o, base + r) for r, o in
+                                             enumerate(outs)), np.array_equal(a, 2 * base + 1))
+
+
+def test_payloads_of_several_frames_arrive_whole():
+    assert spawn(_zmq_only_large, 2, timeout_s=60) == [(True, True, True)] * 2
