@@ -35,6 +35,7 @@ knows itself:
                                                     (its id); dst: the receiver's rank
     store       b"zgrad-store-req|" sid             sid: a random id drawn by the server
                 b"zgrad-store-rep|" sid | cid       cid: a random id drawn by the client
+    data hello  b"zgrad-data|" job | group | the listener's address | src, dst | nonce
 
 and the header carries the sender and its counter (mesh: per (sender, receiver), starting
 at 0; store: per client, increasing). A frame replayed into another job, group or receiver
