@@ -357,3 +357,18 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(input).__name__}")
     return _fold(input.permute(1, 0, 2).reshape(K, -1), g, N)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1):
+    """Transposed 1-D convolution, as torch.nn.functional.conv_transpose1d (height-1 2-d)."""
+    op = "conv_transpose1d"
+    if weight.array.ndim != 3 or input.array.ndim not in (2, 3):
+        raise RuntimeError(f"{op}: expected input (N, C, L) or (C, L) and a 3-D weight, got "
+                           f"input {list(input.array.shape)}, weight {list(weight.array.shape)}.")
+    y = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias,
+                         _to_2d(op, input, "stride", stride, 1),
+                         _to_2d(op, input, "padding", padding, 0),
+                         _to_2d(op, input, "output_padding", output_padding, 0), groups,
+                         _to_2d(op, input, "dilation", dilation, 1))
+    return y.squeeze(-2)
