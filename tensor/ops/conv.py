@@ -205,14 +205,40 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         gy2 = xp.ascontiguousarray(gy.array.transpose(1, 0, 2, 3)).reshape(G, Co // G, -1)
         gx = gw = gb = None
         if input.requires_grad:
-            gx = _new(col2im(xp, _gemm(wg.transpose(0, 2, 1), gy2).reshape(-1, cols.shape[2]),
-                             g, N))
+            gx = _new(_input_grad(xp, gy.array, gy2, wg, g, N))
         if weight.requires_grad:
-            gw = _new(_gemm(gy2, cols.transpose(0, 2, 1)).reshape(w.shape))
+            # (cols @ gy^T)^T: OpenBLAS runs this shape faster than gy @ cols^T
+            gw = _new(_gemm(cols, gy2.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(w.shape))
         if bias is not None and bias.requires_grad:
             gb = _new(gy2.sum(-1).reshape(Co))
         return gx, gw, gb
     return from_op(y, (input, weight, bias), backward, "convolution", saved=(input, weight))
+
+
+def _input_grad(xp, gy, gy2, wg, g: Geom, N):
+    """conv2d's input gradient: W^T @ gy, then col2im.
+
+    With unit width stride the columns are computed on the padded input's grid (gy placed at
+    each window's top-left corner, zeros elsewhere), so each kernel offset's scatter-add is one
+    contiguous shifted add over the whole flattened batch, not OH*N short rows (col2im's
+    strided adds run several times slower). The GEMM grows by the padded/output area ratio.
+    """
+    if g.sw != 1:
+        return col2im(xp, _gemm(wg.transpose(0, 2, 1), gy2).reshape(-1, gy2.shape[2]), g, N)
+    G, Co = wg.shape[0], gy.shape[1]
+    hp, wp = padded_hw(g)
+    grid = xp.zeros((Co, N, hp, wp), gy.dtype)
+    grid[:, :, 0:(g.OH - 1) * g.sh + 1:g.sh, :g.OW] = gy.transpose(1, 0, 2, 3)
+    n = N * hp * wp
+    cols = _gemm(wg.transpose(0, 2, 1), grid.reshape(G, Co // G, n)).reshape(
+        g.C, g.kh * g.kw, n)
+    acc = xp.zeros((g.C, n + (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw), gy.dtype)
+    for i in range(g.kh):      # a loop over kernel offsets, never over pixels
+        for j in range(g.kw):
+            s = i * g.dh * wp + j * g.dw
+            acc[:, s:s + n] += cols[:, i * g.kw + j]
+    gx = acc[:, :n].reshape(g.C, N, hp, wp)[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W]
+    return xp.ascontiguousarray(gx.transpose(1, 0, 2, 3))
 
 
 def _conv2d_graph_backward(gy, input, weight, bias, g, G):
