@@ -192,53 +192,62 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Co, G = w.shape[0], groups
     k, s, d = w.shape[2:], _tuple(stride, 2, "stride", op), _tuple(dilation, 2, "dilation", op)
     g = make_geom(op, C, H, W, k, s, d, _padding4(op, padding, k, s, d))
-    cols = im2col(xp, x, g).reshape(G, -1, N * g.OH * g.OW)
+    L = g.OH * g.OW
+    cols = im2col_batched(xp, x, g).reshape(N, G, -1, L)
     wg = w.reshape(G, Co // G, -1)
-    y2 = _gemm(wg, cols).reshape(Co, -1)
+    y = wg @ cols  # (N, G, Co/G, L): already NCHW
     if bias is not None:
-        y2 += bias.array[:, None]
-    y = xp.ascontiguousarray(y2.reshape(Co, N, g.OH, g.OW).transpose(1, 0, 2, 3))
+        y += bias.array.reshape(G, -1, 1)
+    y = y.reshape(N, Co, g.OH, g.OW)
 
     def backward(gy):
         if _grad_state.enabled:
             return _conv2d_graph_backward(gy, input, weight, bias, g, G)
-        gy2 = xp.ascontiguousarray(gy.array.transpose(1, 0, 2, 3)).reshape(G, Co // G, -1)
+        gy4 = gy.array.reshape(N, G, Co // G, L)
         gx = gw = gb = None
         if input.requires_grad:
-            gx = _new(_input_grad(xp, gy.array, gy2, wg, g, N))
+            gx = _new(_input_grad(xp, gy.array, wg, g))
         if weight.requires_grad:
-            # (cols @ gy^T)^T: OpenBLAS runs this shape faster than gy @ cols^T
-            gw = _new(_gemm(cols, gy2.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(w.shape))
+            gw = _new((gy4 @ cols.transpose(0, 1, 3, 2)).sum(0).reshape(w.shape))
         if bias is not None and bias.requires_grad:
-            gb = _new(gy2.sum(-1).reshape(Co))
+            gb = _new(gy4.sum((0, 3)).reshape(Co))
         return gx, gw, gb
     return from_op(y, (input, weight, bias), backward, "convolution", saved=(input, weight))
 
 
-def _input_grad(xp, gy, gy2, wg, g: Geom, N):
-    """conv2d's input gradient: W^T @ gy, then col2im.
+def im2col_batched(xp, x, g: Geom):
+    """Columns per sample, (N, C*kh*kw, OH*OW): a GEMM per sample writes NCHW directly."""
+    win = _windows(xp, _padded(xp, x, g), g)
+    return xp.ascontiguousarray(win).reshape(x.shape[0], g.C * g.kh * g.kw, g.OH * g.OW)
+
+
+def _input_grad(xp, gy, wg, g: Geom):
+    """conv2d's input gradient: W^T @ gy per sample, then the scatter-add of col2im.
 
     With unit width stride the columns are computed on the padded input's grid (gy placed at
     each window's top-left corner, zeros elsewhere), so each kernel offset's scatter-add is one
-    contiguous shifted add over the whole flattened batch, not OH*N short rows (col2im's
-    strided adds run several times slower). The GEMM grows by the padded/output area ratio.
+    contiguous shifted add of whole flattened planes, not OH short rows per plane (strided
+    adds of short rows run several times slower). The GEMM grows by the padded/output area.
     """
+    N, Co = gy.shape[:2]
+    G = wg.shape[0]
+    wt = wg.transpose(0, 2, 1)
     if g.sw != 1:
-        return col2im(xp, _gemm(wg.transpose(0, 2, 1), gy2).reshape(-1, gy2.shape[2]), g, N)
-    G, Co = wg.shape[0], gy.shape[1]
+        cols = wt @ gy.reshape(N, G, Co // G, -1)  # (N, G, Kg, L) -> channel-major col2im
+        cols = cols.reshape(N, -1, g.OH * g.OW).transpose(1, 0, 2)
+        return col2im(xp, xp.ascontiguousarray(cols), g, N)
     hp, wp = padded_hw(g)
-    grid = xp.zeros((Co, N, hp, wp), gy.dtype)
-    grid[:, :, 0:(g.OH - 1) * g.sh + 1:g.sh, :g.OW] = gy.transpose(1, 0, 2, 3)
-    n = N * hp * wp
-    cols = _gemm(wg.transpose(0, 2, 1), grid.reshape(G, Co // G, n)).reshape(
-        g.C, g.kh * g.kw, n)
-    acc = xp.zeros((g.C, n + (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw), gy.dtype)
+    grid = xp.zeros((N, Co, hp, wp), gy.dtype)
+    grid[:, :, 0:(g.OH - 1) * g.sh + 1:g.sh, :g.OW] = gy
+    n = hp * wp
+    cols = (wt @ grid.reshape(N, G, Co // G, n)).reshape(N, g.C, g.kh * g.kw, n)
+    acc = xp.zeros((N, g.C, n + (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw), gy.dtype)
     for i in range(g.kh):      # a loop over kernel offsets, never over pixels
         for j in range(g.kw):
             s = i * g.dh * wp + j * g.dw
-            acc[:, s:s + n] += cols[:, i * g.kw + j]
-    gx = acc[:, :n].reshape(g.C, N, hp, wp)[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W]
-    return xp.ascontiguousarray(gx.transpose(1, 0, 2, 3))
+            acc[:, :, s:s + n] += cols[:, :, i * g.kw + j]
+    gx = acc[:, :, :n].reshape(N, g.C, hp, wp)[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W]
+    return xp.ascontiguousarray(gx)
 
 
 def _conv2d_graph_backward(gy, input, weight, bias, g, G):

@@ -72,15 +72,15 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     g = _pool_geom(op, x, kernel_size, stride, padding, dilation, ceil_mode)
     fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     win = _windows(xp, _padded(xp, x, g, fill), g)
-    y = win[:, :, 0, 0].copy()
-    arg = xp.zeros(y.shape, np.int32)
-    for off in range(1, g.kh * g.kw):  # a loop over kernel offsets, not pixels
-        v = win[:, :, off // g.kw, off % g.kw]
-        better = (v > y) | (v != v)  # a later NaN wins, as PyTorch's CPU kernel
-        # arithmetic updates: several times faster than copyto(where=) or boolean assignment
-        arg += better * (off - arg)
-        xp.maximum(y, v, out=y)  # propagates NaN, as PyTorch
+    y, arg = _window_max(xp, win, g, nan_aware=False)
+    if x.dtype.kind == "f" and bool(xp.isnan(y).any()):
+        # a NaN reached the output (max propagates it): redo the argmax the way PyTorch's CPU
+        # kernel picks among NaNs; the common NaN-free case skips this check per offset
+        y, arg = _window_max(xp, win, g, nan_aware=True)
     indices = _flat_indices(xp, arg, g) if return_indices else None
+    # windows that tile the input exactly (stride == kernel, no padding) write each input once
+    tiles = (g.sh, g.sw, g.dh, g.dw) == (g.kh, g.kw, 1, 1) and (g.pt, g.pl) == (0, 0) and \
+        (g.OH * g.kh, g.OW * g.kw) == (g.H, g.W)
 
     def backward(gy):
         if _grad_state.enabled:  # create_graph: a differentiable scatter to the argmax
@@ -90,6 +90,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             return (z.scatter_add(2, idx.reshape(n, c, -1), gy.reshape(n, c, -1))
                     .reshape(n, c, g.H, g.W),)
         gyd = gy.array
+        if tiles:
+            gx = xp.empty(x.shape, gyd.dtype)
+            for off in range(g.kh * g.kw):
+                xp.multiply(gyd, arg == off, out=gx[offset_slices(g, off // g.kw, off % g.kw)])
+            return (_new(gx),)
         acc = xp.zeros(x.shape[:2] + padded_hw(g), gyd.dtype)
         for off in range(g.kh * g.kw):
             acc[offset_slices(g, off // g.kw, off % g.kw)] += gyd * (arg == off)
@@ -98,8 +103,28 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return (out, indices) if return_indices else out
 
 
+def _window_max(xp, win, g: Geom, nan_aware: bool):
+    """(max, offset of the max) over each window, looping over kernel offsets, not pixels.
+
+    Ties keep the first offset; with nan_aware a NaN wins over numbers and a later NaN over an
+    earlier one, as PyTorch's CPU kernel (``val > max || isnan(val)``).
+    """
+    y = win[:, :, 0, 0].copy()
+    arg = xp.zeros(y.shape, np.int8 if g.kh * g.kw <= 127 else np.int32)  # int8: less traffic
+    for off in range(1, g.kh * g.kw):
+        v = win[:, :, off // g.kw, off % g.kw]
+        better = v > y
+        if nan_aware:
+            better |= v != v
+        # arithmetic update: several times faster than copyto(where=) or boolean assignment
+        arg += better * (off - arg)
+        xp.maximum(y, v, out=y)  # propagates NaN, as PyTorch
+    return y, arg
+
+
 def _flat_indices(xp, arg, g: Geom):
     """int64 flat positions (h * W + w) in the unpadded input plane of each window's max."""
+    arg = arg.astype(np.int64)
     i, j = arg // g.kw, arg % g.kw
     h = (xp.arange(g.OH) * g.sh - g.pt)[:, None] + i * g.dh
     w = (xp.arange(g.OW) * g.sw - g.pl)[None, :] + j * g.dw

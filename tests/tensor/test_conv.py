@@ -86,6 +86,13 @@ def test_max_pool2d_gradcheck(k, s, p, d, ceil):
     assert gradgradcheck(lambda x: F.max_pool2d(x, k, s, p, d, ceil), (x,))
 
 
+def test_max_pool2d_exact_tiling_gradcheck():
+    # stride == kernel and sizes that divide: the backward writes each input once
+    x = _t(np.random.default_rng(1).permutation(2 * 3 * 6 * 8).reshape(2, 3, 6, 8) * 0.1)
+    assert gradcheck(lambda x: F.max_pool2d(x, 2), (x,))
+    assert gradcheck(lambda x: F.max_pool2d(x, (3, 4)), (x,))
+
+
 @pytest.mark.parametrize("k,s,p,ceil,cip,div", [
     (2, None, 0, False, True, None), (3, 2, 1, True, True, None), ((3, 2), (2, 3), 1, True, False,
                                                                     None), (3, 2, 1, False, True, 5)])
