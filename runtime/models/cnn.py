@@ -1,7 +1,8 @@
 """A LeNet-style convolutional network for small grey (or colour) images.
 
     conv 5x5 (same) -> [BN] -> ReLU -> maxpool 2 -> conv 5x5 (same) -> [BN] -> ReLU -> maxpool 2
-    -> flatten -> [dropout] -> fc hidden[0] -> ReLU -> [dropout] -> fc hidden[1] -> ReLU -> fc classes
+    -> flatten -> [dropout] -> fc hidden[0] -> ReLU -> [dropout] -> fc hidden[1] -> ReLU
+    -> fc num_classes
 
 Both convolutions pad to keep the size, so one definition serves MNIST (28x28 -> 7x7 after
 the pools) and scikit-learn's digits (8x8 -> 2x2). The trainer registers it as ``cnn``.

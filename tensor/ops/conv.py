@@ -2,16 +2,21 @@
 
 Note [im2col layout]
 ~~~~~~~~~~~~~~~~~~~~
-A convolution is one matrix product over "columns": every output position's receptive field
-laid out as a column. zgrad builds the columns as a (C*kh*kw, N*OH*OW) matrix, channel-major,
-from a strided *view* of the padded input (``as_strided``: no Python loop over batch, channel
-or pixel) and one contiguous copy. With the weight as (C_out, C*kh*kw) the forward is one GEMM
-(per group), the weight gradient one GEMM, and the input gradient one GEMM followed by col2im:
-a scatter-add back into the padded input, looping only over the kh*kw kernel offsets (each
-offset adds a strided slice at once; overlapping windows accumulate correctly this way).
-This layout (batch inside the columns, not in front of them) makes each product one large
-GEMM instead of N small ones; the forward pays one transpose of the (small) output back to
-NCHW. ConvTranspose is the adjoint: its forward is GEMM + col2im, its backward im2col + GEMM.
+A convolution is a matrix product over "columns": every output position's receptive field
+laid out as a column. The columns are built from a strided *view* of the padded input
+(``as_strided``: no Python loop over batch, channel or pixel) and one contiguous copy.
+
+conv2d builds them per sample, (N, C*kh*kw, OH*OW): with the weight as (C_out, C*kh*kw), a
+batched GEMM writes the output straight into NCHW (no transpose of input or output), the
+weight gradient is a batched GEMM summed over the batch, and the input gradient a batched
+GEMM followed by col2im, a scatter-add that loops only over the kh*kw kernel offsets (each
+offset adds a shifted block at once; overlapping windows accumulate correctly). Measured on
+LeNet's shapes (C_out of 6 and 16), these per-sample GEMMs ran 1.5-3x faster in OpenBLAS than
+one large skinny GEMM over channel-major columns, and they avoid two transposes.
+
+unfold/fold, conv_transpose2d and pooling's col2im use channel-major columns
+(C*kh*kw, N*OH*OW) (``im2col``/``col2im``). ConvTranspose is conv2d's adjoint: its forward is
+GEMM + col2im, its backward im2col + GEMM.
 
 The backward of conv2d and conv_transpose2d is fused on raw arrays (for speed; it reuses the
 forward's columns). Under create_graph it is built from differentiable ops instead

@@ -94,8 +94,8 @@ def test_max_pool2d_exact_tiling_gradcheck():
 
 
 @pytest.mark.parametrize("k,s,p,ceil,cip,div", [
-    (2, None, 0, False, True, None), (3, 2, 1, True, True, None), ((3, 2), (2, 3), 1, True, False,
-                                                                    None), (3, 2, 1, False, True, 5)])
+    (2, None, 0, False, True, None), (3, 2, 1, True, True, None),
+    ((3, 2), (2, 3), 1, True, False, None), (3, 2, 1, False, True, 5)])
 def test_avg_pool2d_gradcheck(k, s, p, ceil, cip, div):
     x = _t(_rand(2, 3, 7, 8))
     assert gradcheck(lambda x: F.avg_pool2d(x, k, s, p, ceil, cip, div), (x,))
@@ -215,8 +215,8 @@ def test_conv_default_init_matches_torch_bounds():
 @pytest.mark.parametrize("zm,tm,shape,idx", [
     (nn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True),
      torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True), (2, 3, 7, 8), 0),
-    (nn.MaxPool2d((2, 3), (2, 1), (1, 1), (2, 1)), torch.nn.MaxPool2d((2, 3), (2, 1), (1, 1), (2, 1)),
-     (2, 3, 7, 8), None),
+    (nn.MaxPool2d((2, 3), (2, 1), (1, 1), (2, 1)),
+     torch.nn.MaxPool2d((2, 3), (2, 1), (1, 1), (2, 1)), (2, 3, 7, 8), None),
     (nn.MaxPool1d(3, 2, 1, return_indices=True, ceil_mode=True),
      torch.nn.MaxPool1d(3, 2, 1, return_indices=True, ceil_mode=True), (2, 3, 10), 0),
     (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
