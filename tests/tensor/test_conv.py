@@ -44,6 +44,8 @@ def test_conv2d_gradcheck(xs, ws, stride, padding, dilation, groups):
 def test_conv2d_double_backward():
     x, w, b = _t(_rand(2, 4, 5, 6)), _t(_rand(4, 2, 3, 2, seed=1)), _t(_rand(4, seed=2))
     assert gradgradcheck(lambda x, w, b: F.conv2d(x, w, b, 2, 1, (1, 2), 2), (x, w, b))
+    w2 = _t(_rand(3, 4, 2, 3, seed=3))  # even kernel: asymmetric 'same' padding
+    assert gradgradcheck(lambda x, w: F.conv2d(x, w, None, 1, "same"), (x, w2))
 
 
 @pytest.mark.parametrize("stride,padding,output_padding,dilation,groups", [

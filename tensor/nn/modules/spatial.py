@@ -45,8 +45,9 @@ class Dropout1d(_DropoutNd):
 
 
 class Dropout2d(_DropoutNd):
-    """Zero whole channels (feature maps) of (N, C, H, W) or (C, H, W) with probability p in
-    training, scaling the rest by 1/(1-p)."""
+    """Zero whole channels (feature maps) of (N, C, H, W) with probability p in training,
+    scaling the rest by 1/(1-p). As PyTorch, a 3-D input is taken as (N, C, L), with its
+    warning."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace)
