@@ -8,9 +8,10 @@ laid out as a column. The columns are built from a strided *view* of the padded 
 
 conv2d builds them per sample, (N, C*kh*kw, OH*OW): with the weight as (C_out, C*kh*kw), a
 batched GEMM writes the output straight into NCHW (no transpose of input or output), the
-weight gradient is a batched GEMM summed over the batch, and the input gradient a batched
-GEMM followed by col2im, a scatter-add that loops only over the kh*kw kernel offsets (each
-offset adds a shifted block at once; overlapping windows accumulate correctly). Measured on
+weight gradient is a batched GEMM summed over the batch, and the input gradient a GEMM
+followed by col2im, a scatter-add that loops only over the kh*kw kernel offsets (each offset
+adds a shifted block at once; overlapping windows accumulate correctly; see _input_grad for
+the contiguous variant used when the width stride is 1). Measured on
 LeNet's shapes (C_out of 6 and 16), these per-sample GEMMs ran 1.5-3x faster in OpenBLAS than
 one large skinny GEMM over channel-major columns, and they avoid two transposes.
 
@@ -227,12 +228,14 @@ def im2col_batched(xp, x, g: Geom):
 
 
 def _input_grad(xp, gy, wg, g: Geom):
-    """conv2d's input gradient: W^T @ gy per sample, then the scatter-add of col2im.
+    """conv2d's input gradient: W^T @ gy, then the scatter-add of col2im.
 
-    With unit width stride the columns are computed on the padded input's grid (gy placed at
-    each window's top-left corner, zeros elsewhere), so each kernel offset's scatter-add is one
-    contiguous shifted add of whole flattened planes, not OH short rows per plane (strided
-    adds of short rows run several times slower). The GEMM grows by the padded/output area.
+    With unit width stride the columns are computed on the padded input's grid, channel-major
+    (gy placed at each window's top-left corner, zeros elsewhere), so each kernel offset's
+    scatter-add is one contiguous shifted add over the whole flattened batch, not N*OH short
+    rows (strided adds of short rows ran several times slower). The GEMM grows by the
+    padded/output area ratio; measured on LeNet's second layer the whole input gradient took
+    1.2 ms against 1.9 ms for batch-major columns.
     """
     N, Co = gy.shape[:2]
     G = wg.shape[0]
@@ -242,17 +245,17 @@ def _input_grad(xp, gy, wg, g: Geom):
         cols = cols.reshape(N, -1, g.OH * g.OW).transpose(1, 0, 2)
         return col2im(xp, xp.ascontiguousarray(cols), g, N)
     hp, wp = padded_hw(g)
-    grid = xp.zeros((N, Co, hp, wp), gy.dtype)
-    grid[:, :, 0:(g.OH - 1) * g.sh + 1:g.sh, :g.OW] = gy
-    n = hp * wp
-    cols = (wt @ grid.reshape(N, G, Co // G, n)).reshape(N, g.C, g.kh * g.kw, n)
-    acc = xp.zeros((N, g.C, n + (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw), gy.dtype)
+    grid = xp.zeros((Co, N, hp, wp), gy.dtype)
+    grid[:, :, 0:(g.OH - 1) * g.sh + 1:g.sh, :g.OW] = gy.transpose(1, 0, 2, 3)
+    n = N * hp * wp
+    cols = _gemm(wt, grid.reshape(G, Co // G, n)).reshape(g.C, g.kh * g.kw, n)
+    acc = xp.zeros((g.C, n + (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw), gy.dtype)
     for i in range(g.kh):      # a loop over kernel offsets, never over pixels
         for j in range(g.kw):
             s = i * g.dh * wp + j * g.dw
-            acc[:, :, s:s + n] += cols[:, :, i * g.kw + j]
-    gx = acc[:, :, :n].reshape(N, g.C, hp, wp)[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W]
-    return xp.ascontiguousarray(gx)
+            acc[:, s:s + n] += cols[:, i * g.kw + j]
+    gx = acc[:, :n].reshape(g.C, N, hp, wp)[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W]
+    return xp.ascontiguousarray(gx.transpose(1, 0, 2, 3))
 
 
 def _conv2d_graph_backward(gy, input, weight, bias, g, G):
@@ -343,7 +346,7 @@ def _conv_transpose2d_graph_backward(gy, input, weight, bias, g, G):
     return gx, gw, gb
 
 
-def _to_2d(op, t, name, v, fill):
+def _to_2d(op, name, v, fill):
     """A 1-d conv argument as its 2-d form over a height-1 image."""
     if isinstance(v, str):
         return v
@@ -358,8 +361,8 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise RuntimeError(f"{op}: expected input (N, C, L) or (C, L) and a 3-D weight, got "
                            f"input {list(input.array.shape)}, weight {list(weight.array.shape)}.")
     y = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias,
-               _to_2d(op, input, "stride", stride, 1), _to_2d(op, input, "padding", padding, 0),
-               _to_2d(op, input, "dilation", dilation, 1), groups)
+               _to_2d(op, "stride", stride, 1), _to_2d(op, "padding", padding, 0),
+               _to_2d(op, "dilation", dilation, 1), groups)
     return y.squeeze(-2)
 
 
@@ -407,8 +410,8 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
         raise RuntimeError(f"{op}: expected input (N, C, L) or (C, L) and a 3-D weight, got "
                            f"input {list(input.array.shape)}, weight {list(weight.array.shape)}.")
     y = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias,
-                         _to_2d(op, input, "stride", stride, 1),
-                         _to_2d(op, input, "padding", padding, 0),
-                         _to_2d(op, input, "output_padding", output_padding, 0), groups,
-                         _to_2d(op, input, "dilation", dilation, 1))
+                         _to_2d(op, "stride", stride, 1),
+                         _to_2d(op, "padding", padding, 0),
+                         _to_2d(op, "output_padding", output_padding, 0), groups,
+                         _to_2d(op, "dilation", dilation, 1))
     return y.squeeze(-2)
