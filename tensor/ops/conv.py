@@ -199,7 +199,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     k, s, d = w.shape[2:], _tuple(stride, 2, "stride", op), _tuple(dilation, 2, "dilation", op)
     g = make_geom(op, C, H, W, k, s, d, _padding4(op, padding, k, s, d))
     L = g.OH * g.OW
-    cols = im2col_batched(xp, x, g).reshape(N, G, -1, L)
+    cols = im2col_batched(xp, x, g).reshape(N, G, C // G * g.kh * g.kw, L)
     wg = w.reshape(G, Co // G, -1)
     y = wg @ cols  # (N, G, Co/G, L): already NCHW
     if bias is not None:
@@ -241,8 +241,8 @@ def _input_grad(xp, gy, wg, g: Geom):
     G = wg.shape[0]
     wt = wg.transpose(0, 2, 1)
     if g.sw != 1:
-        cols = wt @ gy.reshape(N, G, Co // G, -1)  # (N, G, Kg, L) -> channel-major col2im
-        cols = cols.reshape(N, -1, g.OH * g.OW).transpose(1, 0, 2)
+        cols = wt @ gy.reshape(N, G, Co // G, g.OH * g.OW)  # (N, G, Kg, L) -> channel-major
+        cols = cols.reshape(N, g.C * g.kh * g.kw, g.OH * g.OW).transpose(1, 0, 2)
         return col2im(xp, xp.ascontiguousarray(cols), g, N)
     hp, wp = padded_hw(g)
     grid = xp.zeros((Co, N, hp, wp), gy.dtype)
@@ -261,14 +261,15 @@ def _input_grad(xp, gy, wg, g: Geom):
 def _conv2d_graph_backward(gy, input, weight, bias, g, G):
     """conv2d's backward from differentiable ops, for create_graph=True."""
     N, Co = gy.shape[0], gy.shape[1]
-    gy2 = gy.permute(1, 0, 2, 3).reshape(G, Co // G, -1)
+    NL = N * g.OH * g.OW  # explicit sizes: an empty batch (N = 0) has no -1 to infer
+    gy2 = gy.permute(1, 0, 2, 3).reshape(G, Co // G, NL)
     wg = weight.reshape(G, Co // G, -1)
     gx = gw = gb = None
     if input.requires_grad:
-        gx = _fold((wg.mT @ gy2).reshape(-1, gy2.shape[2]), g, N)
+        gx = _fold((wg.mT @ gy2).reshape(g.C * g.kh * g.kw, NL), g, N)
     if weight.requires_grad:
         cols = _unfold(input, g)
-        gw = (gy2 @ cols.reshape(G, -1, gy2.shape[2]).mT).reshape(weight.shape)
+        gw = (gy2 @ cols.reshape(G, g.C * g.kh * g.kw // G, NL).mT).reshape(weight.shape)
     if bias is not None and bias.requires_grad:
         gb = gy2.sum(-1).reshape(Co)
     return gx, gw, gb
@@ -306,16 +307,17 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     # the conv whose adjoint this is: it slides over the (Co, Ho, Wo) output, OH x OW = H x W
     g = Geom(Co, Ho, Wo, k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[0] + op_[0],
              p[1], p[1] + op_[1], H, W)
-    x2 = xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(G, Ci // G, -1)
+    x2 = xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(G, Ci // G, N * H * W)
     wg = w.reshape(G, Ci // G, -1)
-    y = col2im(xp, _gemm(wg.transpose(0, 2, 1), x2).reshape(-1, x2.shape[2]), g, N)
+    y = col2im(xp, _gemm(wg.transpose(0, 2, 1), x2).reshape(Co * k[0] * k[1], N * H * W),
+               g, N)
     if bias is not None:
         y += bias.array[:, None, None]
 
     def backward(gy):
         if _grad_state.enabled:
             return _conv_transpose2d_graph_backward(gy, input, weight, bias, g, G)
-        cols = im2col(xp, gy.array, g).reshape(G, -1, x2.shape[2])
+        cols = im2col(xp, gy.array, g).reshape(G, Co * k[0] * k[1] // G, N * H * W)
         gx = gw = gb = None
         if input.requires_grad:
             gx = _new(xp.ascontiguousarray(
@@ -333,13 +335,13 @@ def _conv_transpose2d_graph_backward(gy, input, weight, bias, g, G):
     """conv_transpose2d's backward from differentiable ops, for create_graph=True."""
     N, Ci = input.shape[0], input.shape[1]
     cols = _unfold(gy, g)
-    cols = cols.reshape(G, -1, cols.shape[1])
+    cols = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
     gx = gw = gb = None
     if input.requires_grad:
         gx = (weight.reshape(G, Ci // G, -1) @ cols).reshape(Ci, N, g.OH, g.OW).permute(
             1, 0, 2, 3)
     if weight.requires_grad:
-        x2 = input.permute(1, 0, 2, 3).reshape(G, Ci // G, -1)
+        x2 = input.permute(1, 0, 2, 3).reshape(G, Ci // G, N * g.OH * g.OW)
         gw = (x2 @ cols.mT).reshape(weight.shape)
     if bias is not None and bias.requires_grad:
         gb = gy.sum((0, 2, 3))
@@ -377,7 +379,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     s = _tuple(stride, 2, "stride", op)
     g = make_geom(op, C, H, W, k, s, d, _padding4(op, padding, k, s, d))
     K = C * g.kh * g.kw
-    return _unfold(input, g).reshape(K, N, -1).permute(1, 0, 2)
+    return _unfold(input, g).reshape(K, N, g.OH * g.OW).permute(1, 0, 2)
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
@@ -399,7 +401,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
                            f"got {L}.")
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(input).__name__}")
-    return _fold(input.permute(1, 0, 2).reshape(K, -1), g, N)
+    return _fold(input.permute(1, 0, 2).reshape(K, N * L), g, N)
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0,

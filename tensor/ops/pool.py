@@ -87,7 +87,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             idx = indices if indices is not None else _flat_indices(xp, arg, g)
             n, c = gy.shape[:2]
             z = _new(xp.zeros((n, c, g.H * g.W), gy.dtype))
-            return (z.scatter_add(2, idx.reshape(n, c, -1), gy.reshape(n, c, -1))
+            L = g.OH * g.OW
+            return (z.scatter_add(2, idx.reshape(n, c, L), gy.reshape(n, c, L))
                     .reshape(n, c, g.H, g.W),)
         gyd = gy.array
         if tiles:
@@ -164,7 +165,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     def backward(gy):
         # linear: spread gy * inv over every window position, then col2im (differentiable)
         gs = (gy * _new(inv)).permute(1, 0, 2, 3).unsqueeze(1)
-        cols = gs.expand(g.C, g.kh * g.kw, N, g.OH, g.OW).reshape(g.C * g.kh * g.kw, -1)
+        cols = gs.expand(g.C, g.kh * g.kw, N, g.OH, g.OW).reshape(g.C * g.kh * g.kw,
+                                                                 N * g.OH * g.OW)
         return (_fold(cols, g, N),)
     return from_op(y, (input,), backward, "avg_pool2d")
 

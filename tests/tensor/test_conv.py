@@ -394,3 +394,22 @@ def test_conv_and_pool_on_gpu_match_cpu():
     np.testing.assert_allclose(xg.grad.cpu().numpy(), xc.grad.numpy(), rtol=1e-4, atol=1e-5)
     for a, p in zip(gc, m.parameters()):
         np.testing.assert_allclose(p.grad.cpu().numpy(), a, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_batch_and_non_contiguous_input():
+    w = tensor.tensor(_rand(4, 3, 3, 3).astype(np.float32), requires_grad=True)
+    e = tensor.zeros(0, 3, 9, 8, requires_grad=True)
+    for f in (lambda e: F.conv2d(e, w, padding=1), lambda e: F.conv2d(e, w, stride=2),
+              lambda e: F.max_pool2d(e, 2), lambda e: F.avg_pool2d(e, 3, 2, 1),
+              lambda e: F.adaptive_avg_pool2d(e, 3)):
+        y = f(e)
+        assert y.shape[0] == 0
+        y.sum().backward()
+        assert tuple(e.grad.shape) == (0, 3, 9, 8)
+    x = _rand(5, 3, 9, 8)
+    xz, xt = tensor.tensor(x).permute(0, 1, 3, 2), torch.tensor(x).permute(0, 1, 3, 2)
+    wd = _rand(4, 3, 3, 3, seed=1)
+    np.testing.assert_allclose(F.conv2d(xz, tensor.tensor(wd), None, 2, 1).numpy(),
+                               TF.conv2d(xt, torch.tensor(wd), None, 2, 1).numpy(), atol=1e-12)
+    np.testing.assert_array_equal(F.max_pool2d(xz, 3, 2, 1).numpy(),
+                                  TF.max_pool2d(xt, 3, 2, 1).numpy())
