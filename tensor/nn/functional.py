@@ -142,7 +142,7 @@ def _check_same_shape(op, input, target, strict=False):
 
 # -- convolution, pooling, padding, resampling, feature dropout, batch norm ------------------
 # (tensor/ops/conv.py, pool.py, resize.py, batchnorm.py; kept in one block)
-from ..ops.batchnorm import batch_norm  # noqa: E402,F401
+from ..ops.batchnorm import batch_norm, instance_norm  # noqa: E402,F401
 from ..ops.conv import (conv1d, conv2d, conv_transpose1d, conv_transpose2d, fold,  # noqa: E402,F401
                         unfold)
 from ..ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d,  # noqa: E402,F401
@@ -152,7 +152,7 @@ from ..ops.resize import interpolate, pad  # noqa: E402,F401
 __all__ += ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "unfold", "fold",
             "max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices",
             "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "pad",
-            "interpolate", "upsample", "dropout1d", "dropout2d", "batch_norm"]
+            "interpolate", "upsample", "dropout1d", "dropout2d", "batch_norm", "instance_norm"]
 
 
 def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,

@@ -17,8 +17,9 @@ talks to other processes slot in without a hand-written backward.
 """
 from __future__ import annotations
 
+from .. import backend
 from .._grad_mode import no_grad
-from .._tensor import Tensor
+from .._tensor import Tensor, _new
 
 
 def batch_stats(input: Tensor, dims: tuple):
@@ -88,3 +89,32 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
             running_var.array *= 1.0 - momentum
             running_var.array += momentum * v
             running_var._vbox[0] += 1
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Normalize each (sample, channel) plane by its own statistics, as
+    torch.nn.functional.instance_norm: batch_norm over the input seen as (1, N*C, ...).
+
+    Running statistics (when given and use_input_stats) are updated with the mean over the
+    batch of the per-sample statistics, as PyTorch does.
+    """
+    if input.array.ndim < 3:
+        raise ValueError(f"instance_norm: expected an input (N, C, *spatial) with at least 3 "
+                         f"dims, got shape {list(input.array.shape)}.")
+    shape = tuple(input.array.shape)
+    N, C = shape[:2]
+    xp = backend.get_array_module(input.array)
+    tiled = [None if t is None else _new(xp.tile(t.array, N))
+             for t in (running_mean, running_var)]
+    w = None if weight is None else weight.repeat(N)
+    b = None if bias is None else bias.repeat(N)
+    y = batch_norm(input.reshape((1, N * C) + shape[2:]), tiled[0], tiled[1], w, b,
+                   use_input_stats, momentum, eps)
+    if use_input_stats:
+        with no_grad():
+            for t, r in zip((running_mean, running_var), tiled):
+                if t is not None:
+                    t.array[...] = r.array.reshape(N, C).mean(0)
+                    t._vbox[0] += 1
+    return y.reshape(shape)

@@ -171,3 +171,43 @@ def test_statistics_hook_for_sync_subclass():
     y.backward(tensor.tensor(gy))
     yr.backward(tensor.tensor(np.concatenate([gy, np.zeros((6, 3))])))
     np.testing.assert_allclose(xz.grad.numpy(), full.grad.numpy()[:4], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls,shape,kw", [
+    ("InstanceNorm2d", (3, 4, 5, 6), {}),
+    ("InstanceNorm1d", (3, 4, 7), dict(affine=True, track_running_stats=True)),
+    ("InstanceNorm2d", (4, 5, 6), dict(affine=True)),  # unbatched (C, H, W)
+    ("InstanceNorm3d", (2, 4, 3, 3, 2), dict(track_running_stats=True, momentum=0.3)),
+])
+def test_instance_norm_matches_torch(cls, shape, kw):
+    zm = getattr(nn, cls)(4, **kw).double()
+    tm = getattr(torch.nn, cls)(4, **kw).double()
+    assert repr(zm) == repr(tm)
+    if zm.affine:
+        with tensor.no_grad():
+            zm.weight.copy_(tensor.tensor(_rand(4, seed=10)))
+            zm.bias.copy_(tensor.tensor(_rand(4, seed=11)))
+    _load_into_torch(zm, tm)
+    for step in range(3):
+        x = _rand(*shape, seed=step)
+        xz, xt = tensor.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+        yz, yt = zm(xz), tm(xt)
+        np.testing.assert_allclose(yz.detach().numpy(), yt.detach().numpy(), rtol=1e-10,
+                                   atol=1e-10)
+        gy = _rand(*shape, seed=100 + step)
+        yz.backward(tensor.tensor(gy))
+        yt.backward(torch.tensor(gy))
+        np.testing.assert_allclose(xz.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-10)
+        _check_state(zm, tm)
+    zm.eval()
+    tm.eval()
+    x = _rand(*shape, seed=50)
+    np.testing.assert_allclose(zm(tensor.tensor(x)).detach().numpy(),
+                               tm(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_instance_norm_gradcheck():
+    x = tensor.tensor(_rand(2, 3, 4), requires_grad=True)
+    w = tensor.tensor(_rand(3, seed=1), requires_grad=True)
+    b = tensor.tensor(_rand(3, seed=2), requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.instance_norm(x, weight=w, bias=b, eps=1e-3), (x, w, b))

@@ -236,6 +236,13 @@ def test_conv_default_init_matches_torch_bounds():
     (nn.Unflatten(1, (3, 4)), torch.nn.Unflatten(1, (3, 4)), (2, 12, 5), None),
     (nn.Flatten(), torch.nn.Flatten(), (2, 3, 4, 5), None),
     (nn.Flatten(0, 2), torch.nn.Flatten(0, 2), (2, 3, 4, 5), None),
+    (nn.ZeroPad2d((1, 0, 2, 1)), torch.nn.ZeroPad2d((1, 0, 2, 1)), (2, 3, 4, 5), None),
+    (nn.ConstantPad1d(2, 3.5), torch.nn.ConstantPad1d(2, 3.5), (2, 3, 4), None),
+    (nn.ReflectionPad2d((1, 2, 2, 1)), torch.nn.ReflectionPad2d((1, 2, 2, 1)), (2, 3, 4, 5),
+     None),
+    (nn.ReflectionPad1d(2), torch.nn.ReflectionPad1d(2), (2, 3, 4), None),
+    (nn.ReplicationPad2d(2), torch.nn.ReplicationPad2d(2), (2, 3, 4, 5), None),
+    (nn.CircularPad2d((1, 0, 1, 2)), torch.nn.CircularPad2d((1, 0, 1, 2)), (2, 3, 4, 5), None),
 ])
 def test_layers_match_torch(zm, tm, shape, idx):
     assert repr(zm) == repr(tm)

@@ -1,4 +1,4 @@
-"""Batch normalization layers: BatchNorm1d, BatchNorm2d, BatchNorm3d.
+"""Batch normalization layers: BatchNorm1d/2d/3d, and InstanceNorm1d/2d/3d built on them.
 
 PyTorch's arguments, defaults and state_dict keys (``weight``, ``bias``, ``running_mean``,
 ``running_var``, ``num_batches_tracked``). momentum=None keeps a cumulative average
@@ -112,3 +112,49 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm3d(_BatchNorm):
     """BatchNorm over (N, C, D, H, W)."""
     _dims_ok = (5,)
+
+
+class _InstanceNorm(_BatchNorm):
+    """Per-sample, per-channel normalization (PyTorch's defaults: affine=False,
+    track_running_stats=False). Batch statistics are used in training, or always when there
+    are no running statistics; an unbatched input (C, *spatial) is accepted."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None,
+                 dtype=None, *, bias: bool = True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self._dims_ok:
+            want = " or ".join(f"{d}D" for d in self._dims_ok)
+            raise ValueError(f"{type(self).__name__}: expected {want} input (got "
+                             f"{input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        unbatched = input.dim() == self._dims_ok[0]
+        if unbatched:
+            input = input.unsqueeze(0)
+        if self.affine and input.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected input's size at dim=1 to match "
+                             f"num_features ({self.num_features}), but got: {input.shape[1]}.")
+        y = _B.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                             self.training or not self.track_running_stats,
+                             0.1 if self.momentum is None else self.momentum, self.eps)
+        return y.squeeze(0) if unbatched else y
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """InstanceNorm over (N, C, L) or unbatched (C, L)."""
+    _dims_ok = (2, 3)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """InstanceNorm over (N, C, H, W) or unbatched (C, H, W)."""
+    _dims_ok = (3, 4)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """InstanceNorm over (N, C, D, H, W) or unbatched (C, D, H, W)."""
+    _dims_ok = (4, 5)

@@ -1,4 +1,5 @@
-"""Shape and spatial helpers of convolutional networks: Unflatten, Dropout1d/2d, Upsample."""
+"""Shape and spatial helpers of convolutional networks: Unflatten, Dropout1d/2d, Upsample and
+the padding layers (ZeroPad, ConstantPad, ReflectionPad, ReplicationPad, CircularPad 1d/2d)."""
 from __future__ import annotations
 
 from ..._tensor import Tensor
@@ -73,3 +74,63 @@ class Upsample(Module):
         info = (f"size={self.size}" if self.size is not None
                 else f"scale_factor={self.scale_factor}")
         return info + f", mode={self.mode!r}"
+
+
+class _PadNd(Module):
+    """Pad the last `_n` dims by F.pad in `_mode`; padding is an int or a 2*_n tuple
+    (left, right, top, bottom, front, back)."""
+
+    _n, _mode = 2, "constant"
+
+    def __init__(self, padding, value: float = 0.0):
+        super().__init__()
+        if isinstance(padding, int):
+            padding = (padding,) * (2 * self._n)
+        padding = tuple(padding)
+        if len(padding) != 2 * self._n:
+            raise ValueError(f"{type(self).__name__}: padding must be an int or a tuple of "
+                             f"{2 * self._n} ints, got {padding!r}")
+        self.padding = padding
+        if self._mode == "constant":
+            self.value = value
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self._mode == "constant":
+            return F.pad(input, self.padding, "constant", self.value)
+        return F.pad(input, self.padding, self._mode)
+
+    def extra_repr(self) -> str:
+        if type(self).__name__.startswith("ConstantPad"):
+            return f"padding={self.padding}, value={self.value}"
+        return f"{self.padding}"
+
+
+def _pad_class(name, n, mode, doc):
+    cls = type(name, (_PadNd,), {"_n": n, "_mode": mode, "__doc__": doc})
+    if name.startswith("ZeroPad"):  # no value argument
+        def __init__(self, padding):
+            _PadNd.__init__(self, padding, 0.0)
+        cls.__init__ = __init__
+    elif not name.startswith("ConstantPad"):
+        def __init__(self, padding):
+            _PadNd.__init__(self, padding)
+        cls.__init__ = __init__
+    return cls
+
+
+ZeroPad1d = _pad_class("ZeroPad1d", 1, "constant", "Pad the last dim with zeros.")
+ZeroPad2d = _pad_class("ZeroPad2d", 2, "constant", "Pad the last 2 dims with zeros.")
+ConstantPad1d = _pad_class("ConstantPad1d", 1, "constant", "Pad the last dim with a value.")
+ConstantPad2d = _pad_class("ConstantPad2d", 2, "constant",
+                           "Pad the last 2 dims with a value.")
+ReflectionPad1d = _pad_class("ReflectionPad1d", 1, "reflect",
+                             "Pad the last dim with its reflection (edge not repeated).")
+ReflectionPad2d = _pad_class("ReflectionPad2d", 2, "reflect",
+                             "Pad the last 2 dims with their reflection.")
+ReplicationPad1d = _pad_class("ReplicationPad1d", 1, "replicate",
+                              "Pad the last dim by repeating its edge values.")
+ReplicationPad2d = _pad_class("ReplicationPad2d", 2, "replicate",
+                              "Pad the last 2 dims by repeating their edge values.")
+CircularPad1d = _pad_class("CircularPad1d", 1, "circular", "Pad the last dim circularly.")
+CircularPad2d = _pad_class("CircularPad2d", 2, "circular",
+                           "Pad the last 2 dims circularly (wrapping around).")
