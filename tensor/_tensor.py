@@ -7,9 +7,13 @@ mode is on and a parent requires grad, the output gets a ``Node`` that holds the
 closure and one *edge* per parent: ``(target, index, dtype)`` where target is the parent's
 Node (with the parent's output index in it), the parent tensor itself when it is a leaf that
 requires grad, or ``None``. The closure captures exactly what backward needs (the graph keeps
-it alive until backward releases it). Tensors that a closure captures are listed in ``saved``:
-their version counters are recorded, and backward refuses to run if an in-place op changed
-one since (PyTorch's "modified by an inplace operation" error). An op whose backward needs its
+it alive until backward releases it). What a closure captures is what gets checked: every
+Tensor among its ``__closure__`` cells has its version counter recorded, and backward refuses
+to run if an in-place op changed one since (PyTorch's "modified by an inplace operation"
+error). So a closure captures input *Tensors*, never their raw arrays (a raw array carries no
+version counter); a closure that must hold raw arrays of a Tensor (getitem's key, clamp's
+bounds) passes those Tensors as ``saved=``. A Tensor captured only for its shape would be
+checked needlessly: capture the shape instead. An op whose backward needs its
 own output (exp, tanh, sigmoid) passes ``save_output=True`` and receives the output as a second
 argument; the node keeps only the output *array*, so there is no Tensor -> Node -> Tensor cycle
 and the graph is freed by reference counting, not by the cyclic GC.
@@ -95,6 +99,28 @@ def _new(y, requires_grad=False):
     return t
 
 
+def _saved(backward, extra):
+    """Version records of every Tensor the closure captures, plus `extra` (Note [Graph])."""
+    out = None
+    cells = backward.__closure__
+    if cells is not None:
+        for c in cells:
+            try:
+                v = c.cell_contents
+            except ValueError:  # a cell not filled yet (a name bound after the closure)
+                continue
+            if isinstance(v, Tensor):
+                box = v._vbox
+                if out is None:
+                    out = [(box, box[0], v)]
+                else:
+                    out.append((box, box[0], v))
+    if extra:
+        out = out or []
+        out.extend((t._vbox, t._vbox[0], t) for t in extra if t is not None)
+    return tuple(out) if out else ()
+
+
 def from_op(y, parents, backward, name, saved=(), save_output=False):
     """Wrap op output array `y`; record a Node when grad mode is on and a parent needs grad.
 
@@ -102,7 +128,8 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
         parents: the input Tensors (None for a non-tensor input), in the order backward
             returns their gradients.
         backward: ``backward(gy) -> tuple of grads`` (``backward(gy, out)`` with save_output).
-        saved: Tensors the closure captured; their versions are checked at backward.
+        saved: Tensors whose raw arrays the closure holds (Tensors it captures directly are
+            found in its closure cells); their versions are checked at backward.
     """
     if y.__class__ is not _ndarray and isinstance(y, _generic):
         y = np.asarray(y)
@@ -115,8 +142,7 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
                 break
         else:
             return t
-        node = Node(backward, tuple(map(_edge, parents)), name,
-                    tuple((s._vbox, s._vbox[0], s) for s in saved) if saved else ())
+        node = Node(backward, tuple(map(_edge, parents)), name, _saved(backward, saved))
         if save_output:
             node.y = y
             node.out_vbox = t._vbox

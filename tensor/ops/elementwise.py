@@ -412,7 +412,9 @@ def clamp(a, min=None, max=None):
         if hi is not None:
             mask &= a.array <= hi
         return (gy * mask,)
-    return from_op(y, (a,), backward, "clamp", saved=(a,))
+    # Tensor bounds are read (as raw arrays) in backward: record their versions too
+    return from_op(y, (a,), backward, "clamp",
+                   saved=tuple(v for v in (min, max) if isinstance(v, Tensor)))
 
 
 def maximum(a, b):
@@ -461,9 +463,13 @@ def where(cond, a, b):
     if y.dtype != (x.dtype if backend.is_array(x) else z.dtype):
         y = y.astype(x.dtype if backend.is_array(x) else z.dtype)
 
+    ct = cond if isinstance(cond, Tensor) else _new(c)  # captured: version-checked
+    sa = at.array.shape if at is not None else None
+    sb = bt.array.shape if bt is not None else None
+
     def backward(gy):
-        ga = sum_to(where(cond, gy, 0.0), at.array.shape) if at is not None else None
-        gb = sum_to(where(cond, 0.0, gy), bt.array.shape) if bt is not None else None
+        ga = sum_to(where(ct, gy, 0.0), sa) if sa is not None else None
+        gb = sum_to(where(ct, 0.0, gy), sb) if sb is not None else None
         return ga, gb
     return from_op(y, (at, bt), backward, "where")
 

@@ -56,6 +56,10 @@ def _convert_index(idx, xp):
     return tuple(out), int_adv
 
 
+def _index_tensors(idx):
+    return tuple(i for i in (idx if isinstance(idx, tuple) else (idx,)) if isinstance(i, Tensor))
+
+
 def getitem(a, idx):
     """a[idx] with ints, slices, None, Ellipsis, bool masks and integer arrays."""
     xp = _xp(a)
@@ -72,7 +76,8 @@ def getitem(a, idx):
 
     def backward(gy):
         return (_index_backward(gy, key, shape, int_adv),)
-    t = from_op(y, (a,), backward, "index")
+    # key holds the raw arrays of Tensor indices: save those Tensors so they are checked
+    t = from_op(y, (a,), backward, "index", saved=_index_tensors(idx))
     if y.base is not None and (y.base is x or y.base is x.base):
         t._vbox = a._vbox
         t._base = a._base if a._base is not None else a
@@ -220,9 +225,9 @@ def copy_from(a, src):
         s = backend.to_device(s, a.device)
     y = xp.broadcast_to(s, a.array.shape).astype(a.array.dtype)
     st = src if isinstance(src, Tensor) else None
-    sshape = s.shape
+    sshape = s.shape if st is not None else None
 
-    def backward(gy):
-        return gy * 0, (sum_to(gy, sshape) if st is not None else None)
+    def backward(gy):  # reads no input values: captures shapes only
+        return gy * 0, (sum_to(gy, sshape) if sshape is not None else None)
     return from_op(y, (a, st), backward, "copy")
 

@@ -156,16 +156,16 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
             scale = wt / den
     else:
         raise ValueError(f"nll_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    shape = lp.shape
+    shape, ldt = lp.shape, lp.dtype
 
     def backward(gy):
         # d loss / d logp is -scale at the target class and 0 elsewhere: linear in gy
         if len(shape) == 2:
-            g = xp.zeros(shape, lp.dtype)
+            g = xp.zeros(shape, ldt)
             g[rows, tc] = -scale
         else:
-            g = xp.zeros(shape[:1] + shape[2:] + (C,), lp.dtype)
-            xp.put_along_axis(g, tc[..., None], (-scale)[..., None].astype(lp.dtype), -1)
+            g = xp.zeros(shape[:1] + shape[2:] + (C,), ldt)
+            xp.put_along_axis(g, tc[..., None], (-scale)[..., None].astype(ldt), -1)
             g = xp.moveaxis(g, -1, 1)
         gt = _new(g)
         if squeeze:
@@ -176,7 +176,8 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
         return gy * gt, None
     if squeeze and reduction == "none":
         y = y[0]
-    return from_op(xp.asarray(y), (logp, target), backward, "nll_loss")
+    # target is saved (checked) as in PyTorch, though the gradient uses a copy of it
+    return from_op(xp.asarray(y), (logp, target), backward, "nll_loss", saved=(target,))
 
 
 def backend_to_scalar(x):
@@ -256,12 +257,12 @@ def embedding(input, weight, padding_idx=None, max_norm=None):
     y = weight.array[input.array]
     pad = padding_idx % n
     keep = (input.array != pad)[..., None]
-    idx = input.array
+    wshape = weight.array.shape
 
-    def backward(gy):
+    def backward(gy):  # captures the index Tensor, so its version is checked
         from .index import _index_backward
-        return (_index_backward(gy * _new(keep.astype(gy.array.dtype)), (idx,),
-                                weight.array.shape, True),)
+        return (_index_backward(gy * _new(keep.astype(gy.array.dtype)), (input.array,),
+                                wshape, True),)
     return from_op(y, (weight,), backward, "embedding")
 
 

@@ -133,8 +133,10 @@ def _extreme(a, dim, keepdim, is_max):
         vals = xp.squeeze(vals, axis)
     idx_out = idx_k if keepdim else idx
 
+    nd = x.ndim
+
     def backward(gy):
-        if x.ndim == 0:
+        if nd == 0:
             return (gy,)
         g = gy if keepdim else gy.unsqueeze(axis)
         z = _new(xp.zeros(shape, g.array.dtype))
