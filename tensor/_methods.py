@@ -62,13 +62,10 @@ def _inplace_method(name, fn):
 
 def _random_fill(name, make):
     def method(self, *args, generator=None, **kw):
-        from .ops.index import _check_inplace
-        from ._grad_mode import state
-        if state.enabled and self.requires_grad:
-            _check_inplace(self, name)
-        self.array[...] = make(self, *args, generator=generator, **kw)
-        self._vbox[0] += 1
-        return self
+        y = make(self, *args, generator=generator, **kw)
+        # recorded like any in-place op: the new values do not depend on the old ones
+        return I.inplace(self, lambda old: from_op(y, (old,), lambda gy: (gy * 0,), name),
+                         op=name)
     method.__name__ = name
     return method
 

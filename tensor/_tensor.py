@@ -62,7 +62,9 @@ class Node:
     def __repr__(self):
         return f"<{self.name_()}>"
 
+    @property
     def next_functions(self):
+        """((node or leaf, output index), ...) per input, as PyTorch's grad_fn.next_functions."""
         return tuple((e[0], e[1]) if e is not None else (None, 0) for e in self.edges)
 
 
@@ -85,7 +87,23 @@ def _edge(p):
     node = p._node
     if node is None:
         return (p, 0, p.array.dtype)
+    base = p._base
+    if base is not None and base._node is not p._view_node:
+        node = _refresh_view(p)  # the base's history was rewritten since (Note [In-place ops])
     return (node, p._out_idx, p.array.dtype)
+
+
+def _refresh_view(v):
+    from .ops.index import refresh_view
+    return refresh_view(v)
+
+
+def current_node(t):
+    """t's grad_fn, rebuilt first when t is a view whose base's history was rewritten."""
+    base = t._base
+    if t._node is not None and base is not None and base._node is not t._view_node:
+        return _refresh_view(t)
+    return t._node
 
 
 def _new(y, requires_grad=False):
@@ -170,6 +188,7 @@ class Tensor:
     _node = None
     _out_idx = 0
     _base = None
+    _view_node = None  # the base's grad_fn when this view's history was last derived from it
     _hooks = None
     _post_hooks = None
     _retains_grad = False
@@ -261,7 +280,7 @@ class Tensor:
 
     @property
     def grad_fn(self):
-        return self._node
+        return current_node(self)
 
     @property
     def _version(self) -> int:

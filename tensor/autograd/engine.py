@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 
 from .. import _grad_mode
-from .._tensor import Node, Tensor, _new
+from .._tensor import Node, Tensor, _new, current_node
 
 
 def _fmt_saved(t: Tensor) -> str:
@@ -101,6 +101,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                                "a grad_fn. Did you compute it under no_grad, or forget "
                                "requires_grad=True on the inputs?")
         g, fresh = _as_grad(g, t)
+        current_node(t)  # a view whose base was rewritten in place gets its new history first
         root_grads.append((t, g, fresh))
         if t._node is None:
             leaf_roots.append(t)
@@ -117,6 +118,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if not t.requires_grad:
                 raise RuntimeError(f"grad: input {slot} does not require grad; nothing can "
                                    "flow to it.")
+            current_node(t)
             tgt = t if t._node is None else t._node
             capture.setdefault(id(tgt), []).append((slot, t._out_idx))
 

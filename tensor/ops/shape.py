@@ -13,8 +13,8 @@ from .reduce import _dims
 
 
 def _as_view(t: Tensor, a: Tensor) -> Tensor:
-    t._vbox = a._vbox
-    t._base = a._base if a._base is not None else a
+    root = a._base if a._base is not None else a
+    t._vbox, t._base, t._view_node = a._vbox, root, root._node
     return t
 
 
