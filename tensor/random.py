@@ -64,6 +64,24 @@ class Generator:
         self._cupy_rng = None
         return self
 
+    def fork_state(self):
+        """A snapshot that restore_state() returns to (checkpoint's recomputation uses it).
+
+        The CuPy stream, when in use, is reseeded from the numpy stream here, so that the
+        snapshot can recreate it exactly.
+        """
+        cuda_seed = None
+        if self._cupy_rng is not None:
+            cuda_seed = int(self.np_rng.integers(0, 2 ** 63))
+            self._cupy_rng = backend.xp_for(backend.device("cuda")).random.default_rng(cuda_seed)
+        return self.np_rng.bit_generator.state, cuda_seed
+
+    def restore_state(self, snapshot) -> None:
+        state, cuda_seed = snapshot
+        self.np_rng.bit_generator.state = state
+        if cuda_seed is not None:
+            self._cupy_rng = backend.xp_for(backend.device("cuda")).random.default_rng(cuda_seed)
+
     def cupy_rng(self):
         """The CuPy generator for CUDA draws, seeded from this generator."""
         if self._cupy_rng is None:

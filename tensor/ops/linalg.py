@@ -40,7 +40,7 @@ def matmul(a, b):
             if len(sb) == 1:
                 gb = gb.squeeze(-1)
         return ga, gb
-    return from_op(y, (a, b), backward, "matmul", saved=(a, b))
+    return from_op(y, (a, b), backward, "matmul")
 
 
 def dot(a, b):

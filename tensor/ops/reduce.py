@@ -105,7 +105,7 @@ def prod(a, dim=None, keepdim=False, dtype=None):
         inv = np.argsort(perm)
         excl = xp.transpose(excl, inv)
         return (_expand_back(gy, shape, axes, keepdim) * _new(excl),)
-    return from_op(y, (a,), backward, "prod", saved=(a,), save_output=True)
+    return from_op(y, (a,), backward, "prod", save_output=True)
 
 
 def _extreme(a, dim, keepdim, is_max):
@@ -123,7 +123,7 @@ def _extreme(a, dim, keepdim, is_max):
             # ties share the gradient evenly, as PyTorch
             mask = (a.array == y)
             return (gy * _new((mask / mask.sum()).astype(x.dtype, copy=False)),)
-        return from_op(y, (a,), backward, name, saved=(a,))
+        return from_op(y, (a,), backward, name)
     (axis,) = _dims(dim, x.ndim, name)
     idx = (xp.argmax(x, axis=axis) if is_max else xp.argmin(x, axis=axis))
     idx_k = xp.expand_dims(idx, axis) if x.ndim else idx
@@ -175,7 +175,7 @@ def _amax(a, dim, keepdim, is_max):
         mask = (a.array == yk)
         w = (mask / mask.sum(axis=axes, keepdims=True)).astype(x.dtype, copy=False)
         return (_expand_back(gy, shape, axes, keepdim) * _new(w),)
-    return from_op(y, (a,), backward, "amax" if is_max else "amin", saved=(a,))
+    return from_op(y, (a,), backward, "amax" if is_max else "amin")
 
 
 def amax(a, dim=None, keepdim=False):
@@ -292,5 +292,5 @@ def cumprod(a, dim):
     def backward(gy, out):
         # d out_j / d x_i = out_j / x_i for j >= i (inputs without zeros)
         return ((gy * out).flip(axis).cumsum(axis).flip(axis) / a,)
-    return from_op(y, (a,), backward, "cumprod", saved=(a,), save_output=True)
+    return from_op(y, (a,), backward, "cumprod", save_output=True)
 

@@ -263,3 +263,30 @@ def test_capturing_a_tensor_only_for_its_shape_is_not_checked():
     _change(a.data)
     out.backward()
     np.testing.assert_allclose(a.grad.numpy(), [1, 0, 1])
+
+
+def test_backward_closures_hold_no_unchecked_input_arrays():
+    """Audit every op of the gradient registry: a raw array a backward closure holds that
+    aliases an input's memory must belong to a Tensor whose version is recorded."""
+    from tests.tensor.test_ops import REGISTRY
+    for name, (fn, inputs) in sorted(REGISTRY.items()):
+        ts = [tensor.tensor(np.asarray(x, np.float64), requires_grad=True) for x in inputs]
+        out = fn(*ts)
+        stack, seen = [out.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            checked = {id(box) for box, _, _ in node.saved}
+            for cell in node.fn.__closure__ or ():
+                try:
+                    v = cell.cell_contents
+                except ValueError:
+                    continue
+                if isinstance(v, np.ndarray):
+                    for t in ts:
+                        if np.shares_memory(v, t.array):
+                            assert id(t._vbox) in checked, (name, node)
+            stack.extend(e[0] for e in node.edges if e is not None and
+                         isinstance(e[0], tensor._tensor.Node))
