@@ -57,6 +57,21 @@ class device:
 
 
 CPU = device("cpu")
+_default_device = [CPU]
+
+
+def get_default_device() -> device:
+    """The device factory functions use when none is given (cpu unless set)."""
+    return _default_device[0]
+
+
+def set_default_device(dev) -> None:
+    """Make factory functions (tensor, zeros, randn, ...) create on `dev`, as
+    torch.set_default_device; None restores the CPU."""
+    dev = CPU if dev is None else device(dev)
+    if dev.type == "cuda":
+        xp_for(dev)  # the clear "CuPy is not installed" error now, not at the first tensor
+    _default_device[0] = dev
 
 
 def cuda_is_available() -> bool:

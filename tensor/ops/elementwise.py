@@ -381,6 +381,18 @@ def silu(a):
     return mul(a, sigmoid(a))
 
 
+def elu(a, alpha=1.0):
+    """x where x > 0 else alpha * (exp(x) - 1)."""
+    xp = _xp(a)
+    x = _to_float(a.array)
+    y = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+
+    def backward(gy, out):
+        # d/dx: 1 above 0, out + alpha below (alpha * exp(x) without recomputing exp)
+        return (gy * where(out > 0, 1.0, out + alpha),)
+    return from_op(y, (a,), backward, "elu", save_output=True)
+
+
 def softplus(a, beta=1.0, threshold=20.0):
     """log(1 + exp(beta x)) / beta, linear above threshold (as torch)."""
     xp = _xp(a)

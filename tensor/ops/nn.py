@@ -316,3 +316,27 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target); L1 at beta=0."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
+    d = input - target
+    ad = d.abs()
+    if beta == 0:
+        return _reduce(ad, reduction, "smooth_l1_loss")
+    from .elementwise import where
+    loss = where(ad < beta, d * d * (0.5 / beta), ad - 0.5 * beta)
+    return _reduce(loss, reduction, "smooth_l1_loss")
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta) (d = input - target)."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be > 0, got {delta}")
+    d = input - target
+    ad = d.abs()
+    from .elementwise import where
+    loss = where(ad < delta, d * d * 0.5, (ad - 0.5 * delta) * delta)
+    return _reduce(loss, reduction, "huber_loss")
