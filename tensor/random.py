@@ -1,8 +1,11 @@
 """Random number generation: ``Generator``, ``manual_seed`` and the default generator.
 
 A Generator wraps a numpy PCG64 generator (``gen.np_rng``); CUDA tensors draw from a CuPy
-generator seeded from the same seed. The default seed is fixed (as PyTorch's), so an unseeded
-program is still reproducible run to run.
+generator seeded from the numpy stream. Every Generator, the default one included, starts from
+the fixed seed 67280421310721, the value PyTorch's default generator reports too
+(``initial_seed()`` returns it until ``manual_seed``/``seed`` change it), so an unseeded
+program is reproducible run to run. The *numbers* differ from PyTorch's for the same seed:
+PyTorch's CPU generator is a Mersenne Twister, zgrad's is PCG64.
 """
 from __future__ import annotations
 
