@@ -16,8 +16,8 @@ from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, fu
                        randint_like, randn, randn_like, randperm, tensor, zeros, zeros_like)
 from .creation import (BoolTensor, ByteTensor, CharTensor, DoubleTensor, FloatTensor,  # noqa
                        HalfTensor, IntTensor, LongTensor, ShortTensor)
-from .dtypes import (bool, double, float, float16, float32, float64, get_default_dtype, half,
-                     int, int8, int16, int32, int64, long, set_default_dtype, short, uint8)
+from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
+                     half, int, int8, int16, int32, int64, long, set_default_dtype, short, uint8)
 from .ops.elementwise import (abs, add, allclose, ceil, clamp, cos, div, equal, erf, exp, expm1,
                               floor, gelu, isfinite, isinf, isnan, log, log1p, log2, log10,
                               logical_and, logical_not, logical_or, maximum, minimum, mul, neg,

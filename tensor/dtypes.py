@@ -19,6 +19,21 @@ int64 = long = np.dtype("int64")
 uint8 = np.dtype("uint8")
 bool = np.dtype("bool")  # noqa: A001 - PyTorch's name
 
+
+class _BFloat16:
+    """``tensor.bfloat16``: a name for amp.autocast, not a tensor dtype (numpy has none;
+    see Note [Autocast] in tensor/_autocast.py)."""
+
+    name = "bfloat16"
+    is_floating_point = True
+    itemsize = 2
+
+    def __repr__(self):
+        return "tensor.bfloat16"
+
+
+bfloat16 = _BFloat16()
+
 _DTYPES = {"float16": float16, "half": float16, "float32": float32, "float": float32,
            "float64": float64, "double": float64, "int8": int8, "int16": int16, "short": int16,
            "int32": int32, "int": int32, "int64": int64, "long": int64, "uint8": uint8,
@@ -45,6 +60,10 @@ def as_dtype(d) -> np.dtype:
     """Normalise a dtype spec (tensor.float32, 'float32', numpy types) to a numpy dtype."""
     if d is None:
         return None
+    if d is bfloat16 or (isinstance(d, str) and d.split(".")[-1] == "bfloat16"):
+        raise TypeError("bfloat16 tensors are not supported (numpy has no bfloat16 dtype); "
+                        "use tensor.amp.autocast('cpu', dtype=tensor.bfloat16), which emulates "
+                        "it, or float16/float32.")
     if isinstance(d, np.dtype):
         out = d
     elif isinstance(d, str):

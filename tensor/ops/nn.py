@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._autocast import policy as _policy
 from .. import dtypes
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
@@ -18,6 +19,7 @@ from .reduce import _dims
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+@_policy("linear")
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias.   x: (..., n_in), weight: (n_out, n_in) -> y: (..., n_out)."""
     xd, wd, _ = _operands("linear", x, weight)
@@ -62,6 +64,7 @@ def _softmax_input(x, dim, dtype, op):
     return d, (_dims(dim, d.ndim, op)[0] if d.ndim else 0)
 
 
+@_policy("log_softmax")
 def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
@@ -80,6 +83,7 @@ def log_softmax(x, dim=None, dtype=None):
     return from_op(y, (x,), backward, "log_softmax", save_output=True)
 
 
+@_policy("softmax")
 def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
@@ -120,6 +124,7 @@ def _class_target(op, logits, target):
     return target
 
 
+@_policy("nll_loss")
 def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of class indices. logp: (N, C, ...) or (C,); target: (N, ...)."""
     xp = _xp(logp)
@@ -280,15 +285,18 @@ def one_hot(t, num_classes=-1):
     return _new((d[..., None] == xp.arange(num_classes)).astype(np.int64))
 
 
+@_policy("mse_loss")
 def mse_loss(input, target, reduction="mean"):
     d = input - target
     return _reduce(d * d, reduction, "mse_loss")
 
 
+@_policy("l1_loss")
 def l1_loss(input, target, reduction="mean"):
     return _reduce((input - target).abs(), reduction, "l1_loss")
 
 
+@_policy("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
                                      pos_weight=None):
     """Stable BCE on logits: max(x,0) - x*t + log(1 + exp(-|x|)) (with pos_weight as torch)."""
@@ -308,6 +316,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
+@_policy("binary_cross_entropy")
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     """BCE on probabilities, with logs clamped at -100 as PyTorch."""
     lp = input.log().clamp(min=-100.0)
@@ -318,6 +327,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     return _reduce(loss, reduction, "binary_cross_entropy")
 
 
+@_policy("smooth_l1_loss")
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target); L1 at beta=0."""
     if beta < 0:
@@ -331,6 +341,7 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     return _reduce(loss, reduction, "smooth_l1_loss")
 
 
+@_policy("huber_loss")
 def huber_loss(input, target, reduction="mean", delta=1.0):
     """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta) (d = input - target)."""
     if delta <= 0:

@@ -6,6 +6,7 @@ import collections
 
 import numpy as np
 
+from .._autocast import policy as _policy
 from .. import dtypes
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _xp
@@ -229,6 +230,7 @@ def var_mean(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return var(a, dim, unbiased, keepdim, correction=correction), mean(a, dim, keepdim)
 
 
+@_policy("logsumexp")
 def logsumexp(a, dim, keepdim=False):
     """log(sum(exp(a))) over `dim`, stable for large inputs."""
     axes = _dims(dim, a.array.ndim, "logsumexp")
