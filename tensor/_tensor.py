@@ -239,7 +239,8 @@ class Tensor:
 
     @property
     def dtype(self):
-        return self.array.dtype
+        """The element type; prints as PyTorch's (``tensor.float32``), equals the numpy dtype."""
+        return dtypes.wrap(self.array.dtype)
 
     @property
     def device(self):

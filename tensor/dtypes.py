@@ -1,7 +1,8 @@
 """Dtypes and PyTorch's type-promotion rules.
 
 zgrad's dtypes are numpy dtypes (``tensor.float32 is numpy.dtype('float32')``), so an array's
-dtype *is* its tensor's dtype and no per-op conversion is needed. Promotion follows PyTorch, not
+dtype *is* its tensor's dtype and no per-op conversion is needed. ``Tensor.dtype`` hands out a
+thin wrapper (``dtype`` below) that equals the numpy dtype and prints as PyTorch's. Promotion follows PyTorch, not
 numpy: an int tensor times a Python float is float32 (the default float dtype), and a 0-dim
 tensor does not widen a dimensioned tensor of the same category.
 """
@@ -66,6 +67,8 @@ def as_dtype(d) -> np.dtype:
                         "it, or float16/float32.")
     if isinstance(d, np.dtype):
         out = d
+    elif isinstance(d, dtype):
+        out = d.dtype
     elif isinstance(d, str):
         out = _DTYPES.get(d.replace("tensor.", "").replace("torch.", ""))
         if out is None:
@@ -137,3 +140,64 @@ def scalar_dtype(s) -> np.dtype:
     if isinstance(s, np.generic):
         return np.dtype(s.dtype)
     raise TypeError(f"expected a Python number, got {t.__name__}")
+
+
+class dtype:
+    """What ``Tensor.dtype`` returns: the numpy dtype, printed as PyTorch prints its dtypes.
+
+    ``print(t.dtype)`` shows ``tensor.float32`` (a script that prints ``x.dtype`` reads as
+    it does under PyTorch), while the object compares and hashes equal to the numpy dtype
+    (``t.dtype == tensor.float32``, dict keys, ``in`` tests) and numpy and CuPy accept it
+    wherever they take a dtype (through its ``.dtype`` attribute). The module-level names
+    (``tensor.float32``) stay the numpy dtypes themselves, so ``t.dtype is tensor.float32`` is
+    False: compare dtypes with ``==``.
+    """
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, np_dtype):
+        object.__setattr__(self, "dtype", np_dtype)
+
+    def __getattr__(self, name):  # kind, itemsize, name, char, ... from the numpy dtype
+        return getattr(object.__getattribute__(self, "dtype"), name)
+
+    def __eq__(self, other):
+        if isinstance(other, dtype):
+            other = other.dtype
+        try:
+            return self.dtype == other
+        except TypeError:
+            return False
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(self.dtype)
+
+    def __repr__(self):
+        return f"tensor.{self.dtype.name}"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (dtype, (self.dtype,))
+
+    @property
+    def is_floating_point(self) -> bool:
+        return self.dtype.kind == "f"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.dtype.kind in "if"
+
+
+_WRAPPED = {}
+
+
+def wrap(np_dtype) -> dtype:
+    """The (cached) printable dtype for a numpy dtype."""
+    w = _WRAPPED.get(np_dtype)
+    if w is None:
+        w = _WRAPPED[np_dtype] = dtype(np_dtype)
+    return w
