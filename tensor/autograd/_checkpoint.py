@@ -100,7 +100,9 @@ def checkpoint(function, *args, use_reentrant=None, preserve_rng_state=True, **k
         t = _new(outs[i].array, True)
         t._node, t._out_idx = node, k
         new[i] = t
-    return new[0] if single else type(out)(new)
+    if single:
+        return new[0]
+    return type(out)(*new) if hasattr(out, "_fields") else type(out)(new)  # namedtuples too
 
 
 def _xp_of(t):
