@@ -164,6 +164,13 @@ def erf(xp, x):
     return cupyx.scipy.special.erf(x)
 
 
+def argsort_stable(xp, x, axis=-1):
+    """A stable argsort (CuPy's argsort is always stable and takes no kind= but None)."""
+    if xp is numpy:
+        return numpy.argsort(x, axis=axis, kind="stable")
+    return xp.argsort(x, axis=axis)
+
+
 def _data_ptr(x) -> int:
     return x.data.ptr if cupy is not None and isinstance(x, cupy.ndarray) \
         else x.__array_interface__["data"][0]
@@ -190,7 +197,7 @@ def view_positions(base, view):
 
     boff = offsets(base, 0).reshape(-1)
     voff = offsets(view, (_data_ptr(view) - _data_ptr(base)) // isz)
-    order = xp.argsort(boff, kind="stable")
+    order = argsort_stable(xp, boff)
     srt = boff[order]
     k = xp.clip(xp.searchsorted(srt, voff), 0, max(srt.size - 1, 0))
     if srt.size == 0 or not bool((srt[k] == voff).all()):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from .._tensor import _new, from_op
 from .elementwise import _xp
 from .reduce import _dims, values_indices
@@ -11,11 +12,11 @@ from .reduce import _dims, values_indices
 def _order(xp, x, axis, descending, stable):
     """Indices that sort x along axis; NaN sorts as the largest value, as in PyTorch."""
     if not descending:
-        return xp.argsort(x, axis=axis, kind="stable" if stable else None)
+        return backend.argsort_stable(xp, x, axis) if stable else xp.argsort(x, axis=axis)
     # flip-sort-flip keeps equal elements in their original order (a stable descending sort)
     n = x.shape[axis]
     rev = xp.flip(x, axis)
-    idx = xp.flip(xp.argsort(rev, axis=axis, kind="stable"), axis)
+    idx = xp.flip(backend.argsort_stable(xp, rev, axis), axis)
     return (n - 1) - idx
 
 

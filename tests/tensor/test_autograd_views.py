@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tensor
-from tests.helpers import check_grad
+from tests.helpers import check_grad, requires_cupy
 
 torch = pytest.importorskip("torch")
 
@@ -91,6 +91,35 @@ def test_inplace_on_view_matches_torch(case):
         assert gvz is None or not gvz.any()
     else:
         np.testing.assert_allclose(gvz, gvt, rtol=1e-10, atol=1e-12)
+
+
+@requires_cupy
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
+def test_inplace_on_view_on_gpu_matches_cpu(case):
+    """The same cases on CuPy (view positions come from CuPy's data pointers)."""
+    res = []
+    for dev in ("cpu", "cuda"):
+        x = tensor.tensor(_x0(), device=dev, requires_grad=True)
+        v = tensor.tensor(_v0(), device=dev, requires_grad=True)
+
+        class Lib:  # the case's lib.zeros / lib.arange land on the device
+            float64 = tensor.float64
+
+            @staticmethod
+            def zeros(*s, dtype=None):
+                return tensor.zeros(*s, dtype=dtype, device=dev)
+
+            @staticmethod
+            def arange(n, dtype=None):
+                return tensor.arange(n, dtype=dtype, device=dev)
+        out = case(Lib, x, v)
+        out.backward()
+        res.append((out.item(), x.grad.cpu().numpy(),
+                    None if v.grad is None else v.grad.cpu().numpy()))
+    np.testing.assert_allclose(res[1][0], res[0][0], rtol=1e-12)
+    np.testing.assert_allclose(res[1][1], res[0][1], rtol=1e-10, atol=1e-12)
+    if res[0][2] is not None:
+        np.testing.assert_allclose(res[1][2], res[0][2], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
