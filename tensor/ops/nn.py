@@ -31,6 +31,7 @@ def linear(x, weight, bias=None):
     if bias is not None:
         y += bias.array
     n_in, n_out = wd.shape[1], wd.shape[0]
+    bias_grad = bias is not None and bias.requires_grad  # a flag: bias values aren't read
 
     def backward(gy):
         if not _grad_state.enabled:
@@ -39,16 +40,16 @@ def linear(x, weight, bias=None):
             gx = _new(g @ wd) if x.requires_grad else None
             g2 = g.reshape(-1, n_out)
             gw = _new(g2.T @ xd.reshape(-1, n_in)) if weight.requires_grad else None
-            gb = _new(g2.sum(0)) if bias is not None and bias.requires_grad else None
+            gb = _new(g2.sum(0)) if bias_grad else None
             return gx, gw, gb
         gx = gy @ weight if x.requires_grad else None
         gw = gb = None
-        if weight.requires_grad or (bias is not None and bias.requires_grad):
+        if weight.requires_grad or bias_grad:
             g2 = gy.reshape(-1, n_out) if gy.array.ndim != 2 else gy
             if weight.requires_grad:
                 x2 = x.reshape(-1, n_in) if x.array.ndim != 2 else x
                 gw = g2.mT @ x2
-            if bias is not None and bias.requires_grad:
+            if bias_grad:
                 gb = g2.sum(0)
         return gx, gw, gb
     return from_op(y, (x, weight, bias), backward, "linear")

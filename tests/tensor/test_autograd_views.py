@@ -292,6 +292,13 @@ def test_capturing_a_tensor_only_for_its_shape_is_not_checked():
     _change(a.data)
     out.backward()
     np.testing.assert_allclose(a.grad.numpy(), [1, 0, 1])
+    # linear's backward reads x and weight, not bias: changing bias afterwards is fine
+    lin = tensor.nn.Linear(3, 2)
+    loss = lin(tensor.ones(4, 3)).sum()
+    with tensor.no_grad():
+        lin.bias.add_(1.0)
+    loss.backward()
+    np.testing.assert_allclose(lin.bias.grad.numpy(), [4.0, 4.0])
 
 
 def test_backward_closures_hold_no_unchecked_input_arrays():
