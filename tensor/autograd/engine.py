@@ -12,6 +12,10 @@ Note [Backward order]
    are freed as the walk goes, and add each returned gradient into its target's buffer.
 4. A leaf's buffer is complete when its count reaches zero: its hooks run, then the gradient is
    accumulated into ``.grad`` (or captured for ``autograd.grad``), then post-accumulate hooks run.
+5. With ``inputs`` (``autograd.grad``, ``backward(inputs=...)``) the walk is pruned to the nodes
+   from which an input is reachable (``_needed``): no other backward closure runs. A non-leaf
+   input's own node runs only if it leads on to another input; checkpoint's recomputation
+   (``stop_at_inputs``) never runs past its inputs, which belong to the outer graph.
 
 Nothing recurses, so a chain of 100,000 ops backpropagates without RecursionError.
 
@@ -162,7 +166,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             capture.setdefault(id(tgt), []).append((slot, t._out_idx))
 
     deps = _graph(root_nodes, capture if stop_at_inputs else None)
-    needed = None if capture is None else _needed([n for n in root_nodes], capture)
+    needed = None if capture is None else _needed(root_nodes, capture)
     buffers: dict = {}
     leaves: dict = {}  # id(leaf) -> [leaf, grad]
     shared: dict = {}  # id -> array: arrays that must be copied before a leaf keeps them
