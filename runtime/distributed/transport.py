@@ -389,6 +389,29 @@ class PeerMesh:
                     self._poll(call, [dst], deadline, block_ms=0)
         self.trackers.clear()
 
+    def sent(self) -> bool:
+        """Push queued payloads without waiting; True once every payload sent so far has left
+        our buffers (``flush`` would return at once). For sends that complete later (isend)."""
+        self._push_all()
+        for dst, q in self.outq.items():
+            if q and dst in self.send_failed:
+                self.raw_closed.setdefault(dst, (time.monotonic(), self.send_failed[dst]))
+        if any(self.outq.values()):
+            return False
+        self.trackers = [(d, t) for d, t in self.trackers if not t.done]
+        return not self.trackers
+
+    def heads(self) -> dict:
+        """{src: header} of the next message of every sender that has one, not consumed (for
+        receives that pick among senders and tags, and collectives that step over them)."""
+        return {s: q[0][0] for s, q in enumerate(self.pending) if q}
+
+    def poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = 0):
+        """Take what arrived, waiting up to `block_ms` for traffic (pushing queued sends
+        meanwhile); the deadline, ABORTs and lost peers among `waiting` are checked as in
+        recv."""
+        self._poll(call, waiting, deadline, block_ms=block_ms)
+
     def abort(self, message: str):
         """Tell every other member that this group failed, and why (best effort)."""
         for dst, s in self.push.items():
