@@ -160,7 +160,6 @@ class P2P:
                 "raise the timeout of init_process_group/new_group.")
     def _deliver(self, r: _Recv, src: int, head: dict, payload):
         """Read (or copy from the stash) the message into r's tensor, checked, and finish r."""
-        self.recvs.remove(r)
         sent = head["c"]
         flat = r.staged.flat
         numel = int(np.prod(sent[4], dtype=np.int64)) if sent[4] is not None else -1
@@ -176,6 +175,7 @@ class P2P:
                            out=flat)
         else:
             flat[...] = payload
+        self.recvs.remove(r)       # only now: a receive that failed fails with the group
         r.staged.write_back()
         r.work._finish(None, self.mesh.grank(src))
 
