@@ -162,7 +162,8 @@ class ShmComm:
                 os.sched_yield()
             else:
                 time.sleep(5e-5)
-        self._check_abort()
+        # every rank arrived, so every line holds its call: each rank finds the same desync
+        # itself (an abort set since is a later failure, which the next wait reports)
         if desc:
             self._check_calls(call)
 
