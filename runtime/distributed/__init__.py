@@ -10,7 +10,8 @@ Modules: wire (framing, secret), store (rendezvous), transport (peer mesh, desyn
 dead-peer checks), call (the call descriptor), work (Work, the communication thread),
 process_group (one method per call, the route chosen in one place), tcp_algorithms
 (ring/direct over TCP), tcp_p2p (point-to-point), shm_comm (every collective within a host),
-collectives, p2p, objects, nccl.
+collectives, p2p, objects, nccl; ddp and _reducer (DistributedDataParallel), algorithms
+(Join, DDP comm hooks), optim (ZeRO).
 """
 from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,
                   get_group_rank, get_process_group_ranks, get_rank, get_world_size,
@@ -23,6 +24,9 @@ from .p2p import P2POp, batch_isend_irecv, irecv, isend, recv, send
 from .process_group import ProcessGroup
 from .work import ReduceOp, Work
 from .transport import AbortedError, DesyncError, PeerLostError
+from ._reducer import GradBucket
+from .ddp import DistributedDataParallel
+from . import algorithms  # noqa: E402,F401  (Join, ddp_comm_hooks)
 
 __all__ = [
     "init_process_group", "destroy_process_group", "is_available", "is_initialized",
@@ -33,5 +37,5 @@ __all__ = [
     "all_to_all_single", "barrier", "send", "recv", "isend", "irecv", "P2POp",
     "batch_isend_irecv",
     "broadcast_object_list", "all_gather_object", "DesyncError", "PeerLostError",
-    "AbortedError",
+    "AbortedError", "DistributedDataParallel", "GradBucket", "algorithms",
 ]
