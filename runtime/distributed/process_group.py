@@ -109,6 +109,7 @@ class ProcessGroup:
         return self.tcp
 
     def _launch(self, fn, async_op: bool, name: str, x=None, **fields) -> Work:
+        """Run fn(call, deadline) on the group's thread; the Call takes x's dtype and shape."""
         if x is not None:
             fields.setdefault("dtype", x.dtype.name)
             fields.setdefault("shape", tuple(int(s) for s in x.shape))

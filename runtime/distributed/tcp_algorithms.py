@@ -104,7 +104,7 @@ class TcpRoute(P2P):
             for p, (a, b) in enumerate(_pieces(*segs[(r - k - 2) % n], x.itemsize)):
                 buf = self._recv(left, w, _tag(k, p), deadline, dtype=x.dtype, count=b - a,
                                  out=scratch[:b - a])
-                # the left neighbour's partial sum holds ranks below ours in ring order
+                # the order of every element's reduction is fixed by (n, segment)
                 ufunc(buf, x[a:b], out=x[a:b])
                 if k < n - 2:
                     mesh.send(right, w, _tag(k + 1, p), x[a:b])

@@ -36,7 +36,6 @@ from .call import Call
 from .transport import DesyncError, PeerMesh
 
 P2P_NAME = "send"
-_FAR = 1e18
 
 
 class _Recv:
@@ -92,15 +91,16 @@ class P2P:
         moved; returns whether some are left."""
         if not self.pending():
             return False
-        first = min(self.recvs, key=lambda r: r.deadline) if self.recvs else None
-        w = first.call.wire() if first else [-1, P2P_NAME, None, None, None, None]
-        deadline = first.deadline if first else _FAR
-        waiting = sorted({p for r in self.recvs for p in self._sources(r)} |
-                         {s[1] for s in self.sends})
-        self._check_late()
-        self.mesh.poll(w, waiting, deadline, 0)
-        if not self._step() and block_ms:
-            self.mesh.poll(w, waiting, deadline, block_ms)
+        # what already finished goes first: it must not fail on a peer that has since left
+        moved = self._step()
+        if self.pending():
+            ops = [(r.deadline, r.call) for r in self.recvs] + [(d, c) for *_, c, d in self.sends]
+            deadline, call = min(ops, key=lambda o: o[0])
+            # lost peers are checked for named sources and destinations; a receive from any
+            # rank waits for its deadline (one sender leaving does not fail it)
+            waiting = sorted({r.src for r in self.recvs if r.src is not None} |
+                             {s[1] for s in self.sends})
+            self.mesh.poll(call.wire(), waiting, deadline, 0 if moved else block_ms)
             self._step()
         self._check_late()
         return self.pending()

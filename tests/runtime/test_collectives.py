@@ -162,6 +162,18 @@ def _all_collectives(rank, ws, layout):
         want = np.concatenate([np.full((rows(p, rank), 2), 100 * p + rank, dtype)
                                for p in range(ws)])
         assert np.array_equal(recv, want)
+
+        # the list forms: reduce_scatter and all_to_all (pair sizes differ)
+        ins = [_input(rank, dtype, 4 + p, "SUM", 6)[:3] for p in range(ws)]
+        out = np.empty(3, dtype)
+        dist.reduce_scatter(out, ins)
+        _close(out, _expected("SUM", [_input(k, dtype, 4 + rank, "SUM", 6)[:3]
+                                      for k in range(ws)]), "reduce_scatter")
+        outs = [np.empty(rows(p, rank), dtype) for p in range(ws)]
+        dist.all_to_all(outs, [np.full(rows(rank, p), 100 * rank + p, dtype)
+                               for p in range(ws)])
+        assert all(np.array_equal(o, np.full(rows(p, rank), 100 * p + rank, dtype))
+                   for p, o in enumerate(outs))
     dist.barrier()
     objs = [None]
     if rank == 0:

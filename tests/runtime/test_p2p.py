@@ -137,7 +137,16 @@ def _matching(rank, ws, tcp):
         dist.recv(y, src=1, tag=5)
         out["crossed"] = bool(np.array_equal(y, np.arange(100_000, dtype=np.float32)))
     out["sum"] = float(x[0])
-    # bad arguments fail here, before anything is sent
+    # in a sub-group: ranks are global, group_src/group_dst are group ranks
+    sub = dist.new_group([1, 2])
+    if rank == 1:
+        dist.send(np.array([42]), dst=2, group=sub)
+        dist.send(np.array([43]), group_dst=1, group=sub, tag=2)
+    elif rank == 2:
+        a, b = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        out["sub"] = (dist.recv(a, group=sub), int(a[0]),
+                      dist.recv(b, group_src=0, group=sub, tag=2), int(b[0]))
+        # bad arguments fail here, before anything is sent
     with pytest.raises(ValueError, match="itself"):
         dist.send(np.zeros(1), dst=rank)
     with pytest.raises(ValueError, match="tag must be"):
@@ -172,6 +181,7 @@ def test_any_source_tags_batch_and_messages_crossing_collectives(tcp):
         assert o["batch"] == [float(left)] * 4 + [4.0 * left]
         assert o["sum"] == sum(1.0 + k for k in range(ws))
     assert res[0]["crossed"]
+    assert res[2]["sub"] == (1, 42, 1, 43)
     m = res[0]["mismatch"]
     assert "posted recv(tag=9, float32, shape=[4])" in m and "rank 1 sent send(tag=9, " \
         "float32, shape=[3])" in m, m
