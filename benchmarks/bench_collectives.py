@@ -5,7 +5,9 @@
   gloo  torch.distributed with the gloo backend (when torch is importable)
 
 SIZE is the whole tensor: all_gather_into_tensor's output, reduce_scatter_tensor's input
-(float32). busbw = SIZE / time * (n-1)/n (NCCL's definition for both). Each backend runs
+(float32). busbw = SIZE / time * (n-1)/n (NCCL's definition for both). send_recv: ranks 0
+and 1 swap SIZE bytes with isend + recv (point-to-point takes the TCP mesh on every layout,
+Note [Point-to-point]); its GB/s is SIZE / time, each way. Each backend runs
 in its own pair of processes; backends are interleaved round by round and the table reports
 the median over rounds of each round's median time.
 
@@ -25,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_allreduce import _free_port  # noqa: E402
 
-COLLECTIVES = ("all_gather", "reduce_scatter")
+COLLECTIVES = ("all_gather", "reduce_scatter", "send_recv")
 
 
 def _worker(kind, rank, ws, port, nbytes, iters, q):
@@ -45,9 +47,16 @@ def _worker(kind, rank, ws, port, nbytes, iters, q):
         import runtime.distributed as dist
         dist.init_process_group("zmq", timeout=120)
         make = lambda k: np.ones(k, np.float32)  # noqa: E731
-    whole, part = make(n), make(n // ws)
+    whole, part, back = make(n), make(n // ws), make(n)
+
+    def send_recv():           # ranks 0 and 1 swap SIZE bytes (isend + recv, as a ring step)
+        if rank < 2:
+            w = dist.isend(whole, 1 - rank)
+            dist.recv(back, 1 - rank)
+            w.wait()
     calls = {"all_gather": lambda: dist.all_gather_into_tensor(whole, part),
-             "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, whole)}
+             "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, whole),
+             "send_recv": send_recv}
     out = {}
     for name in COLLECTIVES:
         for _ in range(2):
@@ -122,7 +131,8 @@ def main():
     print("-" * len(head))
     for name in COLLECTIVES:
         med = {k: statistics.median(run[name] for run in runs[k]) for k in kinds}
-        line = f"{name:>15} |" + "".join(f" {med[k] * 1e3:>9.2f} {bus(med[k]):>10.3f} |"
+        rate = (lambda t: nbytes / t / 1e9) if name == "send_recv" else bus
+        line = f"{name:>15} |" + "".join(f" {med[k] * 1e3:>9.2f} {rate(med[k]):>10.3f} |"
                                          for k in kinds)
         line += "".join(f" {med['gloo'] / med[k]:>9.2f}" for k in others)
         print(line)
