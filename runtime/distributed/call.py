@@ -62,7 +62,11 @@ def reduce_in_rank_order(ufunc, parts: list, out: np.ndarray) -> np.ndarray:
     """out = parts[0] op parts[1] op ... op parts[n-1], left to right.
 
     Every route reduces with this one order, so a result has the same bits on every rank, in
-    every run, and on every route (out may alias parts[0], never a later part)."""
+    every run, and on every route. out may alias any part (an in-place reduce_scatter_tensor
+    whose output is this rank's part of its input): a later part it overlaps is copied first,
+    since the first step overwrites out."""
+    parts = [p.copy() if i >= 2 and np.may_share_memory(p, out) else p
+             for i, p in enumerate(parts)]
     if len(parts) == 1:
         if parts[0] is not out:
             out[...] = parts[0]

@@ -3,8 +3,6 @@ caller's thread (a bad call fails here, on this rank, before anything is sent), 
 the group's method, which picks the route (see Note [Routes])."""
 from __future__ import annotations
 
-import numpy as np
-
 from tensor import backend
 
 from .api import _group

@@ -30,7 +30,7 @@ from tensor import backend
 
 from .tcp_algorithms import TcpRoute
 from .transport import PeerMesh
-from .work import POSTED, UFUNC, CommThread, ReduceOp, Staged, Work, check_op, write
+from .work import POSTED, UFUNC, CommThread, ReduceOp, Staged, Work, check_op
 
 __all__ = ["ProcessGroup", "ReduceOp", "Work", "check_op"]
 

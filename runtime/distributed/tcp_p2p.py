@@ -54,7 +54,7 @@ class P2P:
 
     def __init__(self, mesh: PeerMesh):
         self.mesh = mesh
-        self.sends: list = []          # (work, dst, flat array kept alive until sent, call, deadline)
+        self.sends: list = []          # (work, dst, flat kept alive, call, deadline)
         self.recvs: list[_Recv] = []   # posted, in post order
         self.stash: list = []          # (src, header, payload) read ahead of their receive
 
@@ -100,6 +100,7 @@ class P2P:
             # rank waits for its deadline (one sender leaving does not fail it)
             waiting = sorted({r.src for r in self.recvs if r.src is not None} |
                              {s[1] for s in self.sends})
+            self._check_late()
             self.mesh.poll(call.wire(), waiting, deadline, 0 if moved else block_ms)
             self._step()
         self._check_late()

@@ -110,10 +110,10 @@ class Staged:
 
     def write_back(self):
         if self.copied:
-            write(self.a, self.flat)
+            _write(self.a, self.flat)
 
 
-def write(dst, flat: np.ndarray):
+def _write(dst, flat: np.ndarray):
     """dst[...] = flat reshaped, on dst's device."""
     host = flat.reshape(dst.shape)
     dst[...] = host if isinstance(dst, np.ndarray) else \

@@ -245,8 +245,9 @@ def _shm_every_collective(rank, ws):
     for dtype in (np.float32, np.float64, np.int64, np.int32, np.uint8, np.complex64):
         dt = np.dtype(dtype)
         rng = lambda *k: np.random.default_rng([*k, dt.num])  # noqa: E731
-        data = lambda r, n, k=0: (rng(r, n, k).integers(1, 50, n) if dt.kind in "iu" else  # noqa: E731
-                                  rng(r, n, k).normal(size=n)).astype(dt)
+        data = lambda r, n, k=0: (  # noqa: E731
+            rng(r, n, k).integers(1, 50, n) if dt.kind in "iu" else
+            rng(r, n, k).normal(size=n)).astype(dt)
         n = 1001                                           # 1001 % 3 != 0: uneven slices
         parts = [data(r, n) for r in range(ws)]
         # all_reduce and reduce: bitwise numpy's left-to-right reduction in rank order
@@ -299,6 +300,9 @@ def _shm_every_collective(rank, ws):
         out2 = np.zeros((n, 2), dt)[:, 0]
         dist.reduce_scatter_tensor(out2, big)
         assert out2.tobytes() == want.tobytes()
+        inplace = big.copy()               # output aliasing this rank's part of the input
+        dist.reduce_scatter_tensor(inplace[rank * n:(rank + 1) * n], inplace)
+        assert inplace[rank * n:(rank + 1) * n].tobytes() == want.tobytes()
         # all_to_all (list) and all_to_all_single with uneven sizes per pair
         size = lambda i, p: 97 * ((i + 2 * p) % 3) + i  # noqa: E731
         send = [np.full(size(rank, p), 10 * rank + p, dt) for p in range(ws)]
