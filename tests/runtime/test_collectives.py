@@ -73,6 +73,10 @@ def _all_collectives(rank, ws, layout):
     import runtime.distributed as dist
     dist.init_process_group(timeout=30)
     assert dist.is_initialized() and dist.get_rank() == rank and dist.get_world_size() == ws
+    pg = dist.api._state.world                 # the route every collective takes here
+    route = type(pg._route("all_gather")).__name__
+    assert route == {"shm": "ShmComm" if ws > 1 else "TcpRoute", "tcp": "TcpRoute",
+                     "mixed": "_Hierarchical"}[layout], route
     digests = []
     for dtype in DTYPES:
         for n in SIZES:

@@ -146,6 +146,15 @@ def _matching(rank, ws, tcp):
         a, b = np.zeros(1, np.int64), np.zeros(1, np.int64)
         out["sub"] = (dist.recv(a, group=sub), int(a[0]),
                       dist.recv(b, group_src=0, group=sub, tag=2), int(b[0]))
+        # a receive nobody answers times out naming the rank and tag (in a group of its own,
+    # with a 1 s deadline: the timeout breaks that group only)
+    short = dist.new_group([0, 1], timeout=1.0)
+    if rank == 0:
+        with pytest.raises(TimeoutError, match=r"no message with tag 4 arrived from ranks \[1\]"):
+            dist.recv(np.zeros(1), src=1, group=short, tag=4)
+        dist.send(np.zeros(1), dst=1, tag=11)        # rank 1 stays (alive) until then
+    elif rank == 1:
+        dist.recv(np.zeros(1), src=0, tag=11)
         # bad arguments fail here, before anything is sent
     with pytest.raises(ValueError, match="itself"):
         dist.send(np.zeros(1), dst=rank)
