@@ -237,15 +237,15 @@ class ProcessGroup:
             s.write_back()
         return self._launch(run, async_op, "reduce_scatter_tensor", x, op=op)
 
-    def alltoall(self, outs: list, ins: list, async_op: bool = False, name="all_to_all"):
-        """outs[p] = ins[me] of rank p; shapes may differ per pair (checked by the route)."""
+    def alltoall(self, outs: list, ins: list, async_op: bool = False):
+        """outs[p] = ins[me] of rank p; sizes may differ per pair (checked by the route)."""
         def run(call, deadline):
             staged = [Staged(o) for o in outs]
-            self._route(name).all_to_all(call, [Staged(i).flat for i in ins],
-                                         [s.flat for s in staged], deadline)
+            self._route("all_to_all").all_to_all(call, [Staged(i).flat for i in ins],
+                                                 [s.flat for s in staged], deadline)
             for s in staged:
                 s.write_back()
-        return self._launch(run, async_op, name, dtype=ins[0].dtype.name)
+        return self._launch(run, async_op, "all_to_all", dtype=ins[0].dtype.name)
 
     def alltoall_single(self, out, x, out_splits: list[int], in_splits: list[int],
                         async_op: bool = False):
