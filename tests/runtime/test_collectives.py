@@ -246,11 +246,13 @@ def _shm_every_collective(rank, ws):
     pg = dist.api._state.world
     assert pg._route("all_gather") is pg.local            # this job takes shared memory
     same = hashlib.sha256()                                 # what every rank must agree on
-    for dtype in (np.float32, np.float64, np.int64, np.int32, np.uint8, np.complex64):
+    for dtype in (np.float32, np.float64, np.float16, np.int64, np.int32, np.uint8, np.bool_,
+                  np.complex64):
         dt = np.dtype(dtype)
         rng = lambda *k: np.random.default_rng([*k, dt.num])  # noqa: E731
         data = lambda r, n, k=0: (  # noqa: E731
             rng(r, n, k).integers(1, 50, n) if dt.kind in "iu" else
+            rng(r, n, k).integers(0, 2, n) if dt.kind == "b" else
             rng(r, n, k).normal(size=n)).astype(dt)
         n = 1001                                           # 1001 % 3 != 0: uneven slices
         parts = [data(r, n) for r in range(ws)]
@@ -292,8 +294,8 @@ def _shm_every_collective(rank, ws):
         dist.gather(parts[rank], g, dst=1)
         assert g is None or all(np.array_equal(a, p) for a, p in zip(g, parts))
         tgt = np.zeros((n, 2), dt)
-        dist.scatter(tgt[:, 1], [p * 2 for p in parts] if rank == 1 else None, src=1)
-        assert np.array_equal(tgt[:, 1], parts[rank] * 2) and not tgt[:, 0].any()
+        dist.scatter(tgt[:, 1], [p[::-1] for p in parts] if rank == 1 else None, src=1)
+        assert np.array_equal(tgt[:, 1], parts[rank][::-1]) and not tgt[:, 0].any()
         # reduce_scatter (list) and reduce_scatter_tensor: rank r's part, rank order bits
         ins = [data(rank, n, 10 + p) for p in range(ws)]
         out = np.zeros(n, dt)
