@@ -24,8 +24,8 @@ import threading
 
 import numpy as np
 
-LOWER_PRECISION = {"matmul", "linear", "conv1d", "conv2d", "conv_transpose2d", "bmm", "mm",
-                   "scaled_dot_product_attention"}
+LOWER_PRECISION = {"matmul", "linear", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
+                   "bmm", "mm", "scaled_dot_product_attention"}
 _LOSSES = {"nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
            "binary_cross_entropy_with_logits", "binary_cross_entropy"}
 FLOAT32 = {"cpu": _LOSSES,

@@ -182,3 +182,17 @@ def test_grad_scaler_protocol_errors_and_disabled_passthrough():
     if not tensor.cuda.is_available():
         with pytest.warns(UserWarning, match="CUDA is not available"):
             assert not tensor.amp.GradScaler().is_enabled()
+
+
+def test_convolutions_run_in_the_autocast_dtype():
+    import tensor.nn as nn
+    conv = nn.Conv2d(2, 3, 3)
+    x = tensor.randn(1, 2, 6, 6)
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        y = conv(x)
+    assert y.dtype == tensor.float16
+    y.float().sum().backward()
+    assert conv.weight.grad.dtype == tensor.float32   # gradients in the parameter's dtype
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        assert nn.ConvTranspose2d(3, 2, 3)(y.float()).dtype == tensor.float16
+        assert nn.Conv1d(2, 3, 3)(tensor.randn(1, 2, 7)).dtype == tensor.float16
