@@ -196,13 +196,31 @@ def _split_indices(n: int, test_fraction: float, seed: int, what: str):
     return perm[n_test:], perm[:n_test]
 
 
+class Standardize:
+    """x -> (x - mean) / std, a transform with statistics fixed at construction."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, x):
+        return (x - self.mean) / self.std
+
+
 @DATASETS.register("digits")
-def _digits(test_fraction: float = 0.25, split_seed: int = 0, **kwargs):
-    """scikit-learn's digits; it has no test split, so a fixed seeded 25% is held out."""
+def _digits(test_fraction: float = 0.25, split_seed: int = 0, normalize: bool = True,
+            **kwargs):
+    """scikit-learn's digits; it has no test split, so a fixed seeded 25% is held out.
+    With `normalize`, pixels are standardised with the training split's mean and std (std at
+    least 1/16, one grey level, so a pixel blank in training does not blow up)."""
+    import numpy as np
     from .data import Subset
     from .data.datasets import Digits
     ds = Digits(**kwargs)
     train, test = _split_indices(len(ds), test_fraction, split_seed, "digits")
+    if normalize:
+        x = ds.data[train].astype(np.float32) / np.float32(16)
+        ds.transform = Standardize(x.mean(0)[None], np.maximum(x.std(0), 1 / 16)[None]
+                                   .astype(np.float32))
     return Subset(ds, train), Subset(ds, test)
 
 
