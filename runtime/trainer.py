@@ -105,6 +105,7 @@ class Trainer:
         self.local_rank = _env_int("LOCAL_RANK", self.rank)
         self.local_world_size = _env_int("LOCAL_WORLD_SIZE", self.world_size)
         self.step = self.epoch = self.batch_in_epoch = 0
+        self._loss_sum, self._loss_n = 0.0, 0   # micro-batch losses since the last log
         self.device = _device(cfg.train.device, self.local_rank)
         self.ckpt_dir = cfg.checkpoint.dir or os.path.join(self.run_dir, "checkpoints")
         self._owns_group = False
@@ -250,9 +251,12 @@ class Trainer:
         meta = ckpt.load_checkpoint(path, model=self.module, optimizer=self.optimizer,
                                     scheduler=self.scheduler, loader=self.train_loader)
         self.step, self.epoch = meta["step"], meta["epoch"]
-        self.batch_in_epoch = meta["extra"].get("batch_in_epoch", 0)
+        extra = meta["extra"]
+        self.batch_in_epoch = extra.get("batch_in_epoch", 0)
         if meta.get("world_size") != self.world_size:
             self.batch_in_epoch = 0   # the position was per rank: restart the epoch
+        if self.rank == 0:
+            self._loss_sum, self._loss_n = extra.get("loss_sum", 0.0), extra.get("loss_n", 0)
         self._saved_step = self.step
         if self.rank == 0:
             print(f"trainer: resumed from {path} (step {self.step}, epoch {self.epoch})",
@@ -260,13 +264,19 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        """A checkpoint of this step (collective). The loss logged next averages micro-batches
+        from before and after it, so their running sum is saved too: reduced over the ranks
+        and held by rank 0, in the interrupted and the uninterrupted run alike."""
         c = self.cfg.checkpoint
         sampler = getattr(self.train_loader, "sampler", None)
+        loss_sum, loss_n = self._reduce_loss()
+        self._loss_sum, self._loss_n = (loss_sum, loss_n) if self.rank == 0 else (0.0, 0)
         ckpt.save_checkpoint(self.ckpt_dir, self.step, model=self.module,
                              optimizer=self.optimizer, scheduler=self.scheduler,
                              loader=self.train_loader, epoch=self.epoch,
                              extra={"batch_in_epoch": self.batch_in_epoch,
-                                    "sampler_epoch": getattr(sampler, "epoch", None)},
+                                    "sampler_epoch": getattr(sampler, "epoch", None),
+                                    "loss_sum": loss_sum, "loss_n": loss_n},
                              keep_last=c.keep_last)
         self._saved_step = self.step
 
@@ -281,7 +291,7 @@ class Trainer:
         """Train to the end (epochs or max_steps), evaluate on the test split, write
         summary.json; returns the summary."""
         t0 = time.perf_counter()
-        self._meter, self._loss_sum, self._loss_n = Throughput(), 0.0, 0
+        self._meter = Throughput()
         self._samples = 0
         self._bar = ProgressBar(self.total_steps, self.step,
                                 self.rank == 0 and self.cfg.logging.progress)
@@ -362,15 +372,20 @@ class Trainer:
         if t.max_steps is not None and self.step >= t.max_steps:
             self._stop = True
 
-    def _train_record(self) -> dict:
-        """Loss (mean over micro-batches since the last log, over all ranks), lr, samples/s."""
+    def _reduce_loss(self) -> tuple[float, int]:
+        """(sum, count) of the micro-batch losses since the last log, over all ranks."""
         sums = np.array([self._loss_sum, self._loss_n], np.float64)
         if self.world_size > 1:
             import runtime.distributed as dist
             dist.all_reduce(sums)
+        return float(sums[0]), int(sums[1])
+
+    def _train_record(self) -> dict:
+        """Loss (mean over micro-batches since the last log, over all ranks), lr, samples/s."""
+        loss_sum, loss_n = self._reduce_loss()
         self._loss_sum, self._loss_n = 0.0, 0
         rate = self._meter.read()
-        rec = {"loss": sums[0] / max(sums[1], 1),
+        rec = {"loss": loss_sum / max(loss_n, 1),
                "lr": float(self.optimizer.param_groups[0]["lr"]), "samples_per_s": rate}
         self._bar.update(1, loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.0f}")
         return rec
