@@ -88,6 +88,14 @@ class Manager:
         self.clients: dict[socket.socket, _Client] = {}
         self.sel = selectors.DefaultSelector()
         self.stop = False
+        # Segments of this job that exist before we serve anyone were counted by a manager
+        # that died (SIGKILL): their holders are unknown until they announce them. They are
+        # adopted: counted again once a client announces a hold, and unlinked when the job
+        # ends, so a dead manager leaks nothing (a release sent to us for a name we never
+        # counted is otherwise lost).
+        self.orphans: set[str] = set(_job_segments(job))
+        if self.orphans:
+            self.log(f"adopted {len(self.orphans)} segments of a previous manager")
 
     def log(self, msg):
         if self.logf:
@@ -96,6 +104,8 @@ class Manager:
     # -- counting ---------------------------------------------------------------------------
     def incr(self, name, n=1):
         self.count[name] = self.count.get(name, 0) + n
+        if self.orphans:
+            self.orphans.discard(name)
 
     def decr(self, name):
         c = self.count.get(name)
@@ -233,8 +243,8 @@ class Manager:
                 idle_since = None
                 continue
             root_dead = not pid_alive(self.root_pid)
-            if self.flights and not root_dead:
-                continue
+            if (self.flights or self.orphans) and not root_dead:
+                continue   # handles in flight or adopted orphans: wait for the job's end
             idle_since = idle_since or now
             # a short linger when the job is still alive avoids restarting between users
             if root_dead or now - idle_since > 1.0:
@@ -245,10 +255,22 @@ class Manager:
     def shutdown(self):
         self.sel.close()
         self.lsock.close()
-        for name in list(self.count):
+        names = list(self.count)
+        if not pid_alive(self.root_pid):   # the job is over: adopted orphans go too
+            names += sorted(self.orphans)
+        for name in names:
             _unlink(name)
-        self.log(f"exit; unlinked {len(self.count)} remaining segments")
+        self.log(f"exit; unlinked {len(names)} remaining segments")
         self.count.clear()
+
+
+def _job_segments(job: str) -> list[str]:
+    """Names of this job's segments now in /dev/shm."""
+    prefix = f"zgrad_{job}_"
+    try:
+        return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    except OSError:
+        return []
 
 
 def main(argv):

@@ -8,7 +8,8 @@ with torch.distributed's names and semantics.
 
 Modules: wire (framing, secret), store (rendezvous), transport (peer mesh, desync and
 dead-peer checks), tcp_algorithms (ring/direct over TCP), shm_comm (same-host reduction),
-process_group (groups, the communication thread), collectives, objects, nccl.
+process_group (groups, the communication thread), collectives, objects, nccl; ddp and
+_reducer (DistributedDataParallel), algorithms (Join, DDP comm hooks), optim (ZeRO).
 """
 from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,
                   get_group_rank, get_process_group_ranks, get_rank, get_world_size,
@@ -18,6 +19,9 @@ from .collectives import (all_gather, all_gather_into_tensor, all_reduce, all_to
 from .objects import all_gather_object, broadcast_object_list
 from .process_group import ProcessGroup, ReduceOp, Work
 from .transport import AbortedError, DesyncError, PeerLostError
+from ._reducer import GradBucket
+from .ddp import DistributedDataParallel
+from . import algorithms  # noqa: E402,F401  (Join, ddp_comm_hooks)
 
 __all__ = [
     "init_process_group", "destroy_process_group", "is_available", "is_initialized",
@@ -26,5 +30,5 @@ __all__ = [
     "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
     "reduce_scatter_tensor", "gather", "scatter", "all_to_all_single", "barrier",
     "broadcast_object_list", "all_gather_object", "DesyncError", "PeerLostError",
-    "AbortedError",
+    "AbortedError", "DistributedDataParallel", "GradBucket", "algorithms",
 ]

@@ -5,7 +5,7 @@ import numpy as np
 
 from .._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .._tensor import Tensor
-from .engine import run_backward
+from .engine import queue_callback, run_backward  # noqa: F401
 from .function import Function, FunctionCtx
 
 __all__ = ["grad", "backward", "Function", "FunctionCtx", "gradcheck", "gradgradcheck",

@@ -13,6 +13,11 @@ Note [Backward order]
 4. A leaf's buffer is complete when its count reaches zero: its hooks run, then the gradient is
    accumulated into ``.grad`` (or captured for ``autograd.grad``), then post-accumulate hooks run.
 
+5. Callbacks queued during the walk with ``queue_callback`` (PyTorch's
+   ``Variable._execution_engine.queue_callback``) run in order once every node and leaf is
+   done, before backward returns (DDP waits there for its gradient all-reduces). A callback
+   may queue more. A backward that raises drops its callbacks.
+
 Nothing recurses, so a chain of 100,000 ops backpropagates without RecursionError.
 
 Note [Gradient ownership]
@@ -30,9 +35,29 @@ holding strong references, so ids stay unique) and copied when they reach a leaf
 from __future__ import annotations
 
 import heapq
+import threading
 
 from .. import _grad_mode
 from .._tensor import Node, Tensor, _new
+
+_tls = threading.local()   # .callbacks: one list per running backward in this thread (nested)
+
+
+def queue_callback(callback) -> None:
+    """Run callback() when the backward pass running in this thread ends (see Note
+    [Backward order], step 5). Call it from a hook during backward."""
+    stack = getattr(_tls, "callbacks", None)
+    if not stack:
+        raise RuntimeError("queue_callback: no backward pass is running in this thread; call it "
+                           "from a tensor or post-accumulate-grad hook during backward.")
+    stack[-1].append(callback)
+
+
+def _run_callbacks(callbacks: list):
+    i = 0
+    while i < len(callbacks):   # a callback may queue more
+        callbacks[i]()
+        i += 1
 
 
 def _fmt_saved(t: Tensor) -> str:
@@ -152,6 +177,11 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     prev_mode = _grad_mode.state.enabled
     _grad_mode.state.enabled = create_graph
+    stack = getattr(_tls, "callbacks", None)
+    if stack is None:
+        stack = _tls.callbacks = []
+    callbacks: list = []
+    stack.append(callbacks)
     try:
         ready_leaves = [t for t in leaf_roots if deps.get(id(t), 0) == 0]
         while heap or ready_leaves:
@@ -232,7 +262,10 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                         heapq.heappush(heap, (-tgt.seq, k, tgt))
                     else:
                         ready_leaves.append(tgt)
+        if callbacks:
+            _run_callbacks(callbacks)
     finally:
+        stack.pop()
         _grad_mode.state.enabled = prev_mode
 
     if captured is not None and accumulate:

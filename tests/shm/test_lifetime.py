@@ -98,18 +98,22 @@ def test_sigkill_of_the_parent_leaves_nothing(method):
         parent.stdout.close()
 
 
-def _reshares_after_parent_dropped(a, q):
-    time.sleep(0.3)  # the parent drops its only reference meanwhile
+def _reshares_after_parent_dropped(a, q, dropped):
+    assert dropped.wait(30)   # the parent has let go and its manager has seen the release
     a[:] = 3
     q.put(a[1:])     # by name: the segment must still exist
 
 
 def test_fork_child_keeps_segment_the_parent_dropped_at_start():
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_reshares_after_parent_dropped, args=(shm.zeros((100_000,)), q))
+    q, dropped = ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=_reshares_after_parent_dropped,
+                    args=(shm.zeros((100_000,)), q, dropped))
     p.start()  # Process.start() drops its args in the parent: the child is the only holder
     gc.collect()
+    from shm import _client
+    _client.sync()   # the release is processed before the child re-shares: the race, always
+    dropped.set()
     v = _get(q, p)
     assert v.shape == (99_999,) and (v == 3).all()
     _join(p)
@@ -141,6 +145,19 @@ def test_scenario_in_a_job_of_its_own(scenario):
     out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios", scenario], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+def test_manager_sigkill_then_normal_exit_leaves_no_segment():
+    env = {k: v for k, v in os.environ.items() if k not in ("ZGRAD_JOB_ID", "ZGRAD_JOB_ROOT_PID")}
+    out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios",
+                          "manager_killed_then_normal_exit"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    name = out.stdout.split()[0]
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/dev/shm/{name}"):
+        assert time.monotonic() < deadline, f"{name} leaked after the manager was killed"
+        time.sleep(0.05)
 
 
 def _drops_inherited_then_reports(box, q):

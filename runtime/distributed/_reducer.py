@@ -1,0 +1,387 @@
+"""DDP's gradient reducer: buckets, the per-parameter hook, launching and finishing reductions.
+
+Note [DDP buckets]
+~~~~~~~~~~~~~~~~~~
+Parameters are grouped into buckets in reverse registration order (roughly the order in which
+backward produces their gradients), one dtype and device per bucket; a bucket closes once it
+holds at least its limit, 1 MiB for the first (so the first reduction starts early in backward)
+and ``bucket_cap_mb`` after. Each bucket is one flat array allocated once, at construction, and
+reused every step; ``views[i]`` is parameter i's gradient shaped as the parameter, inside it.
+
+Every step (an iteration whose forward ran through DDP with grad enabled and outside
+``no_sync``):
+  1. ``prepare_for_backward`` (end of forward) resets the counters; with
+     ``find_unused_parameters`` it walks the autograd graph from the outputs to find the
+     parameters that cannot get a gradient.
+  2. A parameter's post-accumulate-grad hook copies its final ``.grad`` into its view (nothing
+     to copy when ``.grad`` already is the view: ``gradient_as_bucket_view``), and counts the
+     bucket down. The first hook of the step also marks the unused parameters ready (their
+     views hold their current ``.grad`` or zeros).
+  3. A bucket whose count reaches zero is launched: an async all_reduce(AVG) of its array on
+     the group's communication thread (or the registered comm hook's Future), so it runs while
+     backward computes the rest. Buckets launch strictly in index order, as every rank must
+     issue the same collectives in the same order; a bucket ready early waits for the ones
+     before it.
+  4. When the last bucket is launched, ``finalize`` is queued on the autograd engine
+     (``queue_callback``): at the end of backward it waits for every bucket and writes the
+     averages into ``.grad`` (a copy, or nothing when ``.grad`` is the view). So backward
+     returns with synchronised gradients.
+A parameter that never got a hook (unused, without ``find_unused_parameters``) keeps its bucket
+from launching; the next forward then fails with PyTorch's message naming it.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from tensor import backend
+from tensor._tensor import Tensor, _new
+from tensor.autograd.engine import queue_callback
+from tensor.futures import Future
+
+from .collectives import all_reduce
+from .process_group import ReduceOp
+
+DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
+
+
+def compute_bucket_assignment_by_size(tensors, bucket_size_limits, order=None):
+    """Group tensor indices into buckets of one dtype/device, as c10d's function of that name.
+
+    `order` is the order to fill buckets in (default: as given). A bucket closes once its size
+    reaches its limit; the limits are used in turn, the last one repeatedly.
+    Returns (bucket index lists, per-bucket size limits), in fill order.
+    """
+    order = list(range(len(tensors))) if order is None else list(order)
+    open_: dict = {}   # (dtype, device) -> [indices, bytes, limit index]
+    result = []
+    for i in order:
+        a = tensors[i]
+        key = (str(a.dtype), str(backend.device_of(a)))
+        b = open_.setdefault(key, [[], 0, 0])
+        b[0].append(i)
+        b[1] += a.size * a.dtype.itemsize
+        limit = bucket_size_limits[b[2]]
+        if b[1] >= limit:
+            result.append((b[0], limit))
+            open_[key] = [[], 0, min(b[2] + 1, len(bucket_size_limits) - 1)]
+    for b in open_.values():
+        if b[0]:
+            result.append((b[0], bucket_size_limits[b[2]]))
+    # buckets of several dtypes interleave: keep them in the order their first gradient comes
+    pos = {i: k for k, i in enumerate(order)}
+    result.sort(key=lambda r: pos[r[0][0]])
+    return [r[0] for r in result], [r[1] for r in result]
+
+
+class GradBucket:
+    """What a comm hook receives (as torch.distributed.GradBucket): one flat bucket of grads."""
+
+    def __init__(self, index: int, buffer: Tensor, params: list, views: list, is_last: bool):
+        self._index, self._buffer, self._params = index, buffer, params
+        self._views, self._is_last = views, is_last
+
+    def index(self) -> int:
+        """The bucket's position in launch order (0 is reduced first)."""
+        return self._index
+
+    def buffer(self) -> Tensor:
+        """The flat gradients of the bucket (a Tensor over the bucket's array)."""
+        return self._buffer
+
+    def gradients(self) -> list:
+        """Each parameter's gradient as a view into buffer()."""
+        return [_new(v) for v in self._views]
+
+    def parameters(self) -> list:
+        return list(self._params)
+
+    def is_last(self) -> bool:
+        """True for the last bucket of the step."""
+        return self._is_last
+
+    def set_buffer(self, buffer: Tensor) -> None:
+        """Replace the bucket's contents with `buffer` (same number of elements)."""
+        self._buffer.array[...] = buffer.array.reshape(self._buffer.array.shape)
+
+
+class _Bucket:
+    __slots__ = ("index", "pids", "buffer", "tensor", "views", "work", "future", "grad_bucket")
+
+    def __init__(self, index, pids, buffer, views):
+        self.index, self.pids, self.buffer, self.views = index, pids, buffer, views
+        self.tensor = _new(buffer)
+        self.work = self.future = self.grad_bucket = None
+
+
+def _unused_message(names: list, indices: list, rank: int) -> str:
+    return ("Expected to have finished reduction in the prior iteration before starting a new "
+            "one. This error indicates that your module has parameters that were not used in "
+            "producing loss. You can enable unused parameter detection by passing the keyword "
+            "argument `find_unused_parameters=True` to "
+            "`runtime.distributed.DistributedDataParallel`, and by \nmaking sure all `forward` "
+            "function outputs participate in calculating loss. \nIf you already have done the "
+            "above, then the distributed data parallel module wasn't able to locate the output "
+            "tensors in the return value of your module's `forward` function. Please include "
+            "the loss function and the structure of the return value of `forward` of your "
+            "module when reporting this issue (e.g. list, dict, iterable).\nParameter indices "
+            f"which did not receive grad for rank {rank}: {' '.join(map(str, indices))}\n"
+            f"Parameters which did not receive grad for rank {rank}: {', '.join(names)}")
+
+
+class Reducer:
+    """Averages the gradients of `params` over `group` in buckets (see Note [DDP buckets])."""
+
+    def __init__(self, params: list, names: list, bucket_indices: list, group, world_size: int,
+                 rank: int, gradient_as_bucket_view: bool, find_unused: bool, static_graph: bool):
+        self.params, self.names, self.group = params, names, group
+        self.world_size, self.rank = world_size, rank
+        self.as_view = gradient_as_bucket_view
+        self.find_unused, self.static_graph = find_unused, static_graph
+        self.comm_hook = self.comm_state = None
+        self.expect_hooks = False        # a synced backward is expected (set by forward)
+        self.require_finalize = False    # hooks fired this step; finalize must follow
+        self.unused: list = []           # parameter indices to mark ready at the first hook
+        self.static_unused = None        # static_graph: the unused set found in step 1
+        self.marked_unused = False
+        self.local_used = np.zeros(len(params), np.int32)
+        self.used_work = None
+        self.ready = bytearray(len(params))
+        self.ready_order: list = []      # first synced step: the order gradients came in
+        self.steps = 0
+        self.div_count = None            # (Work, array) of Join's count of active ranks
+        self.div_factor = None
+        self._build(bucket_indices)
+        self._handles = []
+        ref = weakref.ref(self)
+        for i, p in enumerate(params):
+            self._handles.append(p.register_post_accumulate_grad_hook(_make_hook(ref, i)))
+
+    def _build(self, bucket_indices: list):
+        """Allocate the bucket arrays (once) and point every parameter at its view."""
+        self.buckets, self.loc = [], [None] * len(self.params)
+        for k, pids in enumerate(bucket_indices):
+            arrays = [self.params[i].array for i in pids]
+            xp = backend.get_array_module(arrays[0])
+            n = sum(a.size for a in arrays)
+            buf = xp.zeros(n, arrays[0].dtype)
+            views, off = [], 0
+            for a in arrays:
+                views.append(buf[off:off + a.size].reshape(a.shape))
+                off += a.size
+            b = _Bucket(k, list(pids), buf, views)
+            self.buckets.append(b)
+            for i, v in zip(pids, views):
+                self.loc[i] = (b, v)
+            if self.as_view:
+                # keep an existing gradient: it becomes the view's initial value
+                for i, v in zip(pids, views):
+                    p = self.params[i]
+                    if p.grad is not None:
+                        v[...] = p.grad.array
+                        p.grad = _new(v)
+        self.pending = [len(b.pids) for b in self.buckets]
+        self.counts = list(self.pending)
+        self.bucket_ready = [False] * len(self.buckets)
+        self.next_bucket = len(self.buckets)
+
+    def remove_hooks(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- per step --------------------------------------------------------------------------
+
+    def prepare_for_backward(self, outputs):
+        """Reset the step's accounting; find unused parameters (see Note [DDP buckets])."""
+        self.expect_hooks = True
+        self.pending[:] = self.counts
+        self.bucket_ready[:] = [False] * len(self.buckets)
+        self.next_bucket = 0
+        self.ready[:] = bytes(len(self.params))
+        self.marked_unused = False
+        if self.find_unused or (self.static_graph and self.static_unused is None):
+            self.unused = self._search_unused(outputs)
+            if self.static_graph:
+                self.static_unused = self.unused
+            if self.find_unused:
+                self.local_used[:] = 0
+        elif self.static_graph:
+            self.unused = self.static_unused
+
+    def _search_unused(self, outputs) -> list:
+        """Indices of parameters the autograd graph of `outputs` does not reach."""
+        seen, stack, leaves = set(), [], set()
+        for t in outputs:
+            if t.requires_grad:
+                if t._node is None:
+                    leaves.add(id(t))
+                else:
+                    stack.append(t._node)
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            for e in node.edges:
+                if e is None:
+                    continue
+                if isinstance(e[0], Tensor):
+                    leaves.add(id(e[0]))
+                else:
+                    stack.append(e[0])
+        return [i for i, p in enumerate(self.params) if id(p) not in leaves]
+
+    def ensure_prior_reduction_finished(self):
+        """The check at each forward: the previous synced backward must have finished."""
+        if not self.require_finalize:
+            return
+        missing = [i for i in range(len(self.params)) if not self.ready[i]]
+        self.require_finalize = False
+        self.expect_hooks = False
+        self._drain()
+        raise RuntimeError(_unused_message([self.names[i] for i in missing], missing,
+                                           self.rank))
+
+    def _drain(self):
+        """Wait for reductions already launched (so the group stays in step), dropping results."""
+        for b in self.buckets:
+            try:
+                if b.work is not None:
+                    b.work.wait()
+                elif b.future is not None:
+                    b.future.wait()
+            finally:
+                b.work = b.future = None
+
+    def mark_ready(self, i: int, p, used: bool = True):
+        """Parameter i's gradient is final: into its bucket, and launch what is complete."""
+        if self.ready[i]:
+            raise RuntimeError(
+                f"Expected to mark a variable ready only once. Parameter {self.names[i]} (index "
+                f"{i}) was marked ready twice in one iteration on rank {self.rank}. This is "
+                "caused by using a parameter in several reentrant backward passes, by a shared "
+                "parameter with find_unused_parameters, or by calling backward twice after one "
+                "forward; use static_graph=True or call forward again before each backward.")
+        if not self.require_finalize:
+            self.require_finalize = True
+            if not self.marked_unused:
+                self.marked_unused = True
+                for j in self.unused:
+                    if j != i:
+                        self.mark_ready(j, self.params[j], used=False)
+        self.ready[i] = 1
+        if self.steps == 0:
+            self.ready_order.append(i)
+        if used and self.find_unused:
+            self.local_used[i] = 1
+        b, view = self.loc[i]
+        g = p.grad
+        if g is None:
+            view[...] = 0
+        elif g.array is not view:
+            view[...] = g.array
+            if self.as_view:
+                p.grad = _new(view)
+        k = b.index
+        self.pending[k] -= 1
+        if self.pending[k] == 0:
+            self._bucket_ready(k)
+
+    def _bucket_ready(self, k: int):
+        self.bucket_ready[k] = True
+        nb = len(self.buckets)
+        while self.next_bucket < nb and self.bucket_ready[self.next_bucket]:
+            self._launch(self.buckets[self.next_bucket])
+            self.next_bucket += 1
+        if self.next_bucket == nb:
+            if self.find_unused:
+                self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
+            queue_callback(self.finalize)
+
+    def _launch(self, b: _Bucket):
+        if self.comm_hook is not None:
+            if b.grad_bucket is None:
+                b.grad_bucket = GradBucket(b.index, b.tensor, [self.params[i] for i in b.pids],
+                                           b.views, b.index == len(self.buckets) - 1)
+            fut = self.comm_hook(self.comm_state, b.grad_bucket)
+            if not isinstance(fut, Future):
+                raise TypeError(f"DDP comm hook: expected it to return a tensor.futures.Future "
+                                f"(e.g. from allreduce_hook), got {type(fut).__name__}")
+            b.future = fut
+            return
+        count = self._effective_world_size()
+        if count is None:
+            b.work = all_reduce(b.buffer, ReduceOp.AVG, group=self.group, async_op=True)
+        else:
+            # Join with divide_by_initial_world_size=False: divide by the active ranks
+            b.buffer /= count
+            b.work = all_reduce(b.buffer, ReduceOp.SUM, group=self.group, async_op=True)
+
+    def _effective_world_size(self):
+        if self.div_count is None:
+            return None
+        work, arr = self.div_count
+        work.wait()
+        self.div_count = None
+        self.div_factor = max(1, int(arr[0]))
+        return self.div_factor if self.div_factor != self.world_size else None
+
+    def finalize(self):
+        """At the end of backward: wait for every bucket and write the averages into .grad."""
+        self.expect_hooks = False
+        self.require_finalize = False
+        self.div_factor = None
+        for b in self.buckets:
+            if b.work is not None:
+                w, b.work = b.work, None
+                w.wait()
+            else:
+                fut, b.future = b.future, None
+                _take_result(b, fut.wait())
+        if self.steps == 0 and self.ready_order:
+            self.first_order = list(self.ready_order)
+        self.steps += 1
+        used = None
+        if self.find_unused:
+            self.used_work.wait()
+            self.used_work = None
+            used = self.local_used
+        if self.as_view and used is None:
+            return
+        for i, p in enumerate(self.params):
+            if used is not None and not used[i]:
+                continue   # unused on every rank: .grad stays as it is, as in PyTorch
+            view = self.loc[i][1]
+            g = p.grad
+            if self.as_view:
+                if g is None or g.array is not view:
+                    p.grad = _new(view)
+            elif g is None:
+                p.grad = _new(view.copy())
+            else:
+                g.array[...] = view
+                g._vbox[0] += 1
+
+
+def _take_result(b: _Bucket, value):
+    """A comm hook's result into the bucket (nothing to do when it reduced in place)."""
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    arr = value.array if isinstance(value, Tensor) else value
+    if arr is b.buffer:
+        return
+    if arr.size != b.buffer.size:
+        raise RuntimeError(f"DDP comm hook: bucket {b.index} has {b.buffer.size} elements but "
+                           f"the hook's future returned {arr.size}; return a tensor of the "
+                           "bucket's size (e.g. bucket.buffer()).")
+    b.buffer[...] = arr.reshape(b.buffer.shape)
+
+
+def _make_hook(ref, i: int):
+    def hook(p):
+        r = ref()
+        if r is not None and r.expect_hooks:
+            r.mark_ready(i, p)
+    return hook
