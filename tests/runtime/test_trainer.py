@@ -16,6 +16,7 @@ import tensor
 from runtime.config import load_config
 from runtime.registry import build_scheduler, loss_function, optimizer_class
 from runtime.trainer import Trainer, run
+from tests.helpers import free_port
 from tests.runtime._trainer_helpers import spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,10 +57,31 @@ def _trainer_proc(cfg_path, *overrides, env=None):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc, timeout_s=120):
-    out, err = proc.communicate(timeout=timeout_s)
-    assert proc.returncode == 0, err
-    return out, err
+def _trainer_procs(cfg_path, world_size, env=None):
+    """`world_size` ranks of one job, as zgrad run / torchrun start them."""
+    port = str(free_port())
+    return [_trainer_proc(cfg_path, env={
+        "RANK": str(r), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(r),
+        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+        **(env or {})}) for r in range(world_size)]
+
+
+def _finish(procs, timeout_s=120):
+    """Wait for every process; on a failure or the deadline, kill the rest."""
+    procs = procs if isinstance(procs, list) else [procs]
+    deadline = time.monotonic() + timeout_s
+    try:
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert p.returncode == 0, err
+            results.append((out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return results[0] if len(results) == 1 else results
 
 
 def _resume_config(run_dir):
@@ -123,6 +145,31 @@ def test_exact_resume_after_sigkill_one_process(tmp_path):
     _, err = _finish(_trainer_proc(os.path.join(b, "config.yaml")))
     assert "resumed from" in err and "step 13, epoch 1" in err
     _same_run(a, b, 20)
+
+
+def test_exact_resume_after_sigkill_two_processes(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    full = _trainer_procs(_resume_config(a), 2)
+    gate = os.path.join(b, "checkpoints", "step_000013")
+    killed = _trainer_procs(_resume_config(b), 2, env={"ZGRAD_TEST_GATE": gate})
+    _finish(full)
+    _kill_after_checkpoint(killed, gate)
+    assert sorted(os.listdir(os.path.join(b, "checkpoints", "step_000013"))) == [
+        "manifest.json", "meta.json", "model.safetensors", "optim.safetensors", "rank_0",
+        "rank_1"]
+    (_, err), _ = _finish(_trainer_procs(os.path.join(b, "config.yaml"), 2))
+    # 11 batches per rank and epoch, in steps of 3, 3, 3, 2: step 13 is mid-epoch 3
+    assert "resumed from" in err and "step 13, epoch 3" in err
+    _same_run(a, b, 20)
+
+
+def test_two_processes_learn_digits(tmp_path):
+    import shutil
+    shutil.copy(TEST_CFG, tmp_path / "config.yaml")
+    _finish(_trainer_procs(tmp_path / "config.yaml", 2))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 110   # 11 batches per rank
+    assert summary["final_test_accuracy"] >= 0.97, summary
 
 
 def test_cli_error_exits_nonzero_with_traceback(tmp_path):
