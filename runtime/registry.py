@@ -1,10 +1,17 @@
-"""Registries: what a config's ``name:`` fields select (optimizers, schedulers, losses).
+"""Registries: what a config's ``name:`` fields select (optimizers, schedulers, losses,
+data sets with their train/test splits; models are in ``runtime.models``).
 
 A registry maps a short name to a target: an object, or an import string
 ``"package.module:Name"`` resolved on first use, so that a name can be registered before the
 module that defines it exists (``runtime.models`` registers ``cnn`` this way). Any name that
 contains a colon is a user's own ``package.module:Name`` and is imported directly.
-Data sets are in ``runtime.datasets``, models in ``runtime.models``.
+
+    optimizers   sgd, adam, adamw, rmsprop (or any tensor.optim class by its own name)
+    schedulers   cosine, step, multistep, exponential, linear, lambda (or any class of
+                 tensor.optim.lr_scheduler by its own name), with an optional linear warmup
+    losses       cross_entropy, nll (both flatten sequence logits (B, T, V)), mse, l1,
+                 bce_with_logits
+    data sets    digits, mnist, fashion_mnist, cifar10, char (= shakespeare), npy_folder
 """
 from __future__ import annotations
 
@@ -299,3 +306,26 @@ def build_datasets(name: str, args: dict):
                              f"got a tuple of {len(out)}")
         return out
     return out, None
+
+
+def _base_dataset(ds):
+    """The data set under Subsets (and other wrappers with a `.dataset`)."""
+    while hasattr(ds, "dataset") and not hasattr(ds, "classes"):
+        ds = ds.dataset
+    return ds
+
+
+def dataset_info(ds) -> dict:
+    """What a model constructor may need from the data (``runtime.models.INFERRED_ARGS``):
+    in_features, in_channels, num_classes, vocab_size, block_size (None where unknown)."""
+    import numpy as np
+    sample = ds[0]
+    x = sample[0] if isinstance(sample, (tuple, list)) else sample
+    x = np.asarray(getattr(x, "array", x))
+    base = _base_dataset(ds)
+    classes = getattr(base, "classes", None)
+    return {"in_features": int(np.prod(x.shape)) if x.ndim else 1,
+            "in_channels": int(x.shape[0]) if x.ndim >= 3 else None,
+            "num_classes": len(classes) if classes else None,
+            "vocab_size": getattr(base, "vocab_size", None),
+            "block_size": getattr(base, "block_size", None)}

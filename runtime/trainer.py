@@ -40,60 +40,9 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import Config, load_config, to_dict
 from .metrics import MetricsLog, ProgressBar, Throughput, evaluate
-from .registry import build_datasets, build_scheduler, loss_function, optimizer_class
-
-
-def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name)
-    try:
-        return default if v in (None, "") else int(v)
-    except ValueError:
-        raise ValueError(f"trainer: ${name} must be an int, got {v!r}") from None
-
-
-def limit_threads(threads: int | None, local_world_size: int):
-    """Cap BLAS threads of this rank (train.threads, else the cores of this process divided by
-    the ranks on this host), so that N ranks do not run N x cores threads that thrash.
-    Returns threadpoolctl's limiter (None without threadpoolctl)."""
-    if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-        threads = max(1, cores // max(1, local_world_size))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:   # it comes with scikit-learn; without it BLAS keeps its default
-        return None
-    return threadpool_limits(limits=int(threads), user_api="blas")
-
-
-def _device(name: str, local_rank: int) -> str:
-    from tensor import backend
-    if name == "auto":
-        name = "cuda" if backend.cuda_is_available() else "cpu"
-    if name == "cuda":
-        return f"cuda:{local_rank}"
-    return name
-
-
-def _base_dataset(ds):
-    while hasattr(ds, "dataset") and not hasattr(ds, "classes"):
-        ds = ds.dataset
-    return ds
-
-
-def dataset_info(ds) -> dict:
-    """What a model constructor may need from the data: in_features, in_channels,
-    num_classes, vocab_size, block_size (None where unknown)."""
-    sample = ds[0]
-    x = np.asarray(getattr(sample[0], "array", sample[0]) if isinstance(sample, tuple)
-                   else sample)
-    base = _base_dataset(ds)
-    classes = getattr(base, "classes", None)
-    return {"in_features": int(np.prod(x.shape)) if x.ndim else 1,
-            "in_channels": int(x.shape[0]) if x.ndim >= 3 else None,
-            "num_classes": len(classes) if classes else None,
-            "vocab_size": getattr(base, "vocab_size", None),
-            "block_size": getattr(base, "block_size", None)}
+from .rank_env import limit_threads, rank_env, resolve_device
+from .registry import (build_datasets, build_scheduler, dataset_info, loss_function,
+                       optimizer_class)
 
 
 class Trainer:
@@ -101,12 +50,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str):
         self.cfg, self.run_dir = cfg, os.path.abspath(run_dir)
-        self.rank, self.world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-        self.local_rank = _env_int("LOCAL_RANK", self.rank)
-        self.local_world_size = _env_int("LOCAL_WORLD_SIZE", self.world_size)
+        self.rank, self.world_size, self.local_rank, self.local_world_size = rank_env()
         self.step = self.epoch = self.batch_in_epoch = 0
         self._loss_sum, self._loss_n = 0.0, 0   # micro-batch losses since the last log
-        self.device = _device(cfg.train.device, self.local_rank)
+        self.device = resolve_device(cfg.train.device, self.local_rank)
         self.ckpt_dir = cfg.checkpoint.dir or os.path.join(self.run_dir, "checkpoints")
         self._owns_group = False
         self._saved_step = None
@@ -212,7 +159,7 @@ class Trainer:
         return ddp
 
     def _build_optim(self) -> None:
-        o, s, t = self.cfg.optim, self.cfg.scheduler, self.cfg.train
+        o, s = self.cfg.optim, self.cfg.scheduler
         cls = optimizer_class(o.name)
         kwargs = {"lr": o.lr, "weight_decay": o.weight_decay, **o.args}
         try:
