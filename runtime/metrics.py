@@ -97,8 +97,8 @@ class MetricsLog:
             self._truncate_after(resume_step)
 
     def _truncate_after(self, step: int) -> None:
-        """Drop the lines of steps after `step`: a killed run wrote them, the resumed run
-        writes them again."""
+        """Drop the lines of steps after `step`: a run that died wrote them, and this run
+        (resumed at `step`, or starting afresh at 0) writes them again."""
         with open(path := self.path) as f:
             lines = f.readlines()
         keep = []

@@ -78,7 +78,7 @@ class Trainer:
         self._build_data()
         self._build_model()
         self._build_optim()
-        resumed = self._resume()
+        self._resume()
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             cfg_path = os.path.join(self.run_dir, "config.yaml")
@@ -86,9 +86,9 @@ class Trainer:
                 import yaml
                 with open(cfg_path, "w") as f:
                     yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        # lines past the resumed step (or all, on a fresh start) are from an attempt that died
         self.metrics = MetricsLog(os.path.join(self.run_dir, "metrics.jsonl")
-                                  if self.rank == 0 else None,
-                                  resume_step=self.step if resumed else None)
+                                  if self.rank == 0 else None, resume_step=self.step)
         return self
 
     def _loader(self, ds, train: bool):

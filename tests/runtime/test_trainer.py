@@ -261,3 +261,72 @@ def test_registries_build_what_configs_name():
     logits = tensor.tensor(np.zeros((2, 3, 4), np.float32))
     target = tensor.tensor(np.zeros((2, 3), np.int64))
     assert loss(logits, target).item() == pytest.approx(np.log(4))
+
+
+def test_data_registry_splits_without_leaks():
+    from runtime.registry import build_datasets, dataset_info
+    text = "".join(chr(97 + i % 26) for i in range(400))
+    train, test = build_datasets("char", {"text": text, "block_size": 8, "test_fraction": 0.25})
+    last_train_window = train.indices[-1] + 8   # the last text position a training sample sees
+    assert last_train_window < test.indices[0] == 300
+    assert dataset_info(train)["vocab_size"] == 26 and dataset_info(train)["block_size"] == 8
+    tr, te = build_datasets("digits", {})
+    assert len(tr) + len(te) == 1797 and not set(tr.indices) & set(te.indices)
+    x = np.stack([tr[i][0] for i in range(len(tr))])   # standardised with training statistics
+    assert abs(x.mean()) < 1e-4
+    assert dataset_info(tr) == {"in_features": 64, "in_channels": 1, "num_classes": 10,
+                                "vocab_size": None, "block_size": None}
+    with pytest.raises(ValueError, match="mnist"):
+        build_datasets("imagenet", {})
+
+
+def test_sequence_eval_counts_tokens():
+    from runtime.data import DataLoader, TensorDataset
+    from runtime.metrics import evaluate
+    from tensor import nn
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 3, 4)).astype(np.float32)   # (B, T, V)
+    y = rng.integers(0, 4, size=(5, 3))
+
+    class Fixed(nn.Module):
+        def forward(self, idx):
+            return tensor.tensor(logits)[idx.array]
+
+    loader = DataLoader(TensorDataset(tensor.arange(5), tensor.tensor(y)), batch_size=2)
+    res = evaluate(Fixed(), loader, loss_function("cross_entropy"))
+    lg = logits.astype(np.float64)
+    logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, y[..., None], -1)
+    assert res["samples"] == 5
+    assert res["loss"] == pytest.approx(nll.mean(), rel=1e-6)
+    assert res["accuracy"] == pytest.approx((logits.argmax(-1) == y).mean(), abs=1e-12)
+
+
+def test_rank_env_and_thread_cap(monkeypatch):
+    from threadpoolctl import threadpool_info
+    from runtime.rank_env import limit_threads, rank_env
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert rank_env() == (1, 2, 1, 2)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK"):
+        rank_env()
+    limiter = limit_threads(None, local_world_size=len(os.sched_getaffinity(0)))
+    try:
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+    finally:
+        limiter.restore_original_limits()
+
+
+def test_resume_from_a_named_corrupt_checkpoint_fails(tmp_path):
+    cfg = load_config(TEST_CFG, ["train.max_steps=2", "train.eval_every_epochs=null"])
+    run(cfg, str(tmp_path))
+    path = tmp_path / "checkpoints" / "step_000002"
+    with open(path / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    cfg.checkpoint.resume = str(path)
+    with pytest.raises(RuntimeError, match="truncated"):
+        run(cfg, str(tmp_path))
