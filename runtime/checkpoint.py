@@ -9,11 +9,15 @@ Note [Checkpoint layout]
 ~~~~~~~~~~~~~~~~~~~~~~~~
 CKPT_DIR/step_000123/ holds
     model.safetensors           model.state_dict() (of ``ddp.module`` under DDP)      rank 0
-    optim.safetensors           optimizer.state_dict() (a ZeroRedundancyOptimizer's is
-                                consolidated on rank 0 first, so any world size loads it)  rank 0
+    optim.safetensors           optimizer.state_dict()                                rank 0
     meta.json                   step, epoch, world_size, the scheduler's state, `extra`  rank 0
     rank_K/state.safetensors    this rank's RNG states (Python ``random``, numpy's global
                                 RNG, zgrad's default generator) and its loader position  rank K
+    rank_K/optim.safetensors    instead of optim.safetensors under a ZeroRedundancyOptimizer
+                                of several ranks: rank K's shard (``zero.optim.state_dict()``),
+                                so no rank gathers the whole state; it loads back only at the
+                                same world size (consolidate_state_dict() and save
+                                ``zero.state_dict()`` yourself for a portable copy)    rank K
     manifest.json               sha256 and size of every file above; written last     rank 0
 Tensors go through ``tensor.save`` (safetensors, the structure as JSON in its header; no
 pickle), everything else is JSON. Per-rank files exist because ranks differ: each has its own
@@ -180,8 +184,9 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
     directory = os.path.abspath(os.fspath(directory))
     name = step_dirname(step)
     tmp, final = os.path.join(directory, f".{name}.tmp"), os.path.join(directory, name)
-    if optimizer is not None and hasattr(optimizer, "consolidate_state_dict"):
-        optimizer.consolidate_state_dict(to=0)   # ZeRO: every rank takes part
+    sharded = _is_zero(optimizer) and world_size > 1
+    if _is_zero(optimizer) and not sharded:
+        optimizer.consolidate_state_dict(to=0)   # one rank: its shard is the whole state
     error = None
     if rank == 0:
         try:
@@ -198,9 +203,14 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
         os.makedirs(os.path.join(tmp, f"rank_{rank}"))
         local = {"rng": rng_state(), "loader": loader.state_dict() if loader else None}
         files.update(_write(tmp, f"rank_{rank}/state.safetensors", _tensor_writer(local)))
+        if sharded:
+            _copy_hyperparameters(optimizer.param_groups, optimizer.optim.param_groups)
+            files.update(_write(tmp, f"rank_{rank}/optim.safetensors",
+                                _tensor_writer(optimizer.optim.state_dict())))
         if rank == 0:
-            files.update(_write_shared(tmp, step, epoch, world_size, model, optimizer,
-                                       scheduler, extra))
+            files.update(_write_shared(tmp, step, epoch, world_size, model,
+                                       None if sharded else optimizer, scheduler, extra,
+                                       sharded))
     except Exception as e:   # gathered below, so the other ranks raise too instead of hanging
         error = f"{type(e).__name__}: {e}"
     outcomes = _gather(dist, [files, error])
@@ -218,7 +228,20 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
     return final
 
 
-def _write_shared(tmp, step, epoch, world_size, model, optimizer, scheduler, extra) -> dict:
+def _is_zero(optimizer) -> bool:
+    """A ZeroRedundancyOptimizer (or one like it): its local shard is `.optim`."""
+    return hasattr(optimizer, "consolidate_state_dict") and hasattr(optimizer, "optim")
+
+
+def _copy_hyperparameters(src_groups, dst_groups) -> None:
+    """Group by group, everything but the params. The ZeRO wrapper's groups are the ones a
+    scheduler sets; its shard's optimizer sees them only at the next step()."""
+    for src, dst in zip(src_groups, dst_groups):
+        dst.update({k: v for k, v in src.items() if k != "params"})
+
+
+def _write_shared(tmp, step, epoch, world_size, model, optimizer, scheduler, extra,
+                  sharded) -> dict:
     """Rank 0's files: model, optimizer, meta.json."""
     files = {}
     if model is not None:
@@ -227,7 +250,7 @@ def _write_shared(tmp, step, epoch, world_size, model, optimizer, scheduler, ext
     if optimizer is not None:
         files.update(_write(tmp, "optim.safetensors", _tensor_writer(optimizer.state_dict())))
     meta = {"step": int(step), "epoch": int(epoch), "world_size": world_size,
-            "time": time.time(),
+            "time": time.time(), "optimizer_sharded": sharded,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "extra": extra or {}}
     try:
@@ -347,6 +370,33 @@ def find_latest(directory) -> str | None:
 
 
 # -- load ------------------------------------------------------------------------------------
+def _part(path, fname, what) -> str:
+    fpath = os.path.join(path, fname)
+    if not os.path.exists(fpath):
+        raise CheckpointError(f"checkpoint {path} has no {fname}, but {what} was given")
+    return fpath
+
+
+def _load_optimizer(path, meta, optimizer, rank, world_size) -> None:
+    """The whole state into any optimizer (ZeRO keeps its shard of it), or a ZeRO shard
+    into the ZeRO optimizer of the same rank at the same world size."""
+    import tensor
+    if not meta.get("optimizer_sharded"):
+        optimizer.load_state_dict(tensor.load(_part(path, "optim.safetensors",
+                                                    "an optimizer"), map_location="cpu"))
+        return
+    if not _is_zero(optimizer) or meta.get("world_size") != world_size:
+        raise CheckpointError(
+            f"checkpoint {path} holds the optimizer state as ZeroRedundancyOptimizer shards of "
+            f"{meta.get('world_size')} ranks; it loads only into a ZeroRedundancyOptimizer at "
+            f"that world size (got {type(optimizer).__name__} at world size {world_size}). "
+            "Resume with the same number of ranks, or pass optimizer=None to restore the rest")
+    shard = tensor.load(_part(path, f"rank_{rank}/optim.safetensors", "a ZeRO optimizer"),
+                        map_location="cpu")
+    optimizer.optim.load_state_dict(shard)
+    _copy_hyperparameters(optimizer.optim.param_groups, optimizer.param_groups)
+
+
 def load_checkpoint(path, *, model=None, optimizer=None, scheduler=None, loader=None,
                     restore_rng: bool = True, verify: bool = True) -> dict:
     """Restore what save_checkpoint wrote into the given objects; returns meta.json's contents.
@@ -365,20 +415,14 @@ def load_checkpoint(path, *, model=None, optimizer=None, scheduler=None, loader=
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {why}")
     with open(os.path.join(path, "meta.json"), "rb") as f:
         meta = json.loads(f.read())
-    parts = [("model", model, "model.safetensors"), ("optimizer", optimizer, "optim.safetensors")]
-    for what, obj, fname in parts:
-        if obj is None:
-            continue
-        fpath = os.path.join(path, fname)
-        if not os.path.exists(fpath):
-            raise CheckpointError(f"checkpoint {path} has no {fname}, but a {what} was given")
-        if what == "model":
-            module = _unwrap(obj)
-            dev = next(iter(module.parameters()), None)
-            module.load_state_dict(tensor.load(fpath, map_location=str(dev.device) if dev
-                                               is not None else "cpu"))
-        else:
-            obj.load_state_dict(tensor.load(fpath, map_location="cpu"))
+    if model is not None:
+        module = _unwrap(model)
+        dev = next(iter(module.parameters()), None)
+        module.load_state_dict(tensor.load(_part(path, "model.safetensors", "a model"),
+                                           map_location=str(dev.device) if dev is not None
+                                           else "cpu"))
+    if optimizer is not None:
+        _load_optimizer(path, meta, optimizer, rank, world_size)
     if scheduler is not None:
         if meta.get("scheduler") is None:
             raise CheckpointError(f"checkpoint {path} has no scheduler state, but a scheduler "

@@ -108,7 +108,7 @@ def test_layout_manifest_and_keep_last(tmp_path):
     meta = json.loads((path / "meta.json").read_text())
     assert meta["extra"] == {"note": "x"} and meta["scheduler"]["last_epoch"] == 0
     import safetensors.numpy   # other frameworks can read the tensors
-    assert "t.0" in safetensors.numpy.load_file(str(path / "model.safetensors"))
+    assert "layers.1.weight" in safetensors.numpy.load_file(str(path / "model.safetensors"))
     assert ck.find_latest(tmp_path) == str(path)
 
 

@@ -84,7 +84,7 @@ def _finish(procs, timeout_s=120):
     return results[0] if len(results) == 1 else results
 
 
-def _resume_config(run_dir):
+def _resume_config(run_dir, extra=""):
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.yaml")
     # 22 batches per epoch in 8 steps (7 of 3 batches, 1 of 1): step 13 is at batch 15 of
@@ -95,23 +95,28 @@ data: {{name: "tests.runtime._trainer_helpers:GatedDigits"}}
 scheduler: {{name: cosine, warmup_steps: 3}}
 train: {{max_steps: 20, grad_accum_steps: 3, eval_every_steps: 10, log_every_steps: 5}}
 checkpoint: {{every_steps: 13, every_epochs: null}}
-""")
+""" + extra)
     return path
 
 
 def _arrays(path):
+    """Every tensor of a checkpoint: model, optimizer (or its ZeRO shards), and each rank's
+    RNG and loader state."""
+    import safetensors.numpy
     out = {}
-    for name in ("model.safetensors", "optim.safetensors"):
-        import safetensors.numpy
-        for k, v in safetensors.numpy.load_file(os.path.join(path, name)).items():
-            out[f"{name}/{k}"] = v
+    for folder, _, names in os.walk(path):
+        for name in names:
+            if name.endswith(".safetensors"):
+                rel = os.path.relpath(os.path.join(folder, name), path)
+                for k, v in safetensors.numpy.load_file(os.path.join(folder, name)).items():
+                    out[f"{rel}/{k}"] = v
     return out
 
 
 def _same_run(dir_a, dir_b, step):
     a = _arrays(os.path.join(dir_a, "checkpoints", f"step_{step:06d}"))
     b = _arrays(os.path.join(dir_b, "checkpoints", f"step_{step:06d}"))
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("model.") for k in a)
     for k in a:
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k   # bitwise
     drop = ("samples_per_s",)
@@ -147,16 +152,28 @@ def test_exact_resume_after_sigkill_one_process(tmp_path):
     _same_run(a, b, 20)
 
 
-def test_exact_resume_after_sigkill_two_processes(tmp_path):
+def _has_zero() -> bool:
+    try:
+        from runtime.distributed.optim import ZeroRedundancyOptimizer  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("zero", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not _has_zero(), reason="needs runtime.distributed.optim.ZeroRedundancyOptimizer"))])
+def test_exact_resume_after_sigkill_two_processes(tmp_path, zero):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    full = _trainer_procs(_resume_config(a), 2)
+    extra = f"optim: {{zero: {str(zero).lower()}}}\n"
+    full = _trainer_procs(_resume_config(a, extra), 2)
     gate = os.path.join(b, "checkpoints", "step_000013")
-    killed = _trainer_procs(_resume_config(b), 2, env={"ZGRAD_TEST_GATE": gate})
+    killed = _trainer_procs(_resume_config(b, extra), 2, env={"ZGRAD_TEST_GATE": gate})
     _finish(full)
     _kill_after_checkpoint(killed, gate)
-    assert sorted(os.listdir(os.path.join(b, "checkpoints", "step_000013"))) == [
-        "manifest.json", "meta.json", "model.safetensors", "optim.safetensors", "rank_0",
-        "rank_1"]
+    ckpt = os.path.join(b, "checkpoints", "step_000013")
+    assert sorted(os.listdir(ckpt)) == ["manifest.json", "meta.json", "model.safetensors"] \
+        + ([] if zero else ["optim.safetensors"]) + ["rank_0", "rank_1"]
+    assert ("optim.safetensors" in os.listdir(os.path.join(ckpt, "rank_1"))) == zero
     (_, err), _ = _finish(_trainer_procs(os.path.join(b, "config.yaml"), 2))
     # 11 batches per rank and epoch, in steps of 3, 3, 3, 2: step 13 is mid-epoch 3
     assert "resumed from" in err and "step 13, epoch 3" in err
