@@ -274,3 +274,56 @@ def test_two_ranks_write_their_own_state_and_fail_together(tmp_path):
     for o in out:   # rank 1's failure is reported on both ranks, and nothing hangs
         assert o["err"] is not None and "rank(s) [1]" in o["err"] and "disk on fire" in o["err"]
     assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == ["step_000001"]
+
+
+def _zero_rank(rank, world_size, directory):
+    import runtime.distributed as dist
+    from runtime.distributed.optim import ZeroRedundancyOptimizer
+    dist.init_process_group(timeout=30)
+    try:
+        def make(seed):
+            job = _Job(seed)
+            job.opt = ZeroRedundancyOptimizer(job.model.parameters(), optimizer_class=optim.Adam,
+                                              lr=1e-2)
+            job.sched = optim.lr_scheduler.StepLR(job.opt, step_size=1, gamma=0.5)
+            return job
+        x, y = next(iter(_Job().loader))
+        a = make(0)
+        for _ in range(2):
+            a.step(x, y)   # same batch on both ranks: same gradients, no DDP needed
+        path = ck.save_checkpoint(directory, 2, model=a.model, optimizer=a.opt,
+                                  scheduler=a.sched)
+        b = make(5)
+        ck.load_checkpoint(path, model=b.model, optimizer=b.opt, scheduler=b.sched)
+        rng = ck.rng_state()   # a and b share this process's generator (dropout)
+        a.step(x, y)
+        ck.set_rng_state(rng)
+        b.step(x, y)
+        same = all(np.array_equal(a.weights()[k], v) for k, v in b.weights().items())
+        try:
+            ck.load_checkpoint(path, optimizer=_Job().opt)
+            err = None
+        except ck.CheckpointError as e:
+            err = str(e)
+        return {"same": same, "files": sorted(os.listdir(os.path.join(path, f"rank_{rank}"))),
+                "lr": b.opt.param_groups[0]["lr"], "err": err}
+    finally:
+        dist.destroy_process_group()
+
+
+def _has_zero() -> bool:
+    try:
+        from runtime.distributed.optim import ZeroRedundancyOptimizer  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_zero(), reason="needs runtime.distributed.optim's ZeRO")
+def test_zero_optimizer_shards_are_saved_per_rank(tmp_path):
+    out = spawn(_zero_rank, 2, str(tmp_path), timeout_s=60)
+    assert "optim.safetensors" not in os.listdir(tmp_path / "step_000002")
+    for o in out:
+        assert o["same"] and o["files"] == ["optim.safetensors", "state.safetensors"]
+        assert o["lr"] == pytest.approx(1e-2 * 0.5 ** 3)
+        assert "ZeroRedundancyOptimizer shards of 2 ranks" in o["err"]
