@@ -116,13 +116,17 @@ class Trainer:
         train, test = build_datasets(d.name, d.args)
         val = None
         if d.val_fraction:
+            if not 0 < d.val_fraction < 1:
+                raise ValueError(f"data.val_fraction: expected a value in [0, 1), got "
+                                 f"{d.val_fraction}")
+            n_val = max(1, round(len(train) * d.val_fraction))
             gen = tensor.Generator().manual_seed(self.cfg.train.seed)
-            train, val = random_split(train, [1 - d.val_fraction, d.val_fraction], gen)
+            train, val = random_split(train, [len(train) - n_val, n_val], gen)
         self.info = dataset_info(train)
         self.train_loader = self._loader(train, True)
-        self.eval_loader = self._loader(val if val is not None else test, False) \
-            if (val is not None or test is not None) else None
-        self.test_loader = self._loader(test, False) if test is not None else self.eval_loader
+        self.test_loader = self._loader(test, False) if test is not None else None
+        # evaluation during training: on the validation split if there is one, else the test
+        self.eval_loader = self._loader(val, False) if val is not None else self.test_loader
         self.loss_fn = loss_function(self.cfg.train.loss)
         accum = self.cfg.train.grad_accum_steps
         if accum < 1:
@@ -268,7 +272,7 @@ class Trainer:
         t, c = self.cfg.train, self.cfg.checkpoint
         record = {}
         if t.eval_every_epochs and self.epoch % t.eval_every_epochs == 0:
-            record.update(self._eval_record())
+            record.update(self._eval_record(self.eval_loader))
         if record:
             self.metrics.write({"step": self.step, "epoch": self.epoch, **record})
         if c.every_epochs and self.epoch % c.every_epochs == 0:
@@ -311,7 +315,7 @@ class Trainer:
         else:
             self._bar.update(1)
         if t.eval_every_steps and self.step % t.eval_every_steps == 0:
-            record.update(self._eval_record())
+            record.update(self._eval_record(self.eval_loader))
         if record:
             self.metrics.write({"step": self.step, "epoch": self.epoch, **record})
         if c.every_steps and self.step % c.every_steps == 0:
@@ -337,8 +341,8 @@ class Trainer:
         self._bar.update(1, loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.0f}")
         return rec
 
-    def _eval_record(self, loader=None, prefix: str = "eval") -> dict:
-        loader = loader or self.eval_loader
+    def _eval_record(self, loader, prefix: str = "eval") -> dict:
+        """{prefix_loss, prefix_accuracy} over `loader`'s whole data set (collective)."""
         if loader is None:
             return {}
         self._sync_buffers()
@@ -357,20 +361,28 @@ class Trainer:
                 dist.broadcast(b, src=0)
 
     def _finish(self, train_s: float) -> dict:
-        rec = self._eval_record(self.test_loader, "test")
+        """Evaluate on the test split (the validation split when the data set has no test
+        split), write the last metrics line and summary.json, print the result."""
+        split = "test" if self.test_loader is not None else "val"
+        rec = self._eval_record(self.eval_loader if split == "val" else self.test_loader, split)
         summary = {"step": self.step, "epoch": self.epoch, "world_size": self.world_size,
                    "train_time_s": train_s,
                    "samples_per_s": self._samples * self.world_size / max(train_s, 1e-9),
                    "final_test_accuracy": rec.get("test_accuracy"),
                    "final_test_loss": rec.get("test_loss")}
+        if split == "val":
+            summary.update(final_val_accuracy=rec.get("val_accuracy"),
+                           final_val_loss=rec.get("val_loss"))
         if self.rank == 0:
             self.metrics.write({"step": self.step, "epoch": self.epoch, **rec})
             with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
-            acc = summary["final_test_accuracy"]
-            print(f"trainer: final test accuracy {acc:.4f}" if acc is not None
-                  else "trainer: finished", f"(test loss {rec.get('test_loss', float('nan')):.4f},"
-                  f" {self.step} steps, {train_s:.1f} s, run folder {self.run_dir})", flush=True)
+            acc, loss = rec.get(f"{split}_accuracy"), rec.get(f"{split}_loss")
+            result = (f"final {split} accuracy {acc:.4f} ({split} loss {loss:.4f}, "
+                      if acc is not None else f"final {split} loss {loss:.4f} ("
+                      if loss is not None else "finished (")
+            print(f"trainer: {result}{self.step} steps, {train_s:.1f} s, run folder "
+                  f"{self.run_dir})", flush=True)
         return summary
 
     def close(self) -> None:
