@@ -200,6 +200,10 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
     _raise_failures(_gather(dist, error), f"save_checkpoint({final})")
     files, error = {}, None
     try:
+        if not os.path.isdir(tmp):
+            raise CheckpointError(f"{tmp}, created by rank 0, is not visible on this rank; "
+                                  "the checkpoint directory must be on a file system that "
+                                  "every rank shares (e.g. NFS across hosts)")
         os.makedirs(os.path.join(tmp, f"rank_{rank}"))
         local = {"rng": rng_state(), "loader": loader.state_dict() if loader else None}
         files.update(_write(tmp, f"rank_{rank}/state.safetensors", _tensor_writer(local)))
