@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,14 +340,25 @@ def test_rank_env_and_thread_cap(monkeypatch):
         limiter.restore_original_limits()
 
 
-def test_resume_from_a_named_corrupt_checkpoint_fails(tmp_path):
-    cfg = load_config(TEST_CFG, ["train.max_steps=2", "train.eval_every_epochs=null"])
+def test_resume_skips_a_corrupt_latest_and_refuses_a_named_one(tmp_path, capsys):
+    from runtime.checkpoint import CheckpointWarning
+    cfg = load_config(TEST_CFG, ["train.max_steps=4", "checkpoint.every_steps=2",
+                                 "train.eval_every_epochs=null"])
     run(cfg, str(tmp_path))
-    path = tmp_path / "checkpoints" / "step_000002"
+    path = tmp_path / "checkpoints" / "step_000004"
     with open(path / "model.safetensors", "r+b") as f:
         f.truncate(100)
-    cfg.checkpoint.resume = str(path)
-    with pytest.raises(RuntimeError, match="truncated"):
+    cfg.train.max_steps = 6
+    with pytest.warns(CheckpointWarning, match="step_000004 is corrupt.*truncated"):
+        assert run(cfg, str(tmp_path))["step"] == 6
+    assert f"resumed from {path.parent / 'step_000002'} (step 2," in capsys.readouterr().err
+    # the resumed run wrote step 4 again over the corrupt one (keep_last 2 dropped step 2)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step_000004", "step_000006"]
+    cfg.checkpoint.resume = str(tmp_path / "named")
+    shutil.copytree(tmp_path / "checkpoints" / "step_000006", cfg.checkpoint.resume)
+    with open(os.path.join(cfg.checkpoint.resume, "meta.json"), "a") as f:
+        f.write(" ")
+    with pytest.raises(RuntimeError, match="meta.json has .* bytes.*truncated"):
         run(cfg, str(tmp_path))
 
 
