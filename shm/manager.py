@@ -84,7 +84,11 @@ class Manager:
         self.expiry: dict[tuple, float] = {}          # token of a dead sender -> deadline
         self.progress: dict[str, int] = {}            # cid -> last seq read
         self.closed: set[str] = set()
-        self.waiting: dict[str, list] = {}            # sender cid -> [(seq, token)]
+        # sender cid -> [(seq, token, names)]: claims read before the sender's F (they come on
+        # different connections). Each claimed name is counted once more until then, or a
+        # release read meanwhile could unlink a segment whose creator's hold and flight are
+        # still unread in its socket (Note [Shm lifetime]: early claims).
+        self.waiting: dict[str, list] = {}
         self.clients: dict[socket.socket, _Client] = {}
         self.sel = selectors.DefaultSelector()
         self.stop = False
@@ -127,6 +131,12 @@ class Manager:
         for n in names or ():
             self.decr(n)
 
+    def consume_early(self, token, names):
+        """Consume a claim that was read before its flight, and drop its interim counts."""
+        self.consume(token)
+        for n in names:
+            self.decr(n)
+
     # -- messages ---------------------------------------------------------------------------
     def handle(self, cl: _Client, line: str):
         cl.seq += 1
@@ -154,15 +164,19 @@ class Manager:
                 self.incr(n)
         elif op == "C":
             sender, seq = args[0], int(args[1])
+            names = []
             for entry in args[2:]:
                 name, _, new = entry.rpartition("=")
+                names.append(name)
                 if new == "1":
                     cl.holds[name] = cl.holds.get(name, 0) + 1
                     self.incr(name)
             if sender in self.closed or self.progress.get(sender, 0) >= seq:
                 self.consume((sender, seq))
             else:  # the sender's F has not been read yet: consume it once it is
-                self.waiting.setdefault(sender, []).append((seq, (sender, seq)))
+                for name in names:
+                    self.incr(name)
+                self.waiting.setdefault(sender, []).append((seq, (sender, seq), names))
         elif op == "P":
             cl.sock.sendall(b"P\n")
         elif op == "S":
@@ -177,8 +191,8 @@ class Manager:
             if waits:
                 ready = [w for w in waits if w[0] <= cl.seq]
                 self.waiting[cl.cid] = [w for w in waits if w[0] > cl.seq]
-                for _, token in ready:
-                    self.consume(token)
+                for _, token, names in ready:
+                    self.consume_early(token, names)
 
     def drop(self, cl: _Client):
         self.sel.unregister(cl.sock)
@@ -189,8 +203,8 @@ class Manager:
                 self.decr(name)
         if cl.cid is not None:
             self.closed.add(cl.cid)
-            for _, token in self.waiting.pop(cl.cid, []):
-                self.consume(token)
+            for _, token, names in self.waiting.pop(cl.cid, []):
+                self.consume_early(token, names)
             deadline = time.monotonic() + self.grace_s
             for token in self.flights_of.pop(cl.cid, ()):
                 self.expiry[token] = deadline

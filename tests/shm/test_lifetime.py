@@ -183,3 +183,32 @@ def test_fork_child_that_drops_an_inherited_array_lets_go_of_it():
     finally:
         p.kill()
         p.join(10)
+
+
+def _receives_and_drops(q, n_box):
+    n = 0
+    while q.get(timeout=60) is not None:   # each tensor dropped at once: its arena mapping too
+        n += 1
+    n_box.value = n
+
+
+def test_small_tensors_streamed_and_dropped_on_both_sides_all_arrive():
+    """A receiver's claim and release can overtake the sender's hold and flight (different
+    connections); the arena must not be unlinked under handles still in flight."""
+    ctx = mp.get_context("fork")
+    q, n_box = ctx.Queue(), ctx.Value("i", -1)
+    p = ctx.Process(target=_receives_and_drops, args=(q, n_box))
+    p.start()
+    import tensor
+    sent, t0 = 0, time.monotonic()
+    while sent < 3000 and p.is_alive():
+        t = tensor.zeros(1024).share_memory_()   # 4 KiB: packed into 1 MiB arenas
+        q.put(t)
+        del t                                   # dropped right away
+        sent += 1
+        ahead = t0 + sent / 1000 - time.monotonic()   # 1,000 a second: an arena lives for
+        if ahead > 0:                                 # a tensor or two
+            time.sleep(ahead)
+    q.put(None)
+    _join(p)
+    assert p.exitcode == 0 and n_box.value == sent == 3000
