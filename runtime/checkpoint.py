@@ -184,20 +184,11 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
     directory = os.path.abspath(os.fspath(directory))
     name = step_dirname(step)
     tmp, final = os.path.join(directory, f".{name}.tmp"), os.path.join(directory, name)
+    where = f"save_checkpoint({final})"
     sharded = _is_zero(optimizer) and world_size > 1
     if _is_zero(optimizer) and not sharded:
         optimizer.consolidate_state_dict(to=0)   # one rank: its shard is the whole state
-    error = None
-    if rank == 0:
-        try:
-            os.makedirs(directory, exist_ok=True)
-            for leftover in os.listdir(directory):
-                if leftover.startswith(".step_") and leftover.endswith(".tmp"):
-                    shutil.rmtree(os.path.join(directory, leftover))
-            os.makedirs(tmp)
-        except OSError as e:
-            error = f"cannot create {tmp}: {e}"
-    _raise_failures(_gather(dist, error), f"save_checkpoint({final})")
+    _raise_failures(_gather(dist, _prepare(directory, tmp) if rank == 0 else None), where)
     files, error = {}, None
     try:
         if not os.path.isdir(tmp):
@@ -218,7 +209,7 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
     except Exception as e:   # gathered below, so the other ranks raise too instead of hanging
         error = f"{type(e).__name__}: {e}"
     outcomes = _gather(dist, [files, error])
-    _raise_failures([e for _, e in outcomes], f"save_checkpoint({final})")
+    _raise_failures([e for _, e in outcomes], where)
     error = None
     if rank == 0:
         try:
@@ -228,8 +219,22 @@ def save_checkpoint(directory, step: int, *, model=None, optimizer=None, schedul
                     shutil.rmtree(old, ignore_errors=True)
         except OSError as e:
             error = f"{type(e).__name__}: {e}"
-    _raise_failures(_gather(dist, error), f"save_checkpoint({final})")
+    _raise_failures(_gather(dist, error), where)
     return final
+
+
+def _prepare(directory: str, tmp: str) -> str | None:
+    """Rank 0: remove what interrupted saves left, create the temporary folder. Returns the
+    error, if any (gathered, so that every rank raises it)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        for leftover in os.listdir(directory):
+            if leftover.startswith(".step_") and leftover.endswith(".tmp"):
+                shutil.rmtree(os.path.join(directory, leftover))
+        os.makedirs(tmp)
+    except OSError as e:
+        return f"cannot create {tmp}: {e}"
+    return None
 
 
 def _is_zero(optimizer) -> bool:
@@ -279,7 +284,7 @@ def _commit(tmp, final, step, epoch, world_size, outcomes) -> None:
             _fsync_dir(os.path.join(tmp, entry))
     _fsync_dir(tmp)
     if os.path.exists(final):   # the same step saved again (a rerun): replace it
-        old = final + ".old.tmp"
+        old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old.tmp")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
