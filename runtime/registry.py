@@ -247,8 +247,10 @@ DATASETS.register("cifar10", _train_test("CIFAR10"))
 
 @DATASETS.register("char")
 def _char(path=None, block_size: int = 128, test_fraction: float = 0.1, text=None):
-    """A character-level text (default: Shakespeare); the last `test_fraction` of the text is
-    the test split, and no training window reaches into it."""
+    """A character-level text (default: Shakespeare). Training samples are the windows at
+    every offset of the first 1 - `test_fraction` of the text; the test split is the rest,
+    cut into non-overlapping windows (each character predicted once, as a language model is
+    evaluated), and no training window reaches into it."""
     from .data import Subset
     from .data.datasets import CharDataset
     ds = CharDataset(path, block_size=block_size, text=text)
@@ -258,7 +260,7 @@ def _char(path=None, block_size: int = 128, test_fraction: float = 0.1, text=Non
         raise ValueError(f"data set char: a text of {n_text} characters is too short for "
                          f"block_size={block_size} and test_fraction={test_fraction}")
     # window i covers text[i : i + block_size + 1]
-    return Subset(ds, range(0, cut - block_size)), Subset(ds, range(cut, len(ds)))
+    return Subset(ds, range(0, cut - block_size)), Subset(ds, range(cut, len(ds), block_size))
 
 
 DATASETS.register("shakespeare", _char)

@@ -288,6 +288,7 @@ def test_data_registry_splits_without_leaks():
     train, test = build_datasets("char", {"text": text, "block_size": 8, "test_fraction": 0.25})
     last_train_window = train.indices[-1] + 8   # the last text position a training sample sees
     assert last_train_window < test.indices[0] == 300
+    assert list(test.indices) == list(range(300, 392, 8))   # non-overlapping windows
     assert dataset_info(train)["vocab_size"] == 26 and dataset_info(train)["block_size"] == 8
     tr, te = build_datasets("digits", {})
     assert len(tr) + len(te) == 1797 and not set(tr.indices) & set(te.indices)
