@@ -140,6 +140,85 @@ def _check_same_shape(op, input, target, strict=False):
                       "want (as PyTorch warns).", stacklevel=3)
 
 
+# -- convolution, pooling, padding, resampling, feature dropout, batch norm ------------------
+# (tensor/ops/conv.py, pool.py, resize.py, batchnorm.py; kept in one block)
+from ..ops.batchnorm import batch_norm, instance_norm  # noqa: E402,F401
+from ..ops.conv import (conv1d, conv2d, conv_transpose1d, conv_transpose2d, fold,  # noqa: E402,F401
+                        unfold)
+from ..ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d,  # noqa: E402,F401
+                        avg_pool2d, max_pool1d, max_pool2d)
+from ..ops.resize import interpolate, pad  # noqa: E402,F401
+
+__all__ += ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "unfold", "fold",
+            "max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+            "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "pad",
+            "interpolate", "upsample", "dropout1d", "dropout2d", "batch_norm", "instance_norm"]
+
+
+def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode=False, return_indices=True):
+    """max_pool1d that returns (output, indices)."""
+    return max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode=False, return_indices=True):
+    """max_pool2d that returns (output, indices)."""
+    return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def upsample(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """The deprecated alias of interpolate."""
+    return interpolate(input, size, scale_factor, mode, align_corners)
+
+
+def _feature_dropout(op, input, p, training, inplace, mask_shape):
+    """Zero whole channels (a mask broadcast over the trailing dims), scale by 1/(1-p)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    from .. import random as _random
+    from ..ops.elementwise import _wrap
+    x = input.array
+    keep = _random.uniform_array(mask_shape, x.dtype, input.device) >= p
+    scale = keep.astype(x.dtype) * (0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    y = input * _wrap(scale.astype(x.dtype, copy=False))
+    return input.copy_(y) if inplace else y
+
+
+def dropout1d(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """Channel dropout for (N, C, L) or unbatched (C, L) inputs."""
+    nd = input.dim()
+    if nd not in (2, 3):
+        raise RuntimeError(f"dropout1d: Expected 2D or 3D input, but received a {nd}D input. "
+                           "Note that dropout1d exists to provide channel-wise dropout on "
+                           "inputs with 1 spatial dimension.")
+    shape = tuple(input.shape)
+    return _feature_dropout("dropout1d", input, p, training, inplace,
+                            shape[:nd - 1] + (1,))
+
+
+def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """Channel dropout for (N, C, H, W) or unbatched (C, H, W) inputs.
+
+    As PyTorch, a 3-D input is taken as (N, C, L) (channel-wise 1-d dropout) with a warning.
+    """
+    nd = input.dim()
+    if nd not in (3, 4):
+        import warnings
+        warnings.warn(f"dropout2d: Received a {nd}-D input to dropout2d, which is deprecated "
+                      "and will result in an error in a future release.", stacklevel=2)
+    if nd == 3:
+        import warnings
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that "
+                      "channel-wise 1D dropout behavior is desired - input is interpreted as "
+                      "shape (N, C, L).", stacklevel=2)
+    shape = tuple(input.shape)
+    return _feature_dropout("dropout2d", input, p, training, inplace,
+                            shape[:2] + (1,) * (nd - 2))
+
+
 # ---------------------------------------------------------------------------------------------
 # sequence models: normalization and attention (tensor/ops/norm.py, tensor/ops/attention.py)
 
