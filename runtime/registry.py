@@ -319,7 +319,8 @@ def _base_dataset(ds):
 
 def dataset_info(ds) -> dict:
     """What a model constructor may need from the data (``runtime.models.INFERRED_ARGS``):
-    in_features, in_channels, num_classes, vocab_size, block_size (None where unknown)."""
+    in_features, in_channels, image_size (square images), num_classes, vocab_size,
+    block_size (None where unknown)."""
     import numpy as np
     sample = ds[0]
     x = sample[0] if isinstance(sample, (tuple, list)) else sample
@@ -328,6 +329,8 @@ def dataset_info(ds) -> dict:
     classes = getattr(base, "classes", None)
     return {"in_features": int(np.prod(x.shape)) if x.ndim else 1,
             "in_channels": int(x.shape[0]) if x.ndim >= 3 else None,
+            "image_size": int(x.shape[-1]) if x.ndim >= 3 and x.shape[-1] == x.shape[-2]
+            else None,
             "num_classes": len(classes) if classes else None,
             "vocab_size": getattr(base, "vocab_size", None),
             "block_size": getattr(base, "block_size", None)}

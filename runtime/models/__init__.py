@@ -21,7 +21,8 @@ MODELS.register("char_lstm", "runtime.models.charlm:CharLSTM")
 MODELS.register("char_transformer", "runtime.models.charlm:CharTransformer")
 
 # constructor arguments the trainer fills in from the data set when a config leaves them out
-INFERRED_ARGS = ("in_features", "in_channels", "num_classes", "vocab_size", "block_size")
+INFERRED_ARGS = ("in_features", "in_channels", "image_size", "num_classes", "vocab_size",
+                 "block_size")
 
 
 def register_model(name: str, target) -> None:

@@ -294,8 +294,8 @@ def test_data_registry_splits_without_leaks():
     assert len(tr) + len(te) == 1797 and not set(tr.indices) & set(te.indices)
     x = np.stack([tr[i][0] for i in range(len(tr))])   # standardised with training statistics
     assert abs(x.mean()) < 1e-4
-    assert dataset_info(tr) == {"in_features": 64, "in_channels": 1, "num_classes": 10,
-                                "vocab_size": None, "block_size": None}
+    assert dataset_info(tr) == {"in_features": 64, "in_channels": 1, "image_size": 8,
+                                "num_classes": 10, "vocab_size": None, "block_size": None}
     with pytest.raises(ValueError, match="mnist"):
         build_datasets("imagenet", {})
 
