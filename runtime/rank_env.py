@@ -26,15 +26,29 @@ def rank_env() -> tuple[int, int, int, int]:
         _env_int("LOCAL_WORLD_SIZE", world_size)
 
 
+def default_threads(local_world_size: int) -> int:
+    """BLAS threads per rank when train.threads is null: the cores this process may use that
+    other work is not already using (cores minus the 1-minute load average, at least 1),
+    divided by the ranks on this host. Busy cores count because BLAS threads spin while they
+    wait for each other: on a 2-core host that other jobs load, a digits MLP step with 2
+    threads took 10x as long as with 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):   # not on every platform
+        load = 0.0
+    idle = max(1, min(cores, int(cores - load + 0.5)))
+    return max(1, idle // max(1, local_world_size))
+
+
 def limit_threads(threads: int | None, local_world_size: int):
-    """Cap this rank's BLAS threads at `threads`, else at the cores this process may use
-    divided by the ranks on this host, so that N ranks do not run N x cores threads that
-    thrash. Returns threadpoolctl's limiter (``.restore_original_limits()``), or None
-    without threadpoolctl (it comes with scikit-learn; BLAS then keeps its default)."""
+    """Cap this rank's BLAS threads at `threads`, else at default_threads(), so that N ranks
+    (or other jobs) and their threads do not thrash the cores. Returns threadpoolctl's limiter
+    (``.restore_original_limits()``), or None without threadpoolctl (it comes with
+    scikit-learn; BLAS then keeps its default)."""
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-        threads = max(1, cores // max(1, local_world_size))
+        threads = default_threads(local_world_size)
     if int(threads) < 1:
         raise ValueError(f"train.threads: expected an int >= 1 or null, got {threads}")
     try:

@@ -339,6 +339,12 @@ def test_rank_env_and_thread_cap(monkeypatch):
         assert blas and all(p["num_threads"] == 1 for p in blas)
     finally:
         limiter.restore_original_limits()
+    from runtime import rank_env as env
+    monkeypatch.setattr(env.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(env.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert env.default_threads(1) == 8 and env.default_threads(2) == 4
+    monkeypatch.setattr(env.os, "getloadavg", lambda: (5.7, 0.0, 0.0))   # 6 cores busy
+    assert env.default_threads(1) == 2 and env.default_threads(4) == 1
 
 
 def test_resume_skips_a_corrupt_latest_and_refuses_a_named_one(tmp_path, capsys):
