@@ -86,15 +86,25 @@ def evaluate(model, loader, loss_fn, device=None) -> dict:
 
 
 class MetricsLog:
-    """One JSON object per line in RUN_DIR/metrics.jsonl (rank 0 writes; others hold None)."""
+    """One JSON object per line in RUN_DIR/metrics.jsonl (rank 0 writes; others hold None),
+    and with `tensorboard_dir` the same numbers as TensorBoard scalars (tensorboardX)."""
 
-    def __init__(self, path: str | None, resume_step: int | None = None):
-        self.path = path
+    def __init__(self, path: str | None, resume_step: int | None = None,
+                 tensorboard_dir: str | None = None):
+        self.path, self.tb = path, None
         if path is None:
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if resume_step is not None and os.path.exists(path):
             self._truncate_after(resume_step)
+        if tensorboard_dir is not None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ImportError("logging.tensorboard: true needs tensorboardX: pip install "
+                                  "'zgrad[tensorboard]' (or set logging.tensorboard: false)") \
+                    from None
+            self.tb = SummaryWriter(tensorboard_dir)
 
     def _truncate_after(self, step: int) -> None:
         """Drop the lines of steps after `step`: a run that died wrote them, and this run
@@ -117,6 +127,15 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 class Throughput:

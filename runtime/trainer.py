@@ -87,8 +87,10 @@ class Trainer:
                 with open(cfg_path, "w") as f:
                     yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
         # lines past the resumed step (or all, on a fresh start) are from an attempt that died
-        self.metrics = MetricsLog(os.path.join(self.run_dir, "metrics.jsonl")
-                                  if self.rank == 0 else None, resume_step=self.step)
+        self.metrics = MetricsLog(
+            os.path.join(self.run_dir, "metrics.jsonl") if self.rank == 0 else None,
+            resume_step=self.step, tensorboard_dir=os.path.join(self.run_dir, "tensorboard")
+            if cfg.logging.tensorboard else None)
         return self
 
     def _loader(self, ds, train: bool):
@@ -386,7 +388,10 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Leave the process group (if this trainer joined it) and lift the thread cap."""
+        """Close the metrics, leave the process group (if this trainer joined it), lift the
+        thread cap."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         if self._owns_group:
             import runtime.distributed as dist
             if dist.is_initialized():

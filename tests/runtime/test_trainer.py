@@ -389,3 +389,13 @@ def test_user_model_and_gradient_clipping(tmp_path):
     assert type(trainer.module).__name__ == "Sequential"
     norm = np.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in delta))
     assert norm == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_tensorboard_scalars_beside_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboardX")
+    cfg = load_config(TEST_CFG, ["train.max_steps=2", "train.log_every_steps=1",
+                                 "train.eval_every_epochs=null", "logging.tensorboard=true"])
+    run(cfg, str(tmp_path))
+    (events,) = os.listdir(tmp_path / "tensorboard")
+    data = (tmp_path / "tensorboard" / events).read_bytes()
+    assert b"samples_per_s" in data and b"test_accuracy" in data
