@@ -7,15 +7,15 @@ accepted and mapped to ``reduction`` as PyTorch does, so positional calls port u
 from __future__ import annotations
 
 from ..ops import elementwise as _E
+from ..ops import index as _I
 from ..ops import nn as _N
-from .._grad_mode import is_grad_enabled
 from ..ops.elementwise import sigmoid, softplus, tanh  # noqa: F401  (re-exported)
 from ..ops.nn import linear, one_hot  # noqa: F401  (re-exported)
 
 __all__ = ["linear", "relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "softplus",
-           "leaky_relu", "softmax", "log_softmax", "dropout", "embedding", "one_hot",
-           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "normalize"]
+           "leaky_relu", "elu", "softmax", "log_softmax", "dropout", "embedding", "one_hot",
+           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+           "binary_cross_entropy", "binary_cross_entropy_with_logits", "normalize"]
 
 
 def _reduction(size_average, reduce, reduction: str) -> str:
@@ -42,22 +42,24 @@ def gelu(input, approximate: str = "none"):
 
 
 def silu(input, inplace: bool = False):
-    """x * sigmoid(x).
+    """x * sigmoid(x); inplace=True writes into input (recorded as any in-place op)."""
+    return input.silu_() if inplace else _E.silu(input)
 
-    inplace=True writes the result into input when autograd is not recording through it;
-    while it is, the result is returned out of place (zgrad has no fused silu_, and the
-    product's backward needs the original input).
-    """
-    y = _E.silu(input)
-    if inplace and not (is_grad_enabled() and input.requires_grad):
-        return input.copy_(y)
-    return y
+
+def _leaky(input, negative_slope):
+    return _E.where(input > 0, input, input * negative_slope)
 
 
 def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
-    """x where x > 0 else negative_slope * x."""
-    y = _E.where(input > 0, input, input * negative_slope)
-    return input.copy_(y) if inplace else y
+    """x where x > 0 else negative_slope * x; inplace=True writes into input."""
+    if inplace:
+        return _I.inplace(input, _leaky, negative_slope, op="leaky_relu_")
+    return _leaky(input, negative_slope)
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False):
+    """x where x > 0 else alpha * (exp(x) - 1); inplace=True writes into input."""
+    return input.elu_(alpha) if inplace else _E.elu(input, alpha)
 
 
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
@@ -107,6 +109,17 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "me
 def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean"):
     _check_same_shape("l1_loss", input, target)
     return _N.l1_loss(input, target, _reduction(size_average, reduce, reduction))
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean",
+                   beta: float = 1.0):
+    _check_same_shape("smooth_l1_loss", input, target)
+    return _N.smooth_l1_loss(input, target, _reduction(size_average, reduce, reduction), beta)
+
+
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0):
+    _check_same_shape("huber_loss", input, target)
+    return _N.huber_loss(input, target, reduction, delta)
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,

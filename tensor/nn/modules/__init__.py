@@ -1,8 +1,9 @@
 """The Module base class and the layers built on it."""
 from .container import ModuleDict, ModuleList, Sequential
-from .layers import (GELU, Dropout, Embedding, Flatten, Identity, LeakyReLU, Linear, LogSoftmax,
-                     ReLU, Sigmoid, SiLU, Softmax, Tanh)
-from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
+from .layers import (ELU, GELU, Dropout, Embedding, Flatten, Identity, LeakyReLU, Linear,
+                     LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh)
+from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss,
+                   NLLLoss, SmoothL1Loss)
 from .module import Module
 from .batchnorm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, InstanceNorm1d, InstanceNorm2d,
                         InstanceNorm3d)
@@ -22,7 +23,7 @@ from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLay
 __all__ = ["Module", "Sequential", "ModuleList", "ModuleDict", "Identity", "Linear", "Embedding",
            "Dropout", "Flatten", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid",
            "Softmax", "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss",
-           "BCELoss", "BCEWithLogitsLoss",
+           "BCELoss", "BCEWithLogitsLoss", "ELU", "SmoothL1Loss", "HuberLoss",
            # sequence models
            "LayerNorm", "GroupNorm", "RNNBase", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
            "GRUCell", "MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
