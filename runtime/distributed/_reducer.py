@@ -300,7 +300,18 @@ class Reducer:
                 self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
             queue_callback(self.finalize)
 
-    def _launch(self, b: _Bucket):
+    def shadow_backward(self, op):
+        """A rank joined under Join: all-reduce zeros for every bucket (and the used map), as
+        the others' backward does, and take the results into .grad."""
+        for b in self.buckets:
+            b.buffer[...] = 0
+            self._launch(b, op)
+        if self.find_unused:
+            self.local_used[:] = 0
+            self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
+        self.finalize()
+
+    def _launch(self, b: _Bucket, op=None):
         if self.comm_hook is not None:
             if b.grad_bucket is None:
                 b.grad_bucket = GradBucket(b.index, b.tensor, [self.params[i] for i in b.pids],
@@ -312,7 +323,9 @@ class Reducer:
             b.future = fut
             return
         count = self._effective_world_size()
-        if count is None:
+        if op is not None:
+            b.work = all_reduce(b.buffer, op, group=self.group, async_op=True)
+        elif count is None:
             b.work = all_reduce(b.buffer, ReduceOp.AVG, group=self.group, async_op=True)
         else:
             # Join with divide_by_initial_world_size=False: divide by the active ranks
@@ -320,13 +333,15 @@ class Reducer:
             b.work = all_reduce(b.buffer, ReduceOp.SUM, group=self.group, async_op=True)
 
     def _effective_world_size(self):
-        if self.div_count is None:
-            return None
-        work, arr = self.div_count
-        work.wait()
-        self.div_count = None
-        self.div_factor = max(1, int(arr[0]))
-        return self.div_factor if self.div_factor != self.world_size else None
+        """Join with divide_by_initial_world_size=False: the step's count of active ranks
+        when some rank has joined (None: divide by the world size)."""
+        if self.div_count is not None:
+            work, arr = self.div_count
+            work.wait()
+            self.div_count = None
+            self.div_factor = max(1, int(arr[0]))
+        f = self.div_factor
+        return None if f is None or f == self.world_size else f
 
     def finalize(self):
         """At the end of backward: wait for every bucket and write the averages into .grad."""

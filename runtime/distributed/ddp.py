@@ -285,24 +285,11 @@ class DistributedDataParallel(Module, Joinable):
         return bool(x[0] > 0)
 
     def _match_all_reduce_for_bwd_pass(self):
-        """A joined rank's side of one backward: every bucket all-reduced with zeros."""
-        r = self.reducer
-        pending = []
-        for b in r.buckets:
-            b.buffer[...] = 0
-            if r.comm_hook is not None:
-                r._launch(b)
-                pending.append(b.future)
-                b.future = None
-            else:
-                op = ReduceOp.AVG if self._divide_by_initial_world_size else ReduceOp.SUM
-                pending.append(all_reduce(b.buffer, op, group=self.process_group,
-                                          async_op=True))
-        if self.find_unused_parameters:
-            r.local_used[:] = 0
-            pending.append(all_reduce(r.local_used, group=self.process_group, async_op=True))
-        for w in pending:
-            w.wait()
+        """A joined rank's side of one backward: every bucket all-reduced with zeros. Unlike
+        PyTorch the averages land in this rank's .grad, so a ZeroRedundancyOptimizer shard
+        owned by a joined rank still steps with the right gradients."""
+        op = ReduceOp.AVG if self._divide_by_initial_world_size else ReduceOp.SUM
+        self.reducer.shadow_backward(op)
 
     def _sync_final_model(self, is_last_joiner: bool):
         """After Join: every rank takes the model of the last rank to join."""

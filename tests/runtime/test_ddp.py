@@ -275,3 +275,58 @@ def test_buffers_are_broadcast_from_rank_0_at_construction_and_each_forward():
     # each forward starts from rank 0's buffer, then rank r adds 1 + r
     assert [s.tolist() for s in s0] == [[11, 11], [12, 12]]
     assert [s.tolist() for s in s1] == [[12, 12], [13, 13]]
+
+
+def _batches(rank, n_batches):
+    rng = np.random.default_rng(100 + rank)
+    return [(rng.normal(size=(4, 20)).astype(np.float32), rng.integers(0, 5, size=4))
+            for _ in range(n_batches)]
+
+
+def _join(rank, world_size, counts, divide_by_initial):
+    import tensor
+    import tensor.nn.functional as F
+    import runtime.distributed as dist
+    from runtime.distributed.algorithms import Join
+    dist.init_process_group(timeout=60)
+    model = dist.DistributedDataParallel(_mlp(), find_unused_parameters=rank == -1)
+    opt = tensor.optim.SGD(model.parameters(), lr=0.5)
+    with Join([model], divide_by_initial_world_size=divide_by_initial):
+        for x, y in _batches(rank, counts[rank]):
+            opt.zero_grad()
+            F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+            opt.step()
+    # the context is over: plain DDP steps work again on every rank
+    F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+    out = [p.detach().numpy().copy() for p in model.parameters()]
+    dist.destroy_process_group()
+    return out
+
+
+@pytest.mark.parametrize("world_size,counts,divide_by_initial",
+                         [(2, [2, 4], True), (3, [3, 1, 2], False)])
+def test_uneven_inputs_with_join_end_without_a_hang_and_average_right(world_size, counts,
+                                                                      divide_by_initial):
+    import tensor
+    import tensor.nn.functional as F
+    results = spawn_ranks(_join, world_size, counts, divide_by_initial, timeout_s=90)
+    # one process replays the steps: at step s the ranks with a batch s contribute; the sum
+    # is divided by the world size, or by the number of those ranks
+    model = _mlp()
+    params = list(model.parameters())
+    data = [_batches(r, counts[r]) for r in range(world_size)]
+    for s in range(max(counts)):
+        active = [r for r in range(world_size) if s < counts[r]]
+        total = [np.zeros_like(p.detach().numpy()) for p in params]
+        for r in active:
+            model.zero_grad()
+            x, y = data[r][s]
+            F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+            total = [t + p.grad.numpy() for t, p in zip(total, params)]
+        div = world_size if divide_by_initial else len(active)
+        for p, t in zip(params, total):
+            p.array -= 0.5 * t / div
+    for r in range(world_size):
+        for i, (got, want) in enumerate(zip(results[r], params)):
+            np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-5)
+            assert np.array_equal(got, results[0][i])
