@@ -17,7 +17,8 @@ Every step (an iteration whose forward ran through DDP with grad enabled and out
      to copy when ``.grad`` already is the view: ``gradient_as_bucket_view``), and counts the
      bucket down. The first hook of the step also marks the unused parameters ready (their
      views hold their current ``.grad`` or zeros).
-  3. A bucket whose count reaches zero is launched: an async all_reduce(AVG) of its array on
+  3. A bucket whose count reaches zero is launched: an async all_reduce(SUM) of its array (the
+     gradients were divided by the world size on their way in, as PyTorch does) on
      the group's communication thread (or the registered comm hook's Future), so it runs while
      backward computes the rest. Buckets launch strictly in index order, as every rank must
      issue the same collectives in the same order; a bucket ready early waits for the ones
@@ -40,6 +41,7 @@ from tensor._tensor import Tensor, _new
 from tensor.autograd.engine import queue_callback
 from tensor.futures import Future
 
+from . import _shared_buckets
 from .collectives import all_reduce
 from .process_group import ReduceOp
 
@@ -107,12 +109,32 @@ class GradBucket:
 
 
 class _Bucket:
-    __slots__ = ("index", "pids", "buffer", "tensor", "views", "work", "future", "grad_bucket")
+    """One bucket: its flat array(s) (two sets with shared buckets, see Note [DDP shared
+    buckets]), each parameter's view and a Tensor on each view (what ``.grad`` becomes with
+    gradient_as_bucket_view), all made once."""
 
-    def __init__(self, index, pids, buffer, views):
-        self.index, self.pids, self.buffer, self.views = index, pids, buffer, views
-        self.tensor = _new(buffer)
+    __slots__ = ("index", "pids", "sets", "cur", "buffer", "tensor", "views", "grads", "work",
+                 "future", "grad_bucket", "swap")
+
+    def __init__(self, index, pids, buffers, shapes):
+        self.index, self.pids = index, pids
+        self.sets = []
+        for buf in buffers:
+            views, off = [], 0
+            for shape in shapes:
+                n = int(np.prod(shape, dtype=np.int64))
+                views.append(buf[off:off + n].reshape(shape))
+                off += n
+            self.sets.append((buf, _new(buf), views, [_new(v) for v in views]))
+        self.cur = 0
+        self.buffer, self.tensor, self.views, self.grads = self.sets[0]
         self.work = self.future = self.grad_bucket = None
+        self.swap = False   # the running reduction writes its result into the other set
+
+    def flip(self):
+        """The other set holds the result: it becomes the current one."""
+        self.cur ^= 1
+        self.buffer, self.tensor, self.views, self.grads = self.sets[self.cur]
 
 
 def _unused_message(names: list, indices: list, rank: int) -> str:
@@ -150,8 +172,10 @@ class Reducer:
         self.ready = bytearray(len(params))
         self.ready_order: list = []      # first synced step: the order gradients came in
         self.steps = 0
+        self._solo = world_size == 1
         self.div_count = None            # (Work, array) of Join's count of active ranks
-        self.div_factor = None
+        self.div = world_size            # this step's divisor (see _divisor)
+        self.xp = backend.get_array_module(params[0].array)
         self._build(bucket_indices)
         self._handles = []
         ref = weakref.ref(self)
@@ -161,30 +185,36 @@ class Reducer:
     def _build(self, bucket_indices: list):
         """Allocate the bucket arrays (once) and point every parameter at its view."""
         self.buckets, self.loc = [], [None] * len(self.params)
+        sizes = [(sum(self.params[i].array.size for i in pids), self.params[pids[0]].array.dtype)
+                 for pids in bucket_indices]
+        self.shared = None
+        if _shared_buckets.usable(self.group, [p.array for p in self.params]):
+            self.shared = _shared_buckets.SharedBuckets(self.group, sizes)
         for k, pids in enumerate(bucket_indices):
-            arrays = [self.params[i].array for i in pids]
-            xp = backend.get_array_module(arrays[0])
-            n = sum(a.size for a in arrays)
-            buf = xp.zeros(n, arrays[0].dtype)
-            views, off = [], 0
-            for a in arrays:
-                views.append(buf[off:off + a.size].reshape(a.shape))
-                off += a.size
-            b = _Bucket(k, list(pids), buf, views)
+            shapes = [self.params[i].array.shape for i in pids]
+            if self.shared is not None:
+                bufs = [self.shared.buffer(k, 0), self.shared.buffer(k, 1)]
+            else:
+                a = self.params[pids[0]].array
+                bufs = [backend.get_array_module(a).zeros(sizes[k][0], sizes[k][1])]
+            b = _Bucket(k, list(pids), bufs, shapes)
             self.buckets.append(b)
-            for i, v in zip(pids, views):
-                self.loc[i] = (b, v)
-            if self.as_view:
-                # keep an existing gradient: it becomes the view's initial value
-                for i, v in zip(pids, views):
-                    p = self.params[i]
-                    if p.grad is not None:
-                        v[...] = p.grad.array
-                        p.grad = _new(v)
+            for j, i in enumerate(pids):
+                self.loc[i] = (b, j)
+                p = self.params[i]
+                if self.as_view and p.grad is not None:
+                    # keep an existing gradient: it becomes the view's initial value
+                    b.views[j][...] = p.grad.array
+                    p.grad = b.grads[j]
         self.pending = [len(b.pids) for b in self.buckets]
         self.counts = list(self.pending)
         self.bucket_ready = [False] * len(self.buckets)
         self.next_bucket = len(self.buckets)
+
+    @property
+    def solo(self) -> bool:
+        """One rank, no comm hook: no reduction and, without bucket views, no copies."""
+        return self._solo and self.comm_hook is None
 
     def remove_hooks(self):
         for h in self._handles:
@@ -250,10 +280,13 @@ class Reducer:
             try:
                 if b.work is not None:
                     b.work.wait()
+                    if b.swap:   # the next inputs go where this result went (see the Note)
+                        b.flip()
                 elif b.future is not None:
                     b.future.wait()
             finally:
                 b.work = b.future = None
+                b.swap = False
 
     def mark_ready(self, i: int, p, used: bool = True):
         """Parameter i's gradient is final: into its bucket, and launch what is complete."""
@@ -266,6 +299,7 @@ class Reducer:
                 "forward; use static_graph=True or call forward again before each backward.")
         if not self.require_finalize:
             self.require_finalize = True
+            self.div = self._divisor() if self.comm_hook is None else 1
             if not self.marked_unused:
                 self.marked_unused = True
                 for j in self.unused:
@@ -276,14 +310,18 @@ class Reducer:
             self.ready_order.append(i)
         if used and self.find_unused:
             self.local_used[i] = 1
-        b, view = self.loc[i]
+        b, j = self.loc[i]
         g = p.grad
-        if g is None:
-            view[...] = 0
-        elif g.array is not view:
-            view[...] = g.array
+        if self.solo and not self.as_view:
+            pass       # one rank: .grad is already the result (see finalize)
+        elif g is None:
+            b.views[j][...] = 0
+        elif g.array is not b.views[j]:
+            self.xp.divide(g.array, self.div, out=b.views[j])
             if self.as_view:
-                p.grad = _new(view)
+                p.grad = b.grads[j]
+        elif self.div != 1:
+            b.views[j] /= self.div
         k = b.index
         self.pending[k] -= 1
         if self.pending[k] == 0:
@@ -300,18 +338,18 @@ class Reducer:
                 self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
             queue_callback(self.finalize)
 
-    def shadow_backward(self, op):
+    def shadow_backward(self):
         """A rank joined under Join: all-reduce zeros for every bucket (and the used map), as
         the others' backward does, and take the results into .grad."""
         for b in self.buckets:
             b.buffer[...] = 0
-            self._launch(b, op)
+            self._launch(b)
         if self.find_unused:
             self.local_used[:] = 0
             self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
         self.finalize()
 
-    def _launch(self, b: _Bucket, op=None):
+    def _launch(self, b: _Bucket):
         if self.comm_hook is not None:
             if b.grad_bucket is None:
                 b.grad_bucket = GradBucket(b.index, b.tensor, [self.params[i] for i in b.pids],
@@ -322,37 +360,38 @@ class Reducer:
                                 f"(e.g. from allreduce_hook), got {type(fut).__name__}")
             b.future = fut
             return
-        count = self._effective_world_size()
-        if op is not None:
-            b.work = all_reduce(b.buffer, op, group=self.group, async_op=True)
-        elif count is None:
-            b.work = all_reduce(b.buffer, ReduceOp.AVG, group=self.group, async_op=True)
+        if self.solo:
+            return   # one rank: the gradients are their own average
+        # the gradients were divided on their way into the bucket (mark_ready), as PyTorch
+        # divides before summing: no division pass over the bucket here
+        if self.shared is not None:
+            b.work = self.shared.all_reduce(b.index, b.cur, "SUM")
+            b.swap = self.shared.swaps
         else:
-            # Join with divide_by_initial_world_size=False: divide by the active ranks
-            b.buffer /= count
             b.work = all_reduce(b.buffer, ReduceOp.SUM, group=self.group, async_op=True)
 
-    def _effective_world_size(self):
-        """Join with divide_by_initial_world_size=False: the step's count of active ranks
-        when some rank has joined (None: divide by the world size)."""
+    def _divisor(self):
+        """What this step's gradients are divided by before they are summed: the world size,
+        or under Join with divide_by_initial_world_size=False the count of active ranks."""
         if self.div_count is not None:
             work, arr = self.div_count
-            work.wait()
             self.div_count = None
-            self.div_factor = max(1, int(arr[0]))
-        f = self.div_factor
-        return None if f is None or f == self.world_size else f
+            work.wait()
+            return max(1, int(arr[0]))
+        return self.world_size
 
     def finalize(self):
         """At the end of backward: wait for every bucket and write the averages into .grad."""
         self.expect_hooks = False
         self.require_finalize = False
-        self.div_factor = None
         for b in self.buckets:
             if b.work is not None:
                 w, b.work = b.work, None
                 w.wait()
-            else:
+                if b.swap:
+                    b.swap = False
+                    b.flip()
+            elif b.future is not None:
                 fut, b.future = b.future, None
                 _take_result(b, fut.wait())
         if self.steps == 0 and self.ready_order:
@@ -363,20 +402,20 @@ class Reducer:
             self.used_work.wait()
             self.used_work = None
             used = self.local_used
-        if self.as_view and used is None:
+        if self.solo and not self.as_view:
             return
         for i, p in enumerate(self.params):
             if used is not None and not used[i]:
                 continue   # unused on every rank: .grad stays as it is, as in PyTorch
-            view = self.loc[i][1]
+            b, j = self.loc[i]
             g = p.grad
             if self.as_view:
-                if g is None or g.array is not view:
-                    p.grad = _new(view)
+                if g is not b.grads[j]:
+                    p.grad = b.grads[j]
             elif g is None:
-                p.grad = _new(view.copy())
+                p.grad = _new(b.views[j].copy())
             else:
-                g.array[...] = view
+                g.array[...] = b.views[j]
                 g._vbox[0] += 1
 
 

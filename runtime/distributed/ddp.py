@@ -288,8 +288,7 @@ class DistributedDataParallel(Module, Joinable):
         """A joined rank's side of one backward: every bucket all-reduced with zeros. Unlike
         PyTorch the averages land in this rank's .grad, so a ZeroRedundancyOptimizer shard
         owned by a joined rank still steps with the right gradients."""
-        op = ReduceOp.AVG if self._divide_by_initial_world_size else ReduceOp.SUM
-        self.reducer.shadow_backward(op)
+        self.reducer.shadow_backward()
 
     def _sync_final_model(self, is_last_joiner: bool):
         """After Join: every rank takes the model of the last rank to join."""

@@ -51,18 +51,26 @@ def _one_step(rank, world_size, as_view):
     F.cross_entropy(model(tensor.tensor(x[sl])), tensor.tensor(y[sl])).backward()
     grads = [p.grad.numpy().copy() for p in model.parameters()]
     n_buckets = len(model.reducer.buckets)
+    shared = model.reducer.shared
+    route = "collective" if shared is None else "shm" if shared.swaps else "3-barrier"
     opt.step()
     digests = [None] * world_size
     dist.all_gather_object(digests, _digest(model))
     dist.destroy_process_group()
-    return grads, digests, n_buckets
+    return grads, digests, n_buckets, route
 
 
-@pytest.mark.parametrize("world_size,as_view", [(2, False), (3, True)])
-def test_one_step_matches_one_process_on_the_whole_batch(world_size, as_view):
-    results = spawn_ranks(_one_step, world_size, as_view, timeout_s=90)
+@pytest.mark.parametrize("world_size,as_view,route", [
+    (2, False, "shm"), (3, True, "shm"), (2, True, "collective"), (3, False, "3-barrier")])
+def test_one_step_matches_one_process_on_the_whole_batch(world_size, as_view, route):
+    # shm: buckets in shared memory (Note [DDP shared buckets]); collective: private buckets
+    # and all_reduce; 3-barrier: the shared scheme for larger groups, forced at 3 ranks
+    env = {"collective": {"ZGRAD_DDP_SHM": "0"},
+           "3-barrier": {"ZGRAD_DDP_ONE_BARRIER_MAX_RANKS": "2"}}.get(route, {})
+    results = spawn_ranks(_one_step, world_size, as_view, timeout_s=90, env=env)
     ref = _reference_grads(world_size)
-    for grads, digests, n_buckets in results:
+    for grads, digests, n_buckets, used_route in results:
+        assert used_route == route
         assert n_buckets >= 2   # the first bucket is small (1 MiB): several buckets here
         for g, r in zip(grads, ref):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)

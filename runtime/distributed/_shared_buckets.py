@@ -1,0 +1,142 @@
+"""DDP's gradient buckets in shared memory, for a group whose ranks all share one host.
+
+Note [DDP shared buckets]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+The group's first rank creates one ``shm.Segment`` holding, in two sets, every rank's buckets
+(bucket k of rank r in set s at a fixed offset); the others attach, and the name is unlinked
+once all have it (the memory goes with the last process, as in Note [Shm reduce]). A rank's
+bucket arrays are views into it: gradients are copied (or, with ``gradient_as_bucket_view``,
+accumulated) straight into memory every peer can read, so averaging copies nothing in. The
+reduction runs on the group's communication thread (Note [Communication thread]) as an
+all_reduce, with its desync check and deadline, so it interleaves with other collectives.
+
+Up to ``ONE_BARRIER_MAX_RANKS`` (3) ranks, one barrier per bucket: the step's gradients are in
+set s; after barrier A (all inputs written) every rank reduces the whole bucket over all
+ranks, in rank order 0..n-1, into its own bucket of set 1 - s, which holds the result and
+becomes the input set of the next step (``.grad`` follows it). Why no second barrier: rank r
+writes set 1 - s of bucket k (now) and set s (next step, output) only after passing barrier A
+of this step or the next, which every peer reaches only after it has finished reading those
+arrays in the step before (reductions run in order on each rank's one thread); and its main
+thread writes next step's gradients into set 1 - s only after this reduction finished.
+With more ranks reading every peer's whole bucket costs n^2 reads over the host, so the
+three-barrier scheme runs in place in set s: barrier A; rank r reduces its slice r over all
+ranks (rank order) into its own bucket and divides for AVG; barrier B; it copies every other
+slice q from rank q's bucket; barrier C (no rank writes its bucket again while a peer reads).
+Either way each element is summed in one fixed order, so every rank gets the same bits.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .collectives import all_reduce
+from .objects import broadcast_object_list
+from .process_group import _UFUNC
+
+_ALIGN = 64
+ONE_BARRIER_MAX_RANKS = 3   # ZGRAD_DDP_ONE_BARRIER_MAX_RANKS overrides it (read at construction)
+
+
+def usable(pg, arrays: list) -> bool:
+    """Whether `pg` can keep DDP's buckets of these (numpy) arrays in shared memory."""
+    if os.environ.get("ZGRAD_DDP_SHM", "1") == "0":
+        return False
+    return (pg.size() > 1 and getattr(pg, "single_host", False) and
+            getattr(pg, "local", None) is not None and
+            all(isinstance(a, np.ndarray) for a in arrays))
+
+
+class SharedBuckets:
+    """Every rank's buckets of sizes `(numel, dtype)`, two sets of them, in one segment."""
+
+    def __init__(self, pg, sizes: list):
+        import shm
+        self.pg, self.n, self.me = pg, pg.size(), pg.rank()
+        offsets, off = [], 0
+        for numel, dtype in sizes:
+            offsets.append(off)
+            off += (numel * np.dtype(dtype).itemsize + _ALIGN - 1) // _ALIGN * _ALIGN
+        per_set = max(off, _ALIGN)
+        seg = None
+        try:
+            if self.me == 0:
+                seg = shm.Segment.create(2 * self.n * per_set, tag="ddp")
+            name = [None if seg is None else seg.name]
+            broadcast_object_list(name, src=pg.ranks[0], group=pg)
+            if seg is None:
+                seg = shm.Segment.attach(name[0])
+            all_reduce(np.zeros(1, np.int64), group=pg)   # all attached: the name can go
+        finally:
+            if self.me == 0 and seg is not None:
+                seg.unlink()
+        # arrays[s][r][k]: set s, rank r, bucket k
+        self.arrays = [[[seg.ndarray((numel,), dtype, (s * self.n + r) * per_set + o)
+                         for (numel, dtype), o in zip(sizes, offsets)]
+                        for r in range(self.n)] for s in range(2)]
+        seg.close()   # the arrays keep the mapping alive
+        self.scratch: dict = {}
+        # up to 3 ranks every rank reduces the whole bucket into the other set: one barrier
+        limit = int(os.environ.get("ZGRAD_DDP_ONE_BARRIER_MAX_RANKS", ONE_BARRIER_MAX_RANKS))
+        self.swaps = self.n <= limit
+
+    def buffer(self, k: int, s: int = 0) -> np.ndarray:
+        """This rank's bucket k in set s (zero-filled at first)."""
+        return self.arrays[s][self.me][k]
+
+    def all_reduce(self, k: int, s: int, op: str):
+        """Launch the average (op "AVG") or sum of bucket k of set s over the group. Returns
+        the Work; the result lands in set 1 - s if `self.swaps`, else in set s."""
+        x = self.arrays[s][self.me][k]
+        fn = self._reduce_swap if self.swaps else self._reduce_in_place
+
+        def run(call, deadline):
+            fn(k, s, op, call, deadline)
+        return self.pg.submit("all_reduce", op, x.dtype, x.shape, None, run, True)
+
+    def _reduce_swap(self, k, s, op, call, deadline):
+        """See Note [DDP shared buckets], the one-barrier scheme."""
+        bufs = [self.arrays[s][r][k] for r in range(self.n)]
+        out = self.arrays[1 - s][self.me][k]
+        ufunc = _UFUNC[op]
+        self.pg.local.barrier(call, deadline, desc=True)
+        if out.size:
+            ufunc(bufs[0], bufs[1], out=out)
+            for r in range(2, self.n):
+                ufunc(out, bufs[r], out=out)
+            if op == "AVG":
+                np.divide(out, self.n, out=out)
+
+    def _scratch(self, k: int, numel: int, dtype) -> np.ndarray:
+        buf = self.scratch.get(k)
+        if buf is None:
+            buf = self.scratch[k] = np.empty(numel, dtype)
+        return buf
+
+    def _reduce_in_place(self, k, s, op, call, deadline):
+        """See Note [DDP shared buckets], the three-barrier scheme."""
+        local, n, me = self.pg.local, self.n, self.me
+        bufs = [self.arrays[s][r][k] for r in range(n)]
+        size = bufs[0].size
+        q, rem = divmod(size, n)
+        lo = [r * q + min(r, rem) for r in range(n + 1)]
+        ufunc = _UFUNC[op]
+        local.barrier(call, deadline, desc=True)
+        a, b = lo[me], lo[me + 1]
+        if b > a:
+            # ranks 0 and 1 sum in place; a later rank's own input must survive until its
+            # turn in the rank order, so it sums into a scratch (allocated once)
+            out = bufs[me][a:b] if me < 2 else self._scratch(k, b - a, bufs[0].dtype)
+            ufunc(bufs[0][a:b], bufs[1][a:b], out=out)
+            for r in range(2, n):
+                ufunc(out, bufs[r][a:b], out=out)
+            if op == "AVG":
+                np.divide(out, n, out=out)
+            if me >= 2:
+                bufs[me][a:b] = out
+        local.barrier(call, deadline)
+        mine = bufs[me]
+        for r in range(n):
+            if r != me and lo[r + 1] > lo[r]:
+                mine[lo[r]:lo[r + 1]] = bufs[r][lo[r]:lo[r + 1]]
+        local.barrier(call, deadline)
