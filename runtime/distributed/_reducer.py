@@ -11,8 +11,10 @@ reused every step; ``views[i]`` is parameter i's gradient shaped as the paramete
 Every step (an iteration whose forward ran through DDP with grad enabled and outside
 ``no_sync``):
   1. ``prepare_for_backward`` (end of forward) resets the counters; with
-     ``find_unused_parameters`` it walks the autograd graph from the outputs to find the
-     parameters that cannot get a gradient.
+     ``find_unused_parameters`` (every step) or ``static_graph`` (the first step) it walks the
+     autograd graph from the outputs to find the parameters that cannot get a gradient; an
+     all-reduce of the used-parameter map then tells which got one on no rank at all (their
+     .grad is left alone, as in PyTorch).
   2. A parameter's post-accumulate-grad hook copies its final ``.grad`` into its view (nothing
      to copy when ``.grad`` already is the view: ``gradient_as_bucket_view``), and counts the
      bucket down. The first hook of the step also marks the unused parameters ready (their
@@ -165,7 +167,9 @@ class Reducer:
         self.expect_hooks = False        # a synced backward is expected (set by forward)
         self.require_finalize = False    # hooks fired this step; finalize must follow
         self.unused: list = []           # parameter indices to mark ready at the first hook
-        self.static_unused = None        # static_graph: the unused set found in step 1
+        self.static_used = None          # static_graph: which parameters got a gradient on
+        self.static_unused = None        # some rank in step 1, and which did not here (found
+        self.track_used = False          # once, then reused)
         self.marked_unused = False
         self.local_used = np.zeros(len(params), np.int32)
         self.used_work = None
@@ -231,12 +235,13 @@ class Reducer:
         self.next_bucket = 0
         self.ready[:] = bytes(len(self.params))
         self.marked_unused = False
-        if self.find_unused or (self.static_graph and self.static_unused is None):
+        # find_unused_parameters: every step; static_graph: the first step only, then reused
+        self.track_used = self.find_unused or (self.static_graph and self.static_used is None)
+        if self.track_used:
             self.unused = self._search_unused(outputs)
+            self.local_used[:] = 0
             if self.static_graph:
-                self.static_unused = self.unused
-            if self.find_unused:
-                self.local_used[:] = 0
+                self.static_unused = self.unused   # this rank's, reused every step
         elif self.static_graph:
             self.unused = self.static_unused
 
@@ -287,6 +292,9 @@ class Reducer:
             finally:
                 b.work = b.future = None
                 b.swap = False
+        if self.used_work is not None:
+            w, self.used_work = self.used_work, None
+            w.wait()
 
     def mark_ready(self, i: int, p, used: bool = True):
         """Parameter i's gradient is final: into its bucket, and launch what is complete."""
@@ -308,7 +316,7 @@ class Reducer:
         self.ready[i] = 1
         if self.steps == 0:
             self.ready_order.append(i)
-        if used and self.find_unused:
+        if used and self.track_used:
             self.local_used[i] = 1
         b, j = self.loc[i]
         g = p.grad
@@ -334,7 +342,7 @@ class Reducer:
             self._launch(self.buckets[self.next_bucket])
             self.next_bucket += 1
         if self.next_bucket == nb:
-            if self.find_unused:
+            if self.track_used:
                 self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
             queue_callback(self.finalize)
 
@@ -344,7 +352,7 @@ class Reducer:
         for b in self.buckets:
             b.buffer[...] = 0
             self._launch(b)
-        if self.find_unused:
+        if self.find_unused or (self.static_graph and self.static_used is None):
             self.local_used[:] = 0
             self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
         self.finalize()
@@ -398,10 +406,14 @@ class Reducer:
             self.first_order = list(self.ready_order)
         self.steps += 1
         used = None
-        if self.find_unused:
+        if self.used_work is not None:
             self.used_work.wait()
             self.used_work = None
             used = self.local_used
+            if self.static_graph and self.static_used is None:
+                self.static_used = used.copy()
+        elif self.static_graph and self.static_used is not None:
+            used = self.static_used
         if self.solo and not self.as_view:
             return
         for i, p in enumerate(self.params):

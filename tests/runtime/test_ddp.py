@@ -177,29 +177,36 @@ class _Branchy:
         return M()
 
 
-def _unused(rank, world_size, find_unused):
+def _unused(rank, world_size, kwargs):
     import tensor
     import runtime.distributed as dist
     dist.init_process_group(timeout=60)
     tensor.manual_seed(0)
-    model = dist.DistributedDataParallel(_Branchy.make({1}),
-                                         find_unused_parameters=find_unused)
+    model = dist.DistributedDataParallel(_Branchy.make({1}), **kwargs)
     x = tensor.ones(2, 4) * (rank + 1)
     model(x, rank).sum().backward()
     grads = {n: None if p.grad is None else p.grad.numpy().copy()
              for n, p in model.module.named_parameters()}
     err = None
     try:
+        model.zero_grad()
         model(x, rank).sum().backward()
     except RuntimeError as e:
         err = str(e)
+    again = {n: None if p.grad is None else p.grad.numpy().copy()
+             for n, p in model.module.named_parameters()}
     dist.destroy_process_group()
-    return grads, err
+    return grads, err, again
 
 
-def test_unused_parameters_with_find_unused_parameters():
-    (g0, e0), (g1, e1) = spawn_ranks(_unused, 2, True, timeout_s=60)
+@pytest.mark.parametrize("kwargs", [{"find_unused_parameters": True}, {"static_graph": True},
+                                    {"find_unused_parameters": True,
+                                     "gradient_as_bucket_view": True}])
+def test_unused_parameters_with_find_unused_parameters_or_static_graph(kwargs):
+    (g0, e0, a0), (g1, e1, a1) = spawn_ranks(_unused, 2, kwargs, timeout_s=60)
     assert e0 is None and e1 is None
+    for k in g0:   # the second step gives the same gradients
+        assert (g0[k] is None and a0[k] is None) or np.array_equal(g0[k], a0[k])
     # a: used on both (inputs 1 and 2): mean of the two; b: used only on rank 1: half its
     # gradient; c: used nowhere: .grad stays None, as in PyTorch
     np.testing.assert_allclose(g0["a.weight"], np.full((3, 4), (2 + 4) / 2))
@@ -212,7 +219,7 @@ def test_unused_parameters_with_find_unused_parameters():
 
 
 def test_unused_parameter_without_the_flag_fails_at_the_next_forward_naming_it():
-    (_, e0), (_, e1) = spawn_ranks(_unused, 2, False, timeout_s=60)
+    (_, e0, _), (_, e1, _) = spawn_ranks(_unused, 2, {}, timeout_s=60)
     for e in (e0, e1):
         assert "Expected to have finished reduction in the prior iteration" in e
         assert "find_unused_parameters=True" in e
@@ -338,3 +345,38 @@ def test_uneven_inputs_with_join_end_without_a_hang_and_average_right(world_size
         for i, (got, want) in enumerate(zip(results[r], params)):
             np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-5)
             assert np.array_equal(got, results[0][i])
+
+
+def _steps(rank, world_size, as_view, set_to_none, n_steps):
+    import tensor
+    import tensor.nn.functional as F
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=60)
+    model = dist.DistributedDataParallel(_mlp(), gradient_as_bucket_view=as_view)
+    opt = tensor.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(n_steps):
+        x, y = _data(world_size, seed=step)
+        sl = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+        opt.zero_grad(set_to_none=set_to_none)
+        F.cross_entropy(model(tensor.tensor(x[sl])), tensor.tensor(y[sl])).backward()
+        opt.step()
+    out = [p.detach().numpy().copy() for p in model.parameters()]
+    dist.destroy_process_group()
+    return out
+
+
+@pytest.mark.parametrize("as_view,set_to_none", [(True, False), (False, True)])
+def test_several_steps_match_one_process(as_view, set_to_none):
+    import tensor
+    import tensor.nn.functional as F
+    results = spawn_ranks(_steps, 2, as_view, set_to_none, 3, timeout_s=90)
+    model = _mlp()
+    opt = tensor.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        x, y = _data(2, seed=step)
+        opt.zero_grad()
+        F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+        opt.step()
+    for got0, got1, want in zip(results[0], results[1], model.parameters()):
+        assert np.array_equal(got0, got1)
+        np.testing.assert_allclose(got0, want.detach().numpy(), rtol=1e-4, atol=1e-6)
