@@ -84,10 +84,22 @@ class Manager:
         self.expiry: dict[tuple, float] = {}          # token of a dead sender -> deadline
         self.progress: dict[str, int] = {}            # cid -> last seq read
         self.closed: set[str] = set()
-        self.waiting: dict[str, list] = {}            # sender cid -> [(seq, token)]
+        # sender cid -> [(seq, token, names)]: claims read before the sender's F (they come on
+        # different connections). Each claimed name is counted once more until then, or a
+        # release read meanwhile could unlink a segment whose creator's hold and flight are
+        # still unread in its socket (Note [Shm lifetime]: early claims).
+        self.waiting: dict[str, list] = {}
         self.clients: dict[socket.socket, _Client] = {}
         self.sel = selectors.DefaultSelector()
         self.stop = False
+        # Segments of this job that exist before we serve anyone were counted by a manager
+        # that died (SIGKILL): their holders are unknown until they announce them. They are
+        # adopted: counted again once a client announces a hold, and unlinked when the job
+        # ends, so a dead manager leaks nothing (a release sent to us for a name we never
+        # counted is otherwise lost).
+        self.orphans: set[str] = set(_job_segments(job))
+        if self.orphans:
+            self.log(f"adopted {len(self.orphans)} segments of a previous manager")
 
     def log(self, msg):
         if self.logf:
@@ -96,6 +108,8 @@ class Manager:
     # -- counting ---------------------------------------------------------------------------
     def incr(self, name, n=1):
         self.count[name] = self.count.get(name, 0) + n
+        if self.orphans:
+            self.orphans.discard(name)
 
     def decr(self, name):
         c = self.count.get(name)
@@ -115,6 +129,12 @@ class Manager:
         if s is not None:
             s.discard(token)
         for n in names or ():
+            self.decr(n)
+
+    def consume_early(self, token, names):
+        """Consume a claim that was read before its flight, and drop its interim counts."""
+        self.consume(token)
+        for n in names:
             self.decr(n)
 
     # -- messages ---------------------------------------------------------------------------
@@ -144,15 +164,19 @@ class Manager:
                 self.incr(n)
         elif op == "C":
             sender, seq = args[0], int(args[1])
+            names = []
             for entry in args[2:]:
                 name, _, new = entry.rpartition("=")
+                names.append(name)
                 if new == "1":
                     cl.holds[name] = cl.holds.get(name, 0) + 1
                     self.incr(name)
             if sender in self.closed or self.progress.get(sender, 0) >= seq:
                 self.consume((sender, seq))
             else:  # the sender's F has not been read yet: consume it once it is
-                self.waiting.setdefault(sender, []).append((seq, (sender, seq)))
+                for name in names:
+                    self.incr(name)
+                self.waiting.setdefault(sender, []).append((seq, (sender, seq), names))
         elif op == "P":
             cl.sock.sendall(b"P\n")
         elif op == "S":
@@ -167,8 +191,8 @@ class Manager:
             if waits:
                 ready = [w for w in waits if w[0] <= cl.seq]
                 self.waiting[cl.cid] = [w for w in waits if w[0] > cl.seq]
-                for _, token in ready:
-                    self.consume(token)
+                for _, token, names in ready:
+                    self.consume_early(token, names)
 
     def drop(self, cl: _Client):
         self.sel.unregister(cl.sock)
@@ -179,8 +203,8 @@ class Manager:
                 self.decr(name)
         if cl.cid is not None:
             self.closed.add(cl.cid)
-            for _, token in self.waiting.pop(cl.cid, []):
-                self.consume(token)
+            for _, token, names in self.waiting.pop(cl.cid, []):
+                self.consume_early(token, names)
             deadline = time.monotonic() + self.grace_s
             for token in self.flights_of.pop(cl.cid, ()):
                 self.expiry[token] = deadline
@@ -233,8 +257,8 @@ class Manager:
                 idle_since = None
                 continue
             root_dead = not pid_alive(self.root_pid)
-            if self.flights and not root_dead:
-                continue
+            if (self.flights or self.orphans) and not root_dead:
+                continue   # handles in flight or adopted orphans: wait for the job's end
             idle_since = idle_since or now
             # a short linger when the job is still alive avoids restarting between users
             if root_dead or now - idle_since > 1.0:
@@ -245,10 +269,22 @@ class Manager:
     def shutdown(self):
         self.sel.close()
         self.lsock.close()
-        for name in list(self.count):
+        names = list(self.count)
+        if not pid_alive(self.root_pid):   # the job is over: adopted orphans go too
+            names += sorted(self.orphans)
+        for name in names:
             _unlink(name)
-        self.log(f"exit; unlinked {len(self.count)} remaining segments")
+        self.log(f"exit; unlinked {len(names)} remaining segments")
         self.count.clear()
+
+
+def _job_segments(job: str) -> list[str]:
+    """Names of this job's segments now in /dev/shm."""
+    prefix = f"zgrad_{job}_"
+    try:
+        return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    except OSError:
+        return []
 
 
 def main(argv):

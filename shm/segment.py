@@ -26,6 +26,10 @@ every worker, in one small manager process per job (``shm/manager.py``):
   handle is in flight. The receiver's ``C`` travels on *its* stream and may overtake the
   sender's ``F``; so a claim adds the receiver's hold at once but consumes the flight only
   after the manager has read the sender's stream up to `seq` (claims wait, keyed by sender).
+  Until then the waiting claim counts each of its names once more: the receiver's ``R`` may
+  also overtake the sender's unread ``O``/``F`` (the count would touch 0 and the name be
+  unlinked under a handle still in flight: found by benchmarks/soak.py at 1,000 small shared
+  tensors a second, when a 1 MiB arena lives for a few tensors only).
 * Death: the kernel closes a dead process's socket, SIGKILL included; the manager reads what was
   buffered, then drops every hold of that connection. Handles a dead sender left in flight are
   kept for ``ZGRAD_SHM_FLIGHT_GRACE_S`` seconds (default 30), so "put a result and exit" works,

@@ -4,10 +4,13 @@ Note [Checkpoint format]
 ~~~~~~~~~~~~~~~~~~~~~~~~
 A checkpoint is one standard safetensors file (loadable by safetensors in any framework):
 
-- every Tensor (and numpy array) in the saved object is a safetensors entry named ``t.0``,
-  ``t.1``, ... in the order a depth-first walk of the object meets them. The same Tensor
-  object met twice (tied weights) is stored once and comes back as one Tensor; distinct
-  Tensors that view one array are stored separately (safetensors has no aliasing).
+- every Tensor (and numpy array) in the saved object is a safetensors entry named by its
+  dotted key path (``fc.weight`` for ``save(model.state_dict())``, ``model.fc.weight`` inside
+  ``{"model": ...}``, list and tuple positions as numbers), so ``safetensors.torch.load_file``
+  hands PyTorch a state_dict it loads; a name already taken gets ``#<n>`` appended. The same
+  Tensor object met twice (tied weights) is stored once, under the first path, and comes
+  back as one Tensor; distinct Tensors that view one array are stored separately
+  (safetensors has no aliasing).
 - the object's structure is JSON in the safetensors header's ``__metadata__`` (a str -> str
   map): ``{"format": "zgrad", "version": "1", "structure": "<json>"}``. The JSON encodes
     * None, bools, ints, strs, lists: as themselves; floats as numbers, except nan/inf as
@@ -23,15 +26,17 @@ A checkpoint is one standard safetensors file (loadable by safetensors in any fr
 - Loading parses JSON and reads raw tensor bytes; nothing is unpickled or evaluated, so an
   untrusted checkpoint cannot run code. A safetensors file without zgrad's metadata (e.g.
   written by another framework) loads as a flat ``{name: Tensor}`` dict.
-- Writes are atomic: the bytes go to a temporary file in the target's directory, which is
-  fsynced and then renamed over the target (and the directory fsynced), so a crash leaves
-  either the old checkpoint or the new one, never half of one.
+- Writes are atomic: the bytes go to a temporary file ``<name>.<pid>.<random>.tmp`` in the
+  target's directory, which is fsynced and then renamed over the target (and the directory
+  fsynced), so a crash leaves either the old checkpoint or the new one, never half of one.
+  The next save to the same path removes temporaries whose writer process is dead.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 
@@ -40,6 +45,7 @@ import numpy as np
 from . import backend
 from ._tensor import Tensor, _new
 
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(:[0-9]{1,4})?$")
 FORMAT = "zgrad"
 VERSION = "1"
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
@@ -52,10 +58,11 @@ class _Encoder:
         self.by_id: dict[int, str] = {}
         self.keep = []  # keeps encoded objects alive so ids stay unique during the walk
 
-    def _add(self, obj, arr) -> str:
+    def _add(self, obj, arr, name: str) -> str:
         key = self.by_id.get(id(obj))
         if key is None:
-            key = f"t.{len(self.arrays)}"
+            key = name if name and name not in self.arrays and name != "__metadata__" \
+                else f"{name}#{len(self.arrays)}"
             a = backend.to_numpy(arr)
             # (not np.ascontiguousarray, which turns a 0-d array into a 1-d one)
             self.arrays[key] = a if a.flags.c_contiguous else a.copy(order="C")
@@ -63,7 +70,9 @@ class _Encoder:
             self.keep.append(obj)
         return key
 
-    def encode(self, obj, path: str):
+    def encode(self, obj, path: str, name: str = ""):
+        """The JSON record of obj; `name` is its dotted key path (the safetensors entry name
+        of a tensor: a state_dict's own keys at the top level)."""
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, (int, np.integer)):
@@ -79,7 +88,7 @@ class _Encoder:
             if obj.grad_fn is not None:
                 raise RuntimeError(f"tensor.save: the tensor at {path} is part of an autograd "
                                    "graph; save t.detach() (state_dict() already does).")
-            rec = {"$tensor": self._add(obj, obj.array)}
+            rec = {"$tensor": self._add(obj, obj.array, name)}
             if obj.requires_grad:
                 rec["requires_grad"] = True
             if getattr(obj, "_is_param", False):
@@ -88,15 +97,18 @@ class _Encoder:
                 rec["device"] = str(obj.device)
             return rec
         if backend.is_array(obj):
-            return {"$ndarray": self._add(obj, obj)}
+            return {"$ndarray": self._add(obj, obj, name)}
         if isinstance(obj, list):
-            return [self.encode(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+            return [self.encode(v, f"{path}[{i}]", _join(name, i)) for i, v in enumerate(obj)]
         if isinstance(obj, tuple):
-            return {"$tuple": [self.encode(v, f"{path}[{i}]") for i, v in enumerate(obj)]}
+            return {"$tuple": [self.encode(v, f"{path}[{i}]", _join(name, i))
+                               for i, v in enumerate(obj)]}
         if isinstance(obj, dict):
             if all(isinstance(k, str) and not k.startswith("$") for k in obj):
-                return {k: self.encode(v, f"{path}[{k!r}]") for k, v in obj.items()}
-            return {"$dict": [[self._key(k, path), self.encode(v, f"{path}[{k!r}]")]
+                return {k: self.encode(v, f"{path}[{k!r}]", _join(name, k))
+                        for k, v in obj.items()}
+            return {"$dict": [[self._key(k, path), self.encode(v, f"{path}[{k!r}]",
+                                                                _join(name, k))]
                               for k, v in obj.items()]}
         raise TypeError(f"tensor.save: cannot save a {type(obj).__name__} at {path}; expected "
                         "Tensors, numpy arrays, numbers, strings, bools, None, and lists, tuples "
@@ -107,6 +119,10 @@ class _Encoder:
             return self.encode(k, f"{path} key")
         raise TypeError(f"tensor.save: cannot save a dict key of type {type(k).__name__} at "
                         f"{path}; keys must be strs, numbers, bools, None or tuples of them.")
+
+
+def _join(name: str, key) -> str:
+    return f"{name}.{key}" if name else str(key)
 
 
 def _encode(obj):
@@ -146,7 +162,9 @@ def save(obj, f) -> None:
         return
     path = os.fspath(f)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    base = os.path.basename(path)
+    _remove_stale_temporaries(d, base)
+    fd, tmp = tempfile.mkstemp(prefix=f"{base}.{os.getpid()}.", suffix=".tmp", dir=d)
     os.close(fd)
     try:
         # written straight to the file (no whole-checkpoint bytes object in memory)
@@ -174,6 +192,34 @@ def save(obj, f) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _remove_stale_temporaries(d: str, base: str) -> None:
+    """Unlink ``<base>.<pid>.<random>.tmp`` files of earlier saves to this path whose writer
+    is dead (a save killed mid-write leaves one, up to the checkpoint's size)."""
+    pat = re.compile(re.escape(base) + r"\.([0-9]+)\.[A-Za-z0-9_]+\.tmp$")
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        m = pat.match(n)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(d, n))
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -204,7 +250,7 @@ def _read_header(name: str, head: bytes, size: int) -> dict:
                            "probably cut short by an interrupted copy or write.")
     try:
         header = json.loads(head[8:8 + n])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise RuntimeError(f"tensor.load: {name} has a corrupted safetensors header ({e}).") \
             from None
     if not isinstance(header, dict):
@@ -214,11 +260,13 @@ def _read_header(name: str, head: bytes, size: int) -> dict:
     for k, v in header.items():
         if k == "__metadata__":
             continue
-        try:
-            end = max(end, int(v["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
             raise RuntimeError(f"tensor.load: {name} has a corrupted safetensors header "
-                               f"(entry {k!r} has no valid data_offsets).") from None
+                               f"(entry {k!r} has no valid data_offsets: expected two "
+                               f"integers 0 <= begin <= end, got {offsets!r:.60}).")
+        end = max(end, offsets[1])
     if 8 + n + end > size:
         raise RuntimeError(f"tensor.load: {name} is truncated: its tensors need {8 + n + end} "
                            f"bytes but the file has {size}. The file was probably cut short by "
@@ -258,33 +306,47 @@ class _Decoder:
             if tag == "$tensor":
                 return self._tensor(v)
             if tag == "$ndarray":
-                return self.get_array(v["$ndarray"]).copy()
+                return self.get_array(self._of(v, tag, str)).copy()
             if tag == "$tuple":
-                return tuple(self.decode(x) for x in v["$tuple"])
+                return tuple(self.decode(x) for x in self._of(v, tag, list))
             if tag == "$dict":
+                pairs = self._of(v, tag, list)
+                if not all(isinstance(kv, list) and len(kv) == 2 for kv in pairs):
+                    raise self._bad("a $dict entry is not a [key, value] pair")
                 try:
-                    return {self._hashable(self.decode(k)): self.decode(x) for k, x in v["$dict"]}
-                except (TypeError, ValueError) as e:
-                    raise self._bad(f"bad $dict entry ({e})") from None
+                    return {self._hashable(self.decode(k)): self.decode(x) for k, x in pairs}
+                except TypeError as e:
+                    raise self._bad(f"bad $dict key ({e})") from None
             if tag == "$float":
-                if v["$float"] not in ("nan", "inf", "-inf"):
+                if self._of(v, tag, str) not in ("nan", "inf", "-inf"):
                     raise self._bad(f"unknown $float {v['$float']!r}")
                 return float(v["$float"])
             if tag.startswith("$"):
                 raise self._bad(f"unknown tag {tag!r} (written by a newer zgrad?)")
         return {k: self.decode(x) for k, x in v.items()}
 
+    def _of(self, rec, tag, kind):
+        """rec[tag], checked to be of JSON type `kind`."""
+        val = rec[tag]
+        if not isinstance(val, kind) or isinstance(val, bool):
+            raise self._bad(f"{tag} expects a {kind.__name__}, got {type(val).__name__}")
+        return val
+
     @staticmethod
     def _hashable(k):
         return tuple(_Decoder._hashable(x) for x in k) if isinstance(k, (tuple, list)) else k
 
     def _tensor(self, rec):
-        key = rec["$tensor"]
+        key = self._of(rec, "$tensor", str)
         t = self.cache.get(key)
         if t is not None:
             return t
         arr = self.get_array(key)
-        dev = _map_device(rec.get("device"), self.map_location)
+        saved = rec.get("device")
+        if saved is not None and not (isinstance(saved, str) and _DEVICE_RE.match(saved)):
+            raise self._bad(f"tensor {key!r} has device {saved!r:.40}; expected 'cpu', "
+                            "'cuda' or 'cuda:<n>'")
+        dev = _map_device(saved, self.map_location)
         if backend.device(dev).type != "cpu":
             if not backend.cuda_is_available():
                 raise RuntimeError(f"tensor.load: {self.name} holds a tensor saved on {dev}, but "
@@ -364,7 +426,10 @@ def _decode(name, header, get_tensor, map_location):
                            "Upgrade zgrad to load it.")
     try:
         structure = json.loads(meta["structure"])
-    except (KeyError, ValueError) as e:
-        raise RuntimeError(f"tensor.load: {name} has a corrupted structure record ({e}).") \
-            from None
-    return dec.decode(structure)
+    except (KeyError, ValueError, RecursionError) as e:
+        raise RuntimeError(f"tensor.load: {name} has a corrupted structure record "
+                           f"({type(e).__name__}: {e}).") from None
+    try:
+        return dec.decode(structure)
+    except RecursionError:
+        raise dec._bad("it is nested too deeply") from None

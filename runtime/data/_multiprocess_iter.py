@@ -306,6 +306,8 @@ class _MultiProcessIter(_BaseIter):
         msg = (f"Caught {type_name} in DataLoader worker process {wid} {where}.\n"
                f"Original Traceback (most recent call last):\n"
                f"{tb.split('Traceback (most recent call last):', 1)[-1].lstrip(chr(10))}")
+        if exc_type is not None and issubclass(exc_type, KeyError):
+            msg = _KeyErrorMessage(msg)   # str(KeyError(s)) is repr(s): newlines as '\n'
         try:
             exc = exc_type(msg) if exc_type is not None else RuntimeError(msg)
         except Exception:
@@ -348,7 +350,15 @@ class _MultiProcessIter(_BaseIter):
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return got    # the worker closed its end: its sentinel reports why
-            key, _, status, payload = self._w.receiver.decode(data, wid)
+            try:
+                key, _, status, payload = self._w.receiver.decode(data, wid)
+            except FileNotFoundError:
+                # a result sent just before its worker died names a block that died with it
+                p = self._w.procs[wid]
+                p.join(1.0)
+                if p.is_alive():
+                    raise
+                self._raise_worker_died(wid, p, read_pending=False)
             if key == (-1, -1):   # worker_init_fn failed: that worker cannot serve anything
                 self._shutdown()
                 self._raise_worker_error(wid, payload)
@@ -359,10 +369,10 @@ class _MultiProcessIter(_BaseIter):
             if not conn.poll():
                 return got
 
-    def _raise_worker_died(self, wid, p):
+    def _raise_worker_died(self, wid, p, read_pending=True):
         conn = self._w.result_conns[wid]
         try:
-            sent = conn.poll()
+            sent = read_pending and conn.poll()
         except (OSError, EOFError):
             sent = False
         if sent:   # what it sent before dying (a worker_init_fn error is raised from here)
@@ -409,3 +419,11 @@ class _MultiProcessIter(_BaseIter):
 
     def __del__(self):
         self._finalizer()
+
+
+class _KeyErrorMessage(str):
+    """A message whose repr is itself, so a re-raised KeyError prints its traceback readably
+    (KeyError's str() is the repr of its argument)."""
+
+    def __repr__(self):
+        return self

@@ -159,10 +159,9 @@ class DataLoader:
             return n
         return len(self._index_sampler)
 
-    def __del__(self):
-        it = self.__dict__.get("_iterator")
-        if it is not None:
-            it._shutdown()
+    # No __del__ that shuts the persistent iterator down: in ``for b in DataLoader(...)`` the
+    # loader is a temporary that dies as soon as iter() returns, while the loop still holds the
+    # iterator. The iterator's own finalizer stops the workers once nobody holds it.
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -190,8 +190,11 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
             try:   # default_collate's leaves are stacked into the block here
                 send((key, worker_id, "ok", batch))
             except Exception as e:
-                send_error(key, f"while collating or sending batch {key[1]} (indices "
-                           f"{_short(indices)}); a collate_fn result must be picklable", e)
+                # only a pickling failure earns the picklable hint: a full /dev/shm or
+                # samples of different shapes (stacked here) carry their own explanation
+                hint = "; a collate_fn result must be picklable" if _is_pickling_error(e) else ""
+                send_error(key, f"while collating batch {key[1]} (indices {_short(indices)}) "
+                           f"into shared memory{hint}", e)
     except KeyboardInterrupt:
         pass   # the main process handles Ctrl-C and shuts workers down
     finally:
@@ -201,6 +204,11 @@ def worker_loop(worker_id, dataset, index_conn, result_conn, collate_fn,
                 c.close()
             except OSError:
                 pass
+
+
+def _is_pickling_error(e: BaseException) -> bool:
+    return isinstance(e, pickle.PicklingError) or (
+        isinstance(e, (TypeError, AttributeError)) and "pickle" in str(e).lower())
 
 
 def _short(indices, n=8):

@@ -83,7 +83,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
     if scale_grad_by_freq or sparse:
         raise ValueError("embedding: scale_grad_by_freq and sparse gradients are not supported "
                          "by zgrad; use the defaults (dense gradients).")
-    return _N.embedding(input, weight, padding_idx, max_norm)
+    return _N.embedding(input, weight, padding_idx, max_norm, norm_type)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
@@ -138,3 +138,14 @@ def _check_same_shape(op, input, target, strict=False):
         warnings.warn(f"{op}: target size {list(ts)} differs from input size "
                       f"{list(input.shape)}; they will broadcast, which is likely not what you "
                       "want (as PyTorch warns).", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# sequence models: normalization and attention (tensor/ops/norm.py, tensor/ops/attention.py)
+
+from ..ops.norm import group_norm, layer_norm  # noqa: E402,F401  (re-exported)
+from ..ops.attention import (multi_head_attention_forward,  # noqa: E402,F401  (re-exported)
+                             scaled_dot_product_attention)
+
+__all__ += ["layer_norm", "group_norm", "scaled_dot_product_attention",
+            "multi_head_attention_forward"]

@@ -239,8 +239,23 @@ def dropout(x, p=0.5, training=True, generator=None):
     return from_op(y, (x,), lambda gy: (gy * _new(scale),), "dropout")
 
 
-def embedding(input, weight, padding_idx=None, max_norm=None):
-    """Rows of weight picked by integer indices; padding_idx gets no gradient."""
+def _embedding_renorm_(weight, idx, max_norm, norm_type):
+    """Rescale, in place, each row of weight that idx picks whose norm exceeds max_norm to norm
+    max_norm (torch.embedding_renorm_: not differentiated, the weight's version is bumped)."""
+    xp = _xp(weight)
+    rows = xp.unique(idx.reshape(-1))
+    w = weight.array
+    norms = (xp.abs(w[rows]) ** norm_type).sum(1) ** (1.0 / norm_type)
+    big = norms > max_norm
+    if bool(big.any()):
+        r = rows[big]
+        w[r] *= (max_norm / (norms[big] + 1e-7)).astype(w.dtype)[:, None]
+        weight._vbox[0] += 1
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
+    """Rows of weight picked by integer indices; padding_idx gets no gradient; with max_norm,
+    the picked rows are first renormalised in place to norm <= max_norm (as PyTorch)."""
     if input.array.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be an integer tensor, got {input.array.dtype}")
     n = weight.array.shape[0]
@@ -249,8 +264,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None):
                          f"[{int(input.array.min())}, {int(input.array.max())}] but the table has "
                          f"{n} rows.")
     if max_norm is not None:
-        raise ValueError("embedding: max_norm is not supported by zgrad yet; renormalise the "
-                         "weight explicitly.")
+        _embedding_renorm_(weight, input.array, max_norm, norm_type)
     if padding_idx is None:
         return getitem(weight, input)
     y = weight.array[input.array]

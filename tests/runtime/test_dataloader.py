@@ -242,10 +242,17 @@ def test_at_most_prefetch_factor_times_workers_batches_in_flight():
     loader = DataLoader(Counting(200, counter), batch_size=2, num_workers=2, prefetch_factor=3)
     it = iter(loader)
     next(it)
-    time.sleep(0.5)   # let the workers run as far ahead as they are allowed
+    # they run ahead: wait (however slow the machine) until they did, then until they stop
+    deadline = time.monotonic() + 30
+    while counter.value < 2 * 3 * 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counter.value >= 2 * 3 * 2, f"the workers fetched only {counter.value} items"
+    last = -1
+    while counter.value != last and time.monotonic() < deadline:
+        last = counter.value
+        time.sleep(0.3)
     # 6 requests up front, plus the one released by the batch just yielded
     assert counter.value <= (2 * 3 + 1) * 2, counter.value
-    assert counter.value >= 2 * 3 * 2 - 2   # they did run ahead
     del it
 
 
@@ -406,6 +413,19 @@ def test_persistent_workers_reused_across_epochs_and_stopped_with_loader():
     assert not any(_alive(p) for p in pids)
 
 
+def test_persistent_workers_loader_as_a_temporary_yields_every_batch():
+    """`for b in DataLoader(..., persistent_workers=True)`: the loader dies at once, the loop
+    still holds the iterator, which must keep its workers (PyTorch yields all 10 batches)."""
+    got = [(x.numpy().copy(), y.tolist()) for x, y in
+           DataLoader(Squares(20), batch_size=2, num_workers=2, persistent_workers=True)]
+    assert len(got) == 10 and [int(v) for x, _ in got for v in x[:, 0, 0]] == list(range(20))
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while _worker_pids() and time.monotonic() < deadline:   # the iterator stopped its workers
+        time.sleep(0.02)
+    assert not _worker_pids()
+
+
 # -- IterableDataset --------------------------------------------------------------------------------
 class Stream(IterableDataset):
     def __init__(self, n, sharded=True):
@@ -556,3 +576,67 @@ def test_tensor_dataset_and_nested_samples_through_workers():
     assert b["x"].shape == (3, 2) and b["x"][:, 0].tolist() == [0.0, 1.0, 2.0]
     assert b["meta"][0] == ["id0", "id1", "id2"] and b["meta"][1].dtype == np.int32
     assert b["w"].dtype == np.float64 and b["w"].tolist() == [0.0, 0.5, 1.0]
+
+
+class _Pids(Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return np.full((256,), os.getpid(), np.int64)
+
+
+def test_worker_killed_while_main_loop_is_slow_is_reported_as_a_dead_worker():
+    """Results a worker sent before SIGKILL name a block that died with it: the report must be
+    the worker's pid and signal, not shm's 'keep the sender's array alive' hint."""
+    it = iter(DataLoader(_Pids(), batch_size=1, num_workers=2, prefetch_factor=2))
+    pid0 = int(next(it)[0, 0])
+    time.sleep(0.5)                     # the main loop is slow; worker 0's next batches wait
+    os.kill(pid0, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)                     # the shm manager reclaims the dead worker's blocks
+    with pytest.raises(RuntimeError, match=rf"worker 0 \(pid {pid0}\) was killed by signal "
+                                           "SIGKILL") as e:
+        for _ in it:
+            pass
+    assert "keep the sender" not in str(e.value)
+
+
+class _Ragged(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return np.zeros(3 + i % 2, np.float32)
+
+
+def test_worker_error_hints_name_the_real_cause(monkeypatch):
+    """Samples of different shapes and a full /dev/shm are not 'must be picklable' errors."""
+    with pytest.raises(RuntimeError, match="different shapes") as e:
+        list(DataLoader(_Ragged(), batch_size=2, num_workers=1))
+    assert "picklable" not in str(e.value)
+    import shm
+
+    def full(*a, **k):
+        raise shm.OutOfSharedMemoryError("shm: /dev/shm has 0 bytes free (test)")
+    monkeypatch.setattr(shm.Segment, "create", staticmethod(full))   # inherited by fork
+    with pytest.raises(Exception, match="OutOfSharedMemoryError") as e:
+        list(DataLoader(Squares(4), batch_size=2, num_workers=1))
+    assert "picklable" not in str(e.value)
+
+
+class _Missing(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {}["absent"]
+
+
+def test_worker_key_error_prints_its_traceback_readably():
+    with pytest.raises(KeyError) as e:
+        list(DataLoader(_Missing(), batch_size=2, num_workers=1))
+    text = str(e.value)
+    assert "Original Traceback" in text and "\\n" not in text and "\n" in text

@@ -63,6 +63,19 @@ def manager_killed_and_replaced():
     _wait(lambda: not _exists(name), 10, "a was not removed by the new manager")
 
 
+def manager_killed_then_normal_exit():
+    """Manager SIGKILLed, then this process drops its array and exits normally: the release
+    reaches a fresh manager that never counted the segment; it must still be removed.
+    Prints the segment's name; the test checks /dev/shm after this process is gone."""
+    a = shm.zeros((100_000,))
+    name = shm.handle(a)[0]
+    os.kill(_client.stats()["pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    del a
+    gc.collect()
+    print(name)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
     print("ok")

@@ -98,18 +98,22 @@ def test_sigkill_of_the_parent_leaves_nothing(method):
         parent.stdout.close()
 
 
-def _reshares_after_parent_dropped(a, q):
-    time.sleep(0.3)  # the parent drops its only reference meanwhile
+def _reshares_after_parent_dropped(a, q, dropped):
+    assert dropped.wait(30)   # the parent has let go and its manager has seen the release
     a[:] = 3
     q.put(a[1:])     # by name: the segment must still exist
 
 
 def test_fork_child_keeps_segment_the_parent_dropped_at_start():
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_reshares_after_parent_dropped, args=(shm.zeros((100_000,)), q))
+    q, dropped = ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=_reshares_after_parent_dropped,
+                    args=(shm.zeros((100_000,)), q, dropped))
     p.start()  # Process.start() drops its args in the parent: the child is the only holder
     gc.collect()
+    from shm import _client
+    _client.sync()   # the release is processed before the child re-shares: the race, always
+    dropped.set()
     v = _get(q, p)
     assert v.shape == (99_999,) and (v == 3).all()
     _join(p)
@@ -143,6 +147,19 @@ def test_scenario_in_a_job_of_its_own(scenario):
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
 
 
+def test_manager_sigkill_then_normal_exit_leaves_no_segment():
+    env = {k: v for k, v in os.environ.items() if k not in ("ZGRAD_JOB_ID", "ZGRAD_JOB_ROOT_PID")}
+    out = subprocess.run([sys.executable, "-m", "tests.shm._scenarios",
+                          "manager_killed_then_normal_exit"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    name = out.stdout.split()[0]
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/dev/shm/{name}"):
+        assert time.monotonic() < deadline, f"{name} leaked after the manager was killed"
+        time.sleep(0.05)
+
+
 def _drops_inherited_then_reports(box, q):
     name = shm.handle(box[0])[0]
     box.clear()  # the only reference (the Process object keeps the list, not the array)
@@ -166,3 +183,32 @@ def test_fork_child_that_drops_an_inherited_array_lets_go_of_it():
     finally:
         p.kill()
         p.join(10)
+
+
+def _receives_and_drops(q, n_box):
+    n = 0
+    while q.get(timeout=60) is not None:   # each tensor dropped at once: its arena mapping too
+        n += 1
+    n_box.value = n
+
+
+def test_small_tensors_streamed_and_dropped_on_both_sides_all_arrive():
+    """A receiver's claim and release can overtake the sender's hold and flight (different
+    connections); the arena must not be unlinked under handles still in flight."""
+    ctx = mp.get_context("fork")
+    q, n_box = ctx.Queue(), ctx.Value("i", -1)
+    p = ctx.Process(target=_receives_and_drops, args=(q, n_box))
+    p.start()
+    import tensor
+    sent, t0 = 0, time.monotonic()
+    while sent < 3000 and p.is_alive():
+        t = tensor.zeros(1024).share_memory_()   # 4 KiB: packed into 1 MiB arenas
+        q.put(t)
+        del t                                   # dropped right away
+        sent += 1
+        ahead = t0 + sent / 1000 - time.monotonic()   # 1,000 a second: an arena lives for
+        if ahead > 0:                                 # a tensor or two
+            time.sleep(ahead)
+    q.put(None)
+    _join(p)
+    assert p.exitcode == 0 and n_box.value == sent == 3000

@@ -72,7 +72,7 @@ def test_same_tensor_twice_is_stored_once_and_stays_shared(tmp_path):
     with open(tmp_path / "x", "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-    assert sorted(k for k in header if k != "__metadata__") == ["t.0", "t.1"]
+    assert sorted(k for k in header if k != "__metadata__") == ["a", "c"]
     back = tensor.load(tmp_path / "x")
     assert back["a"] is back["b"][0] and back["c"] is not back["a"]
 
@@ -106,7 +106,7 @@ def test_file_objects_and_pathlike(tmp_path):
 def test_checkpoint_is_a_standard_safetensors_file(tmp_path):
     tensor.save({"model": {"w": tensor.ones(2, 3)}, "step": 3}, tmp_path / "c")
     arrays = safetensors.numpy.load_file(tmp_path / "c")
-    np.testing.assert_array_equal(arrays["t.0"], np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(arrays["model.w"], np.ones((2, 3), np.float32))
     # and a plain safetensors file from elsewhere loads as a flat dict of tensors
     safetensors.numpy.save_file({"layer.weight": np.eye(2, dtype=np.float32)}, tmp_path / "p")
     back = tensor.load(tmp_path / "p")
@@ -222,3 +222,79 @@ def test_cuda_tensors_round_trip_on_their_device(tmp_path):
     np.testing.assert_array_equal(back["t"].cpu().numpy(), t.cpu().numpy())
     assert tensor.load(tmp_path / "g", map_location="cpu")["t"].device.type == "cpu"
     assert tensor.load(tmp_path / "g", map_location="cuda")["c"].device.type == "cuda"
+
+
+def test_state_dict_entries_are_named_by_their_keys_and_load_into_pytorch(tmp_path):
+    """tensor.save(model.state_dict()) is what safetensors.torch.load_file hands PyTorch."""
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    tensor.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    tensor.save(model.state_dict(), tmp_path / "m.safetensors")
+    sd = st_torch.load_file(str(tmp_path / "m.safetensors"))
+    assert sorted(sd) == sorted(model.state_dict())
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    ref.load_state_dict(sd)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(ref(torch.from_numpy(x)).detach().numpy(),
+                               model(tensor.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    # and the reverse: PyTorch's safetensors state_dict loads into the zgrad model
+    ref2 = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    st_torch.save_file(ref2.state_dict(), str(tmp_path / "t.safetensors"))
+    model.load_state_dict(tensor.load(tmp_path / "t.safetensors"))
+    np.testing.assert_allclose(ref2(torch.from_numpy(x)).detach().numpy(),
+                               model(tensor.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _raw_safetensors(path, header: bytes, body: bytes = b"\0" * 8):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + body)
+
+
+CRAFTED = {
+    "offset_1e999": lambda p: _raw_safetensors(
+        p, b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,1e999]}}'),
+    "offset_negative": lambda p: _raw_safetensors(
+        p, b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,8]}}'),
+    "nested_header": lambda p: _raw_safetensors(p, b'{"a":' + b"[" * 100_000 + b"]" * 100_000
+                                                + b"}"),
+    "nested_structure": lambda p: _write_with_metadata(p, "[" * 100_000 + "]" * 100_000),
+    "tensor_key_list": lambda p: _write_with_metadata(p, {"x": {"$tensor": [1, 2]}}),
+    "tuple_of_int": lambda p: _write_with_metadata(p, {"x": {"$tuple": 5}}),
+    "dict_of_int": lambda p: _write_with_metadata(p, {"x": {"$dict": 5}}),
+    "dict_bad_pair": lambda p: _write_with_metadata(p, {"x": {"$dict": [[1]]}}),
+    "float_list": lambda p: _write_with_metadata(p, {"x": {"$float": ["nan"]}}),
+    "device_tpu": lambda p: _write_with_metadata(p, {"w": {"$tensor": "t.0", "device": "tpu:9"}}),
+    "device_int": lambda p: _write_with_metadata(p, {"w": {"$tensor": "t.0", "device": 3}}),
+    "ndarray_key_dict": lambda p: _write_with_metadata(p, {"w": {"$ndarray": {"a": 1}}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_files_raise_the_documented_error_naming_the_file(tmp_path, case):
+    p = tmp_path / f"crafted_{case}.safetensors"
+    CRAFTED[case](p)
+    with pytest.raises(RuntimeError, match=f"tensor.load: .*crafted_{case}"):
+        tensor.load(p)
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    import subprocess
+    import sys
+    target = tmp_path / "ck.safetensors"
+    code = ("import os, signal, safetensors.numpy as sn\n"
+            "real = sn.save_file\n"
+            "def dying(arrays, path, metadata=None):\n"
+            "    real(arrays, path, metadata=metadata)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sn.save_file = dying\n"
+            "import tensor\n"
+            f"tensor.save({{'w': tensor.ones(1000)}}, {str(target)!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert r.returncode == -9, r.stderr
+    stale = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert stale and not target.exists()
+    tensor.save({"w": tensor.zeros(3)}, target)
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    assert tensor.load(target)["w"].shape == (3,)

@@ -1,4 +1,5 @@
-"""``tensor.nn.utils``: gradient clipping and parameter/vector conversion."""
+"""``tensor.nn.utils``: gradient clipping, parameter/vector conversion, packed sequences."""
+from . import rnn  # noqa: F401  (nn.utils.rnn)
 from .clip_grad import clip_grad_norm_, clip_grad_value_
 from .convert_parameters import parameters_to_vector, vector_to_parameters
 
