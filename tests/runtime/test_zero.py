@@ -119,3 +119,45 @@ def test_zero_matches_the_plain_optimizer_and_round_trips_its_state(name, world_
         for n, v in st.items():
             np.testing.assert_allclose(sd["state"][k][n], v, rtol=1e-4, atol=1e-6)
     assert "consolidate_state_dict(to=0)" in results[1][3]
+
+
+def _zero_join(rank, world_size, counts):
+    import tensor
+    import tensor.nn.functional as F
+    import runtime.distributed as dist
+    from runtime.distributed.algorithms import Join
+    from runtime.distributed.optim import ZeroRedundancyOptimizer
+    dist.init_process_group(timeout=60)
+    model = dist.DistributedDataParallel(_mlp())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=tensor.optim.SGD, lr=0.1)
+    with Join([model, opt]):
+        for step in range(counts[rank]):
+            x, y = _batch(step, rank, world_size)
+            opt.zero_grad()
+            F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+            opt.step()
+    out = [p.detach().numpy().copy() for p in model.parameters()]
+    dist.destroy_process_group()
+    return out
+
+
+def test_zero_with_ddp_under_join_for_uneven_inputs():
+    import tensor
+    import tensor.nn.functional as F
+    counts = [1, 3]
+    results = spawn_ranks(_zero_join, 2, counts, timeout_s=90)
+    model = _mlp()
+    params = list(model.parameters())
+    for step in range(max(counts)):
+        total = [np.zeros(p.shape, np.float32) for p in params]
+        for r in range(2):
+            if step < counts[r]:
+                x, y = _batch(step, r, 2)
+                model.zero_grad()
+                F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+                total = [t + p.grad.numpy() for t, p in zip(total, params)]
+        for p, t in zip(params, total):
+            p.array -= 0.1 * t / 2   # divided by the initial world size
+    for got0, got1, want in zip(results[0], results[1], params):
+        assert np.array_equal(got0, got1)
+        np.testing.assert_allclose(got0, want.detach().numpy(), rtol=1e-5, atol=1e-6)
