@@ -14,6 +14,7 @@ CPU-second of all its processes. The table gives medians over rounds and the rat
 indep-2 and to torch-2.
 
     python3 benchmarks/bench_ddp.py [--rounds 3] [--steps 60] [--configs zgrad-2,indep-2,...]
+                                    [--keep-memory]
 """
 from __future__ import annotations
 
@@ -105,7 +106,19 @@ def _torch_step(ws, rank):
     return step, tdist.destroy_process_group
 
 
-def _worker(config, rank, port, steps, barrier, q):
+def _keep_freed_memory():
+    """glibc hands large freed arrays back to the OS, so the next step's gradients and
+    temporaries page-fault again (~750 faults a step here); keep them (every configuration
+    alike, torch's too). See --keep-memory."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 << 20)    # M_MMAP_THRESHOLD: arrays < 64 MiB come from the heap
+    libc.mallopt(-1, 256 << 20)   # M_TRIM_THRESHOLD: keep up to 256 MiB free in the heap
+
+
+def _worker(config, rank, port, steps, barrier, q, keep_memory):
+    if keep_memory:
+        _keep_freed_memory()
     fw, ws, comm, as_view = CONFIGS[config]
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(ws), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ws))
@@ -121,13 +134,13 @@ def _worker(config, rank, port, steps, barrier, q):
     done()
 
 
-def run_config(config: str, steps: int) -> tuple:
+def run_config(config: str, steps: int, keep_memory: bool = False) -> tuple:
     """(samples per second, samples per CPU second) of `config`: all ranks' samples over the
     slowest rank's wall time, and over the CPU time of all ranks' processes (every thread)."""
     ws = CONFIGS[config][1]
     ctx = mp.get_context("fork")
     q, barrier, port = ctx.Queue(), ctx.Barrier(ws), _free_port()
-    procs = [ctx.Process(target=_worker, args=(config, r, port, steps, barrier, q))
+    procs = [ctx.Process(target=_worker, args=(config, r, port, steps, barrier, q, keep_memory))
              for r in range(ws)]
     for p in procs:
         p.start()
@@ -157,6 +170,9 @@ def main():
     ap.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated, from {', '.join(CONFIGS)}")
+    ap.add_argument("--keep-memory", action="store_true",
+                    help="mallopt in every worker so freed arrays stay mapped (no page faults "
+                         "from re-allocating gradients and temporaries each step)")
     args = ap.parse_args()
     configs = [c for c in args.configs.split(",") if c]
     bad = [c for c in configs if c not in CONFIGS]
@@ -169,13 +185,14 @@ def main():
     runs = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in configs:     # interleaved: machine noise hits every configuration alike
-            runs[c].append(run_config(c, args.steps))
+            runs[c].append(run_config(c, args.steps, args.keep_memory))
             print(f"round {r + 1}/{args.rounds}: {c} {runs[c][-1][0]:.0f} samples/s, "
                   f"{runs[c][-1][1]:.0f} samples/CPU-s", file=sys.stderr, flush=True)
     med = {c: statistics.median(v[0] for v in runs[c]) for c in runs}
     cpu = {c: statistics.median(v[1] for v in runs[c]) for c in runs}
     print(f"MLP 784-512-512-10, batch {BATCH}/rank, 1 BLAS thread/rank, {args.steps} timed "
-          f"steps, median of {args.rounds} interleaved rounds ({os.cpu_count()} CPUs)")
+          f"steps, median of {args.rounds} interleaved rounds ({os.cpu_count()} CPUs"
+          f"{', --keep-memory' if args.keep_memory else ''})")
     head = (f"{'config':>13} {'samples/s':>10} {'/indep-2':>9} {'/torch-2':>9} |"
             f" {'samples/CPU-s':>13} {'/indep-2':>9} {'/torch-2':>9}")
     print(head)
