@@ -19,7 +19,7 @@ from .collectives import (all_gather, all_gather_into_tensor, all_reduce, all_to
 from .objects import all_gather_object, broadcast_object_list
 from .process_group import ProcessGroup, ReduceOp, Work
 from .transport import AbortedError, DesyncError, PeerLostError
-from ._reducer import GradBucket
+from ._grad_bucket import GradBucket
 from .ddp import DistributedDataParallel
 from . import algorithms  # noqa: E402,F401  (Join, ddp_comm_hooks)
 

@@ -6,7 +6,9 @@ Parameters are grouped into buckets in reverse registration order (roughly the o
 backward produces their gradients), one dtype and device per bucket; a bucket closes once it
 holds at least its limit, 1 MiB for the first (so the first reduction starts early in backward)
 and ``bucket_cap_mb`` after. Each bucket is one flat array allocated once, at construction, and
-reused every step; ``views[i]`` is parameter i's gradient shaped as the parameter, inside it.
+reused every step; ``views[j]`` is its j-th parameter's gradient shaped as the parameter, inside
+it. On one host the arrays live in shared memory, in two sets that alternate (Note [DDP shared
+buckets] in _shared_buckets.py); ``.grad`` as a bucket view follows the set holding the result.
 
 Every step (an iteration whose forward ran through DDP with grad enabled and outside
 ``no_sync``):
@@ -15,14 +17,13 @@ Every step (an iteration whose forward ran through DDP with grad enabled and out
      autograd graph from the outputs to find the parameters that cannot get a gradient; an
      all-reduce of the used-parameter map then tells which got one on no rank at all (their
      .grad is left alone, as in PyTorch).
-  2. A parameter's post-accumulate-grad hook copies its final ``.grad`` into its view (nothing
-     to copy when ``.grad`` already is the view: ``gradient_as_bucket_view``), and counts the
-     bucket down. The first hook of the step also marks the unused parameters ready (their
+  2. A parameter's post-accumulate-grad hook writes its final ``.grad`` divided by the world
+     size into its view (divided in place when ``.grad`` already is the view:
+     ``gradient_as_bucket_view``; as is, for a comm hook), and counts the bucket down. The first hook of the step also marks the unused parameters ready (their
      views hold their current ``.grad`` or zeros).
-  3. A bucket whose count reaches zero is launched: an async all_reduce(SUM) of its array (the
-     gradients were divided by the world size on their way in, as PyTorch does) on
+  3. A bucket whose count reaches zero is launched: an async all_reduce(SUM) of its array on
      the group's communication thread (or the registered comm hook's Future), so it runs while
-     backward computes the rest. Buckets launch strictly in index order, as every rank must
+     backward computes the rest (dividing first, as PyTorch does, saves a pass over the bucket). Buckets launch strictly in index order, as every rank must
      issue the same collectives in the same order; a bucket ready early waits for the ones
      before it.
   4. When the last bucket is launched, ``finalize`` is queued on the autograd engine
@@ -44,71 +45,9 @@ from tensor.autograd.engine import queue_callback
 from tensor.futures import Future
 
 from . import _shared_buckets
+from ._grad_bucket import GradBucket
 from .collectives import all_reduce
 from .process_group import ReduceOp
-
-DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
-
-
-def compute_bucket_assignment_by_size(tensors, bucket_size_limits, order=None):
-    """Group tensor indices into buckets of one dtype/device, as c10d's function of that name.
-
-    `order` is the order to fill buckets in (default: as given). A bucket closes once its size
-    reaches its limit; the limits are used in turn, the last one repeatedly.
-    Returns (bucket index lists, per-bucket size limits), in fill order.
-    """
-    order = list(range(len(tensors))) if order is None else list(order)
-    open_: dict = {}   # (dtype, device) -> [indices, bytes, limit index]
-    result = []
-    for i in order:
-        a = tensors[i]
-        key = (str(a.dtype), str(backend.device_of(a)))
-        b = open_.setdefault(key, [[], 0, 0])
-        b[0].append(i)
-        b[1] += a.size * a.dtype.itemsize
-        limit = bucket_size_limits[b[2]]
-        if b[1] >= limit:
-            result.append((b[0], limit))
-            open_[key] = [[], 0, min(b[2] + 1, len(bucket_size_limits) - 1)]
-    for b in open_.values():
-        if b[0]:
-            result.append((b[0], bucket_size_limits[b[2]]))
-    # buckets of several dtypes interleave: keep them in the order their first gradient comes
-    pos = {i: k for k, i in enumerate(order)}
-    result.sort(key=lambda r: pos[r[0][0]])
-    return [r[0] for r in result], [r[1] for r in result]
-
-
-class GradBucket:
-    """What a comm hook receives (as torch.distributed.GradBucket): one flat bucket of grads."""
-
-    def __init__(self, index: int, buffer: Tensor, params: list, views: list, is_last: bool):
-        self._index, self._buffer, self._params = index, buffer, params
-        self._views, self._is_last = views, is_last
-
-    def index(self) -> int:
-        """The bucket's position in launch order (0 is reduced first)."""
-        return self._index
-
-    def buffer(self) -> Tensor:
-        """The flat gradients of the bucket (a Tensor over the bucket's array)."""
-        return self._buffer
-
-    def gradients(self) -> list:
-        """Each parameter's gradient as a view into buffer()."""
-        return [_new(v) for v in self._views]
-
-    def parameters(self) -> list:
-        return list(self._params)
-
-    def is_last(self) -> bool:
-        """True for the last bucket of the step."""
-        return self._is_last
-
-    def set_buffer(self, buffer: Tensor) -> None:
-        """Replace the bucket's contents with `buffer` (same number of elements)."""
-        self._buffer.array[...] = buffer.array.reshape(self._buffer.array.shape)
-
 
 class _Bucket:
     """One bucket: its flat array(s) (two sets with shared buckets, see Note [DDP shared
@@ -174,8 +113,6 @@ class Reducer:
         self.local_used = np.zeros(len(params), np.int32)
         self.used_work = None
         self.ready = bytearray(len(params))
-        self.ready_order: list = []      # first synced step: the order gradients came in
-        self.steps = 0
         self._solo = world_size == 1
         self.div_count = None            # (Work, array) of Join's count of active ranks
         self.div = world_size            # this step's divisor (see _divisor)
@@ -314,8 +251,6 @@ class Reducer:
                     if j != i:
                         self.mark_ready(j, self.params[j], used=False)
         self.ready[i] = 1
-        if self.steps == 0:
-            self.ready_order.append(i)
         if used and self.track_used:
             self.local_used[i] = 1
         b, j = self.loc[i]
@@ -402,9 +337,6 @@ class Reducer:
             elif b.future is not None:
                 fut, b.future = b.future, None
                 _take_result(b, fut.wait())
-        if self.steps == 0 and self.ready_order:
-            self.first_order = list(self.ready_order)
-        self.steps += 1
         used = None
         if self.used_work is not None:
             self.used_work.wait()

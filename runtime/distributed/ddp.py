@@ -19,8 +19,9 @@ from tensor._tensor import Tensor
 from tensor.nn import Module
 
 from . import api
-from ._reducer import (DEFAULT_FIRST_BUCKET_BYTES, GradBucket, Reducer,
-                       compute_bucket_assignment_by_size)
+from ._grad_bucket import (DEFAULT_FIRST_BUCKET_BYTES, GradBucket,
+                           compute_bucket_assignment_by_size)
+from ._reducer import Reducer
 from .algorithms.join import Join, Joinable, JoinHook
 from .collectives import all_reduce, broadcast
 from .objects import all_gather_object
