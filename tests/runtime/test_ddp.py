@@ -380,3 +380,26 @@ def test_several_steps_match_one_process(as_view, set_to_none):
     for got0, got1, want in zip(results[0], results[1], model.parameters()):
         assert np.array_equal(got0, got1)
         np.testing.assert_allclose(got0, want.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def _join_throw(rank, world_size):
+    import tensor
+    import tensor.nn.functional as F
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=60)
+    model = dist.DistributedDataParallel(_mlp())
+    msg = None
+    try:
+        with model.join(throw_on_early_termination=True):
+            for x, y in _batches(rank, 1 + rank):
+                F.cross_entropy(model(tensor.tensor(x)), tensor.tensor(y)).backward()
+    except RuntimeError as e:
+        msg = str(e)
+    dist.destroy_process_group()
+    return msg
+
+
+def test_join_throw_on_early_termination_raises_on_every_rank():
+    m0, m1 = spawn_ranks(_join_throw, 2, timeout_s=60)
+    assert m0 == "Rank 0 exhausted all inputs."
+    assert m1 == "Detected at least one rank that exhausted inputs. Throwing across all ranks."
