@@ -280,16 +280,21 @@ def _buffers(rank, world_size):
     for _ in range(2):
         model(tensor.ones(1, 3)).sum().backward()
         seen.append(m.count.numpy().copy())
+    with tensor.no_grad():   # the first forward after training syncs, the next do not
+        for _ in range(2):
+            model(tensor.ones(1, 3))
+            seen.append(m.count.numpy().copy())
     dist.destroy_process_group()
     return at_init, seen
 
 
-def test_buffers_are_broadcast_from_rank_0_at_construction_and_each_forward():
+def test_buffers_are_broadcast_from_rank_0_at_construction_and_each_training_forward():
     (i0, s0), (i1, s1) = spawn_ranks(_buffers, 2, timeout_s=60)
     assert i0.tolist() == i1.tolist() == [10, 10]
-    # each forward starts from rank 0's buffer, then rank r adds 1 + r
-    assert [s.tolist() for s in s0] == [[11, 11], [12, 12]]
-    assert [s.tolist() for s in s1] == [[12, 12], [13, 13]]
+    # each training forward starts from rank 0's buffer, then rank r adds 1 + r; under
+    # no_grad the first forward still syncs (after a training one), the second does not
+    assert [s.tolist()[0] for s in s0] == [11, 12, 13, 14]
+    assert [s.tolist()[0] for s in s1] == [12, 13, 14, 16]
 
 
 def _batches(rank, n_batches):
@@ -403,3 +408,36 @@ def test_join_throw_on_early_termination_raises_on_every_rank():
     m0, m1 = spawn_ranks(_join_throw, 2, timeout_s=60)
     assert m0 == "Rank 0 exhausted all inputs."
     assert m1 == "Detected at least one rank that exhausted inputs. Throwing across all ranks."
+
+
+def _join_buffers(rank, world_size):
+    import tensor
+    import tensor.nn as nn
+    import runtime.distributed as dist
+
+    class WithBuffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.register_buffer("count", tensor.zeros(1))
+
+        def forward(self, x):
+            self.count.array[...] += 1
+            return self.lin(x)
+    dist.init_process_group(timeout=60)
+    m = WithBuffer()
+    model = dist.DistributedDataParallel(m)
+    with model.join():
+        for _ in range(1 + 2 * rank):
+            model.zero_grad()
+            model(tensor.ones(2, 3)).sum().backward()
+    out = (m.count.numpy().copy(), m.lin.weight.grad.numpy().copy())
+    dist.destroy_process_group()
+    return out
+
+
+def test_join_shadows_the_buffer_broadcasts_and_ends_with_the_last_joiners_buffers():
+    (c0, g0), (c1, g1) = spawn_ranks(_join_buffers, 2, timeout_s=60)
+    # rank 1 ran 3 forwards, each from the synced count (+1): the last joiner's value wins
+    assert c0.tolist() == c1.tolist() == [3.0]
+    np.testing.assert_allclose(g1, np.full((3, 3), 2 / 2))   # rank 0 joined: zeros, / 2
