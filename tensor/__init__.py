@@ -10,12 +10,14 @@ from . import backend, dtypes
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tensor import Size, Tensor
 from . import _methods  # noqa: F401  (attaches ops to Tensor)
-from .backend import device
+from .backend import device, get_default_device, set_default_device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
                        linspace, multinomial, normal, ones, ones_like, rand, rand_like, randint,
                        randint_like, randn, randn_like, randperm, tensor, zeros, zeros_like)
-from .dtypes import (bool, double, float, float16, float32, float64, get_default_dtype, half,
-                     int, int8, int16, int32, int64, long, set_default_dtype, short, uint8)
+from .creation import (BoolTensor, ByteTensor, CharTensor, DoubleTensor, FloatTensor,  # noqa
+                       HalfTensor, IntTensor, LongTensor, ShortTensor)
+from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
+                     half, int, int8, int16, int32, int64, long, set_default_dtype, short, uint8)
 from .ops.elementwise import (abs, add, allclose, ceil, clamp, cos, div, equal, erf, exp, expm1,
                               floor, gelu, isfinite, isinf, isnan, log, log1p, log2, log10,
                               logical_and, logical_not, logical_or, maximum, minimum, mul, neg,
@@ -24,6 +26,7 @@ from .ops.elementwise import (abs, add, allclose, ceil, clamp, cos, div, equal, 
 from .ops.elementwise import eq, ge, gt, le, lt, ne  # noqa: F401
 from .ops.linalg import bmm, dot, matmul, mm, outer
 from .ops.nn import log_softmax, softmax
+from .ops.sort import argsort, diag, sort, topk
 from .ops.reduce import (all, amax, amin, any, argmax, argmin, count_nonzero, cumprod, cumsum,
                          logsumexp, max, mean, min, norm, prod, std, sum, var, var_mean)
 from .ops.shape import (broadcast_to, cat, chunk, flatten, flip, gather, hstack, index_select,
@@ -86,7 +89,7 @@ class cuda:  # noqa: N801 - mirrors torch.cuda's namespace
 def __getattr__(name):
     # nn, optim and serialization load lazily so `import tensor` stays quick
     import importlib
-    if name in ("nn", "optim", "futures"):
+    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.serialization"), name)

@@ -9,6 +9,7 @@ from .ops import linalg as L
 from .ops import nn as N
 from .ops import reduce as R
 from .ops import shape as S
+from .ops import sort as O
 
 
 def _to_device(a, dev):
@@ -62,13 +63,10 @@ def _inplace_method(name, fn):
 
 def _random_fill(name, make):
     def method(self, *args, generator=None, **kw):
-        from .ops.index import _check_inplace
-        from ._grad_mode import state
-        if state.enabled and self.requires_grad:
-            _check_inplace(self, name)
-        self.array[...] = make(self, *args, generator=generator, **kw)
-        self._vbox[0] += 1
-        return self
+        y = make(self, *args, generator=generator, **kw)
+        # recorded like any in-place op: the new values do not depend on the old ones
+        return I.inplace(self, lambda old: from_op(y, (old,), lambda gy: (gy * 0,), name),
+                         op=name)
     method.__name__ = name
     return method
 
@@ -155,7 +153,9 @@ def _install():
             gather=S.gather, scatter_add=S.scatter_add, scatter=S.scatter,
             masked_fill=S.masked_fill, tril=S.tril, triu=S.triu, index_select=S.index_select,
             movedim=S.movedim, matmul=L.matmul, mm=L.mm, bmm=L.bmm, dot=L.dot,
-            softmax=N.softmax, log_softmax=N.log_softmax, to=to).items():
+            softmax=N.softmax, log_softmax=N.log_softmax, to=to, sort=O.sort,
+            argsort=O.argsort, topk=O.topk, diag=O.diag, msort=lambda a: O.sort(a, 0).values,
+            elu=E.elu).items():
         setattr(T, name, fn)
     T.T = property(S.T)
     T.mT = property(S.mT)
@@ -185,6 +185,7 @@ def _install():
     for name, fn in dict(add_=E.add, sub_=E.sub, mul_=E.mul, div_=E.div, pow_=E.pow,
                          neg_=E.neg, exp_=E.exp, log_=E.log, sqrt_=E.sqrt, abs_=E.abs,
                          tanh_=E.tanh, sigmoid_=E.sigmoid, relu_=E.relu, clamp_=E.clamp,
+                         elu_=E.elu, silu_=E.silu,
                          clip_=E.clamp, masked_fill_=S.masked_fill, scatter_add_=S.scatter_add,
                          scatter_=S.scatter, fill_=I.filled, copy_=I.copy_from,
                          tril_=S.tril, triu_=S.triu, floor_=E.floor, round_=E.round,

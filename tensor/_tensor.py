@@ -7,9 +7,13 @@ mode is on and a parent requires grad, the output gets a ``Node`` that holds the
 closure and one *edge* per parent: ``(target, index, dtype)`` where target is the parent's
 Node (with the parent's output index in it), the parent tensor itself when it is a leaf that
 requires grad, or ``None``. The closure captures exactly what backward needs (the graph keeps
-it alive until backward releases it). Tensors that a closure captures are listed in ``saved``:
-their version counters are recorded, and backward refuses to run if an in-place op changed
-one since (PyTorch's "modified by an inplace operation" error). An op whose backward needs its
+it alive until backward releases it). What a closure captures is what gets checked: every
+Tensor among its ``__closure__`` cells has its version counter recorded, and backward refuses
+to run if an in-place op changed one since (PyTorch's "modified by an inplace operation"
+error). So a closure captures input *Tensors*, never their raw arrays (a raw array carries no
+version counter); a closure that must hold raw arrays of a Tensor (getitem's key, clamp's
+bounds) passes those Tensors as ``saved=``. A Tensor captured only for its shape would be
+checked needlessly: capture the shape instead. An op whose backward needs its
 own output (exp, tanh, sigmoid) passes ``save_output=True`` and receives the output as a second
 argument; the node keeps only the output *array*, so there is no Tensor -> Node -> Tensor cycle
 and the graph is freed by reference counting, not by the cyclic GC.
@@ -58,7 +62,9 @@ class Node:
     def __repr__(self):
         return f"<{self.name_()}>"
 
+    @property
     def next_functions(self):
+        """((node or leaf, output index), ...) per input, as PyTorch's grad_fn.next_functions."""
         return tuple((e[0], e[1]) if e is not None else (None, 0) for e in self.edges)
 
 
@@ -81,7 +87,23 @@ def _edge(p):
     node = p._node
     if node is None:
         return (p, 0, p.array.dtype)
+    base = p._base
+    if base is not None and base._node is not p._view_node:
+        node = _refresh_view(p)  # the base's history was rewritten since (Note [In-place ops])
     return (node, p._out_idx, p.array.dtype)
+
+
+def _refresh_view(v):
+    from .ops.index import refresh_view
+    return refresh_view(v)
+
+
+def current_node(t):
+    """t's grad_fn, rebuilt first when t is a view whose base's history was rewritten."""
+    base = t._base
+    if t._node is not None and base is not None and base._node is not t._view_node:
+        return _refresh_view(t)
+    return t._node
 
 
 def _new(y, requires_grad=False):
@@ -95,6 +117,28 @@ def _new(y, requires_grad=False):
     return t
 
 
+def _saved(backward, extra):
+    """Version records of every Tensor the closure captures, plus `extra` (Note [Graph])."""
+    out = None
+    cells = backward.__closure__
+    if cells is not None:
+        for c in cells:
+            try:
+                v = c.cell_contents
+            except ValueError:  # a cell not filled yet (a name bound after the closure)
+                continue
+            if isinstance(v, Tensor):
+                box = v._vbox
+                if out is None:
+                    out = [(box, box[0], v)]
+                else:
+                    out.append((box, box[0], v))
+    if extra:
+        out = out or []
+        out.extend((t._vbox, t._vbox[0], t) for t in extra if t is not None)
+    return tuple(out) if out else ()
+
+
 def from_op(y, parents, backward, name, saved=(), save_output=False):
     """Wrap op output array `y`; record a Node when grad mode is on and a parent needs grad.
 
@@ -102,7 +146,8 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
         parents: the input Tensors (None for a non-tensor input), in the order backward
             returns their gradients.
         backward: ``backward(gy) -> tuple of grads`` (``backward(gy, out)`` with save_output).
-        saved: Tensors the closure captured; their versions are checked at backward.
+        saved: Tensors whose raw arrays the closure holds (Tensors it captures directly are
+            found in its closure cells); their versions are checked at backward.
     """
     if y.__class__ is not _ndarray and isinstance(y, _generic):
         y = np.asarray(y)
@@ -115,8 +160,7 @@ def from_op(y, parents, backward, name, saved=(), save_output=False):
                 break
         else:
             return t
-        node = Node(backward, tuple(map(_edge, parents)), name,
-                    tuple((s._vbox, s._vbox[0], s) for s in saved) if saved else ())
+        node = Node(backward, tuple(map(_edge, parents)), name, _saved(backward, saved))
         if save_output:
             node.y = y
             node.out_vbox = t._vbox
@@ -144,6 +188,7 @@ class Tensor:
     _node = None
     _out_idx = 0
     _base = None
+    _view_node = None  # the base's grad_fn when this view's history was last derived from it
     _hooks = None
     _post_hooks = None
     _retains_grad = False
@@ -194,7 +239,8 @@ class Tensor:
 
     @property
     def dtype(self):
-        return self.array.dtype
+        """The element type; prints as PyTorch's (``tensor.float32``), equals the numpy dtype."""
+        return dtypes.wrap(self.array.dtype)
 
     @property
     def device(self):
@@ -235,7 +281,7 @@ class Tensor:
 
     @property
     def grad_fn(self):
-        return self._node
+        return current_node(self)
 
     @property
     def _version(self) -> int:

@@ -57,6 +57,21 @@ class device:
 
 
 CPU = device("cpu")
+_default_device = [CPU]
+
+
+def get_default_device() -> device:
+    """The device factory functions use when none is given (cpu unless set)."""
+    return _default_device[0]
+
+
+def set_default_device(dev) -> None:
+    """Make factory functions (tensor, zeros, randn, ...) create on `dev`, as
+    torch.set_default_device; None restores the CPU."""
+    dev = CPU if dev is None else device(dev)
+    if dev.type == "cuda":
+        xp_for(dev)  # the clear "CuPy is not installed" error now, not at the first tensor
+    _default_device[0] = dev
 
 
 def cuda_is_available() -> bool:
@@ -147,3 +162,45 @@ def erf(xp, x):
         return _erf(x).astype(x.dtype, copy=False)
     import cupyx.scipy.special  # type: ignore
     return cupyx.scipy.special.erf(x)
+
+
+def argsort_stable(xp, x, axis=-1):
+    """A stable argsort (CuPy's argsort is always stable and takes no kind= but None)."""
+    if xp is numpy:
+        return numpy.argsort(x, axis=axis, kind="stable")
+    return xp.argsort(x, axis=axis)
+
+
+def _data_ptr(x) -> int:
+    return x.data.ptr if cupy is not None and isinstance(x, cupy.ndarray) \
+        else x.__array_interface__["data"][0]
+
+
+def view_positions(base, view):
+    """Flat (C-order) positions in `base` of each element of `view`, a view of base's memory.
+
+    Works from the data pointers and strides, so any chain of views (slices, transposes,
+    reshapes) maps back to its base; used to rewrite a base's history after an in-place op
+    on a view (see Note [In-place ops] in tensor/ops/index.py).
+    """
+    xp = get_array_module(base)
+    if view.size == 0:
+        return xp.zeros(view.shape, numpy.int64)
+    isz = base.itemsize
+
+    def offsets(a, start):  # element offset of every element of a, relative to base's pointer
+        off = xp.full(a.shape, start, numpy.int64)
+        for k, (n, s) in enumerate(zip(a.shape, a.strides)):
+            step = xp.arange(n, dtype=numpy.int64) * (s // isz)
+            off = off + step.reshape((1,) * k + (n,) + (1,) * (a.ndim - k - 1))
+        return off
+
+    boff = offsets(base, 0).reshape(-1)
+    voff = offsets(view, (_data_ptr(view) - _data_ptr(base)) // isz)
+    order = argsort_stable(xp, boff)
+    srt = boff[order]
+    k = xp.clip(xp.searchsorted(srt, voff), 0, max(srt.size - 1, 0))
+    if srt.size == 0 or not bool((srt[k] == voff).all()):
+        raise RuntimeError("in-place op on a view: the view's elements are not all inside its "
+                           "base's memory; call .clone() on the view first.")
+    return order[k]

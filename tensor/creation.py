@@ -8,6 +8,10 @@ from . import random as _random
 from ._tensor import Tensor, _new
 
 
+def _device(dev):
+    return backend.device(dev) if dev is not None else backend.get_default_device()
+
+
 def _infer_dtype(arr: np.ndarray, data) -> np.dtype:
     k = arr.dtype.kind
     if isinstance(data, (np.ndarray, np.generic)) or backend.is_array(data):
@@ -39,6 +43,8 @@ def _to_array(data, dtype, device=None):
     dt = dtypes.as_dtype(dtype) if dtype is not None else _infer_dtype(arr, data)
     if arr.dtype != dt:
         arr = arr.astype(dt)
+    if device is None and not isinstance(data, Tensor):
+        device = backend.get_default_device()  # new data goes to the default device
     if device is not None:
         arr = backend.to_device(arr, backend.device(device))
     return arr
@@ -79,7 +85,7 @@ def _make(fn, size, dtype, device, requires_grad, default=None):
         if s < 0:
             raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(size)}")
     dt = dtypes.as_dtype(dtype) if dtype is not None else (default or dtypes.get_default_dtype())
-    xp = backend.xp_for(backend.device(device or "cpu"))
+    xp = backend.xp_for(_device(device))
     t = _new(fn(xp, size, dt))
     if requires_grad:
         t.requires_grad_(True)
@@ -126,14 +132,14 @@ def linspace(start, end, steps, dtype=None, device=None, requires_grad=False) ->
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     """U[0, 1) samples from `generator` (the default one unless given)."""
-    dev = backend.device(device or "cpu")
+    dev = _device(device)
     return _make(lambda xp, s, d: _random.uniform_array(s, d, dev, generator), size, dtype,
                  device, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     """N(0, 1) samples from `generator`."""
-    dev = backend.device(device or "cpu")
+    dev = _device(device)
     return _make(lambda xp, s, d: _random.normal_array(s, d, dev, generator), size, dtype,
                  device, requires_grad)
 
@@ -147,14 +153,14 @@ def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
         low, high, size = 0, low, high
     elif high is None:
         low, high = 0, low
-    dev = backend.device(device or "cpu")
+    dev = _device(device)
     return _make(lambda xp, s, d: _random.integers_array(low, high, s, d, dev, generator),
                  (tuple(size),), dtype, device, requires_grad, dtypes.int64)
 
 
 def randperm(n, generator=None, dtype=None, device=None) -> Tensor:
     """A random permutation of 0..n-1 (int64)."""
-    dev = backend.device(device or "cpu")
+    dev = _device(device)
     arr = _random.permutation_array(int(n), dev, generator)
     return _new(arr if dtype is None else arr.astype(dtypes.as_dtype(dtype)))
 
@@ -185,7 +191,7 @@ def multinomial(probs, num_samples, replacement=False, generator=None) -> Tensor
 def normal(mean, std, size=None, generator=None, dtype=None, device=None) -> Tensor:
     if size is None:
         raise TypeError("normal: give size=(...) for scalar mean/std")
-    dev = backend.device(device or "cpu")
+    dev = _device(device)
     return _make(lambda xp, s, d: _random.normal_array(s, d, dev, generator, mean, std),
                  (tuple(size),), dtype, device, False)
 
@@ -215,3 +221,33 @@ def full_like(t, fill_value, dtype=None, device=None, requires_grad=False) -> Te
 def randint_like(t, low, high=None, dtype=None, device=None) -> Tensor:
     return randint(low, high, tuple(t.array.shape), dtype=dtype or t.array.dtype,
                    device=device or t.device)
+
+
+class _LegacyMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor) and obj.array.dtype == cls._dtype
+
+    def __repr__(cls):
+        return f"<class 'tensor.{cls.__name__}'>"
+
+
+def _legacy(name, dtype):
+    """torch.LongTensor & co: ``T(2, 3)`` is an uninitialised 2x3 tensor, ``T([1, 2])`` a
+    tensor of that data; ``isinstance(t, T)`` checks the dtype."""
+    def __new__(cls, *args, device=None):
+        if len(args) == 1 and not isinstance(args[0], int):
+            return tensor(args[0], dtype=dtype, device=device)
+        return empty(*(args or (0,)), dtype=dtype, device=device)
+    return _LegacyMeta(name, (), {"__new__": __new__, "_dtype": dtypes.as_dtype(dtype),
+                                  "__doc__": _legacy.__doc__})
+
+
+FloatTensor = _legacy("FloatTensor", "float32")
+DoubleTensor = _legacy("DoubleTensor", "float64")
+HalfTensor = _legacy("HalfTensor", "float16")
+LongTensor = _legacy("LongTensor", "int64")
+IntTensor = _legacy("IntTensor", "int32")
+ShortTensor = _legacy("ShortTensor", "int16")
+CharTensor = _legacy("CharTensor", "int8")
+ByteTensor = _legacy("ByteTensor", "uint8")
+BoolTensor = _legacy("BoolTensor", "bool")

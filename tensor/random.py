@@ -1,8 +1,11 @@
 """Random number generation: ``Generator``, ``manual_seed`` and the default generator.
 
 A Generator wraps a numpy PCG64 generator (``gen.np_rng``); CUDA tensors draw from a CuPy
-generator seeded from the same seed. The default seed is fixed (as PyTorch's), so an unseeded
-program is still reproducible run to run.
+generator seeded from the numpy stream. Every Generator, the default one included, starts from
+the fixed seed 67280421310721, the value PyTorch's default generator reports too
+(``initial_seed()`` returns it until ``manual_seed``/``seed`` change it), so an unseeded
+program is reproducible run to run. The *numbers* differ from PyTorch's for the same seed:
+PyTorch's CPU generator is a Mersenne Twister, zgrad's is PCG64.
 """
 from __future__ import annotations
 
@@ -63,6 +66,24 @@ class Generator:
         self.np_rng = np.random.Generator(bg)
         self._cupy_rng = None
         return self
+
+    def fork_state(self):
+        """A snapshot that restore_state() returns to (checkpoint's recomputation uses it).
+
+        The CuPy stream, when in use, is reseeded from the numpy stream here, so that the
+        snapshot can recreate it exactly.
+        """
+        cuda_seed = None
+        if self._cupy_rng is not None:
+            cuda_seed = int(self.np_rng.integers(0, 2 ** 63))
+            self._cupy_rng = backend.xp_for(backend.device("cuda")).random.default_rng(cuda_seed)
+        return self.np_rng.bit_generator.state, cuda_seed
+
+    def restore_state(self, snapshot) -> None:
+        state, cuda_seed = snapshot
+        self.np_rng.bit_generator.state = state
+        if cuda_seed is not None:
+            self._cupy_rng = backend.xp_for(backend.device("cuda")).random.default_rng(cuda_seed)
 
     def cupy_rng(self):
         """The CuPy generator for CUDA draws, seeded from this generator."""

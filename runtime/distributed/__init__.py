@@ -6,8 +6,9 @@ with torch.distributed's names and semantics.
     w = dist.all_reduce(t, op=dist.ReduceOp.AVG, async_op=True); ...; w.wait()
     dist.destroy_process_group()
 
-Modules: wire (framing, secret), store (rendezvous), transport (peer mesh, desync and
-dead-peer checks), tcp_algorithms (ring/direct over TCP), shm_comm (same-host reduction),
+Modules: wire (framing, MACs, secret), store and rendezvous, transport (peer mesh, desync and
+dead-peer checks) over control (ZeroMQ messages), zap (its connection gate) and data_channel
+(bulk bytes over TCP), tcp_algorithms (ring/direct over TCP), shm_comm (same-host reduction),
 process_group (groups, the communication thread), collectives, objects, nccl; ddp and
 _reducer (DistributedDataParallel), algorithms (Join, DDP comm hooks), optim (ZeRO).
 """

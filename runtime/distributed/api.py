@@ -8,16 +8,15 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
-import socket
 import time
 import threading
-from urllib.parse import urlparse
 
 from . import tcp_algorithms as algo
 from . import wire
 from .process_group import ProcessGroup
+from .rendezvous import master, rendezvous
 from .shm_comm import ShmComm
-from .store import StoreAuthError, StoreClient, StoreServer
+from .store import StoreClient, StoreServer
 from .transport import PeerMesh
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("ZGRAD_TIMEOUT_S", "300"))
@@ -42,7 +41,8 @@ class _State:
         self.groups: list = []
         self.next_gid = 0
         self.bind_host = "127.0.0.1"
-        self.secret_port: int | None = None
+        self.secret_port: int | None = None     # the secret file rank 0 wrote...
+        self.secret_key = b""                     # ...and what it holds
         self.timeout_s = DEFAULT_TIMEOUT_S
         self.machine = ""
         self.pid = os.getpid()
@@ -74,14 +74,6 @@ def _env_int(name: str, given: int, what: str) -> int:
         return int(v)
     except ValueError:
         raise ValueError(f"init_process_group: ${name} must be an int, got {v!r}") from None
-
-
-def _machine_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return socket.gethostname() + "/" + f.read().strip()
-    except OSError:
-        return socket.gethostname()
 
 
 def is_available() -> bool:
@@ -133,9 +125,9 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
         if not 0 <= st.rank < st.world_size:
             raise ValueError(f"init_process_group: expected 0 <= rank < world_size, got rank "
                              f"{st.rank}, world_size {st.world_size}")
-        host, port = _master(init_method)
+        host, port = master(init_method)
         try:
-            _rendezvous(st, host, port)
+            rendezvous(st, host, port)
             st.backend = "zmq" if backend == "gloo" else backend
             _state = st
             st.world = _new_group(st, list(range(st.world_size)), st.timeout_s)
@@ -147,71 +139,6 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
             _state = None
             raise
         atexit.register(_atexit)
-
-
-def _master(init_method):
-    if init_method in (None, "env://"):
-        host = os.environ.get("MASTER_ADDR")
-        port = os.environ.get("MASTER_PORT")
-        if not host or not port:
-            raise ValueError("init_process_group: init_method='env://' needs $MASTER_ADDR and "
-                             "$MASTER_PORT (e.g. 127.0.0.1 and a free port) on every rank.")
-        return host, int(port)
-    u = urlparse(init_method)
-    if u.scheme != "tcp" or not u.hostname or not u.port:
-        raise ValueError(f"init_process_group: init_method must be 'env://' or "
-                         f"'tcp://host:port', got {init_method!r}")
-    return u.hostname, u.port
-
-
-def _rendezvous(st: _State, host: str, port: int):
-    """See Note [Rendezvous] and Note [Job secret]."""
-    deadline = time.monotonic() + st.timeout_s
-    loopback = wire.is_loopback(host)
-    wire.require_secret_for(host, "init_process_group")
-    st.bind_host = "127.0.0.1" if loopback else \
-        os.environ.get("ZGRAD_BIND_ADDR") or wire.local_ip_towards(host, port)
-    wire.require_secret_for(st.bind_host, "init_process_group")
-    key = wire.env_secret()
-    if key is None and st.rank == 0:
-        key = wire.write_local_secret(port)
-        st.secret_port = port
-    elif key is None:
-        key = wire.read_local_secret(port, deadline)
-    st.auth = wire.Auth(key)
-    if st.rank == 0:
-        st.server = StoreServer(host, port, st.auth)
-    st.machine = _machine_id()
-    info = {"host": os.environ.get("ZGRAD_HOST_ID") or socket.gethostname(), "pid": os.getpid(),
-            "machine": st.machine, "ws": st.world_size}
-    while True:
-        st.store = StoreClient(host, port, st.auth, max(1.0, deadline - time.monotonic()))
-        try:
-            if st.store.add(f"init/joined/{st.rank}", 1) != 1:
-                raise RuntimeError(f"init_process_group: rank {st.rank} joined twice; every "
-                                   "process needs a distinct RANK.")
-            st.store.set(f"init/{st.rank}", wire.packb(info))
-            break
-        except StoreAuthError:
-            st.store.close()
-            if wire.env_secret() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)   # a stale secret file: rank 0 is replacing it
-            st.auth = wire.Auth(wire.read_local_secret(port, deadline))
-    st.store.timeout_s = st.timeout_s
-    keys = [f"init/{r}" for r in range(st.world_size)]
-    vals = st.store.multi_get(keys, max(0.1, deadline - time.monotonic()),
-                              what=f"init_process_group (rank {st.rank})")
-    st.infos = [wire.unpackb(v) for v in vals]
-    if st.secret_port is not None:
-        # every rank has read the secret and been let in: the file has done its job (removing
-        # it now also means a rank 0 killed later leaves nothing behind)
-        wire.remove_local_secret(st.secret_port)
-        st.secret_port = None
-    sizes = {i["ws"] for i in st.infos}
-    if len(sizes) != 1:
-        raise ValueError(f"init_process_group: ranks disagree on world_size: "
-                         f"{[i['ws'] for i in st.infos]} (by rank)")
 
 
 def _shm_available() -> bool:
@@ -329,7 +256,7 @@ def _teardown(st: _State, wait_peers: bool):
     if st.server is not None:
         st.server.close()
     if st.secret_port is not None:
-        wire.remove_local_secret(st.secret_port)
+        wire.remove_local_secret(st.secret_port, st.secret_key)
 
 
 def _wait_exits(st: _State):

@@ -13,19 +13,38 @@ The client enforces every deadline itself (the server never blocks): a `get` tha
 asks `check` which keys are missing, so the error names the ranks that did not arrive.
 Rendezvous (see collectives.init_process_group): each rank sets ``init/<rank>`` to its host id,
 pid and world size, waits for all of them, then each group exchanges its members' endpoints
-under ``g<id>/ep/<rank>`` (see Note [Peer mesh]). A request whose HMAC fails is answered with
-an unsigned refusal and logged by the server; the client reports a secret mismatch.
+under ``g<id>/ep/<rank>`` (see Note [Peer mesh]).
+
+Requests and replies are bound to this store and this client (see Note [Wire MAC]): a client
+first says hello and learns the server's random ``sid``; every request then carries the
+client's random ``cid`` and a counter ``n`` that must grow, and is signed with ``sid`` in the
+context, so a request replayed from another job's store or within this one is refused. The
+client checks a reply's MAC before it decodes it. A request that fails its MAC is dropped and
+counted (Note [Unauthenticated bytes]: the store reads its socket all the time, so what
+a stranger sends is dropped as fast as it comes) and answered with the bare ``REFUSED`` frame: the
+client cannot verify that (the store does not know our secret), so it reads it as "what
+listens there does not share our secret", never as the store's word on anything else.
 """
 from __future__ import annotations
 
-import itertools
+import secrets
 import threading
 import time
 
 import zmq
 
 from . import wire
-from .wire import log
+
+REFUSED = b"zgrad-store-refused"     # the only unsigned frame the server sends
+_HELLO_CTX = b"zgrad-store-hello"
+
+
+def _req_ctx(sid: bytes) -> bytes:
+    return b"zgrad-store-req|" + sid
+
+
+def _rep_ctx(sid: bytes, cid: bytes) -> bytes:
+    return b"zgrad-store-rep|" + sid + b"|" + cid
 
 
 class StoreServer:
@@ -33,8 +52,10 @@ class StoreServer:
 
     def __init__(self, host: str, port: int, auth: wire.Auth):
         self.auth = auth
+        self.sid = secrets.token_bytes(16)
         self.sock = wire.context().socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        wire.limit_socket(self.sock, wire.STORE_MAX_BYTES)
         try:
             self.sock.bind(f"tcp://{wire.resolve_ip(host)}:{port}")
         except zmq.ZMQError as e:
@@ -43,15 +64,16 @@ class StoreServer:
                                f"{host}:{port} ({e}). Is another job using MASTER_PORT={port}? "
                                "Pick a free port.") from e
         self.data: dict[str, bytes] = {}
-        self.waiters: list[tuple[bytes, int, list[str]]] = []
+        self.waiters: list[tuple[bytes, bytes, int, list[str]]] = []
+        self.last_n: dict[bytes, int] = {}      # cid -> the highest counter served
+        self.refusals = wire.Refusals("store")
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="zgrad-store", daemon=True)
         self.thread.start()
 
-    def _reply(self, ident: bytes, header: dict, value: bytes | None = None):
+    def _reply(self, ident: bytes, cid: bytes, header: dict):
         h = wire.packb(header)
-        frames = [ident, h, self.auth.sign(h, value)] + ([value] if value is not None else [])
-        self.sock.send_multipart(frames)
+        self.sock.send_multipart([ident, h, self.auth.sign(h, None, _rep_ctx(self.sid, cid))])
 
     def _serve(self):
         poller = zmq.Poller()
@@ -65,51 +87,68 @@ class StoreServer:
                 except zmq.Again:
                     break
                 self._handle(frames)
+        self.refusals.report()
         self.sock.close(linger=200)
 
+    def _refuse(self, frames, why: str):
+        self.refusals.refuse(wire.peer_address(frames[1] if len(frames) > 1 else frames[0]), why)
+        self.sock.send_multipart([frames[0].bytes, REFUSED])
+
     def _handle(self, frames):
-        ident = frames[0].bytes
-        h = frames[1].bytes if len(frames) > 1 else b""
-        mac = frames[2].bytes if len(frames) > 2 else b""
-        value = frames[3].bytes if len(frames) > 3 else None
-        if len(frames) not in (3, 4) or not self.auth.verify(h, mac, value):
-            log.warning("store: refused a request from %s: its HMAC does not match the job "
-                        "secret (a peer without %s, or a stray connection)",
-                        wire.peer_address(frames[1] if len(frames) > 1 else frames[0]),
-                        wire.SECRET_ENV)
-            self.sock.send_multipart([ident, wire.packb({"err": "auth"}), b""])
+        """Verify, then decode (Note [Wire MAC]), then serve one request."""
+        if len(frames) not in (3, 4):
+            return self._refuse(frames, f"a malformed request ({len(frames) - 1} frames)")
+        ident, h, mac = frames[0].bytes, frames[1].bytes, frames[2].bytes
+        value = frames[3].bytes if len(frames) == 4 else None
+        if self.auth.verify(h, mac, value, _req_ctx(self.sid)):
+            hello = False
+        elif value is None and self.auth.verify(h, mac, None, _HELLO_CTX):
+            hello = True
+        else:
+            return self._refuse(frames, "its HMAC does not match the job secret and this store")
+        try:
+            req = wire.unpackb(h)
+            cid, n, op = bytes(req["cid"]), int(req["n"]), req["op"]
+        except Exception:
+            return self._refuse(frames, "a signed but malformed request")
+        if hello:
+            h = wire.packb({"sid": self.sid, "n": n})
+            self.sock.send_multipart([ident, h, self.auth.sign(h, None, _HELLO_CTX + cid)])
             return
-        req = wire.unpackb(h)
-        op, rid = req.get("op"), req.get("rid")
+        if n <= self.last_n.get(cid, 0):
+            return self._refuse(frames, f"a replayed request (counter {n} already served)")
+        self.last_n[cid] = n
+        self._serve_op(ident, cid, n, op, req, value)
+
+    def _serve_op(self, ident, cid, n, op, req, value):
         if op == "set":
             self.data[req["key"]] = value or b""
-            self._reply(ident, {"rid": rid, "ok": True})
+            self._reply(ident, cid, {"n": n, "ok": True})
             self._wake()
         elif op == "add":
-            n = int.from_bytes(self.data.get(req["key"], b"\0" * 8), "little", signed=True)
-            n += int(req["delta"])
-            self.data[req["key"]] = n.to_bytes(8, "little", signed=True)
-            self._reply(ident, {"rid": rid, "value": n})
+            v = int.from_bytes(self.data.get(req["key"], b"\0" * 8), "little", signed=True)
+            v += int(req["delta"])
+            self.data[req["key"]] = v.to_bytes(8, "little", signed=True)
+            self._reply(ident, cid, {"n": n, "value": v})
             self._wake()
         elif op == "check":
-            self._reply(ident, {"rid": rid, "present": [k in self.data for k in req["keys"]]})
+            self._reply(ident, cid, {"n": n, "present": [k in self.data for k in req["keys"]]})
         elif op == "get":
-            self.waiters.append((ident, rid, list(req["keys"])))
+            self.waiters.append((ident, cid, n, list(req["keys"])))
             self._wake()
         elif op == "delete":
             self.data.pop(req["key"], None)
-            self._reply(ident, {"rid": rid, "ok": True})
+            self._reply(ident, cid, {"n": n, "ok": True})
         else:
-            self._reply(ident, {"rid": rid, "err": f"unknown op {op!r}"})
+            self._reply(ident, cid, {"n": n, "err": f"unknown op {op!r}"})
 
     def _wake(self):
         still = []
-        for ident, rid, keys in self.waiters:
+        for ident, cid, n, keys in self.waiters:
             if all(k in self.data for k in keys):
-                vals = [self.data[k] for k in keys]
-                self._reply(ident, {"rid": rid, "values": vals})
+                self._reply(ident, cid, {"n": n, "values": [self.data[k] for k in keys]})
             else:
-                still.append((ident, rid, keys))
+                still.append((ident, cid, n, keys))
         self.waiters = still
 
     def close(self):
@@ -118,7 +157,11 @@ class StoreServer:
 
 
 class StoreAuthError(RuntimeError):
-    """The store refused our request: our secret is not the job's."""
+    """What listens at the store's address refused us: its job secret is not ours."""
+
+
+class StoreError(RuntimeError):
+    """The store's address answered with something we cannot trust or use."""
 
 
 class StoreClient:
@@ -130,40 +173,68 @@ class StoreClient:
         self.timeout_s = timeout_s
         self.sock = wire.context().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 500)
+        wire.limit_socket(self.sock, wire.STORE_MAX_BYTES)
         self.sock.connect(self.addr)
         self._lock = threading.Lock()
-        self._rid = itertools.count()
+        self.cid = secrets.token_bytes(16)
+        self.sid: bytes | None = None
+        self._n = 0
 
     def _request(self, header: dict, value: bytes | None = None, timeout_s: float | None = None):
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if value is not None and len(value) > wire.STORE_MAX_BYTES - 1024:
+            raise ValueError(f"store: a value of {len(value)} bytes for {header.get('key')!r}; "
+                             f"the store takes at most {wire.STORE_MAX_BYTES - 1024} bytes")
         with self._lock:
-            rid = next(self._rid)
-            wire_header = dict(header, rid=rid)
-            h = wire.packb(wire_header)
-            frames = [h, self.auth.sign(h, value)] + ([value] if value is not None else [])
-            self.sock.send_multipart(frames)
             deadline = time.monotonic() + timeout_s
-            while True:
-                left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-                if not self.sock.poll(left_ms):
-                    raise TimeoutError(f"store: no answer to {header.get('op')} "
-                                       f"{header.get('key') or header.get('keys')} from {self.addr} "
-                                       f"within {timeout_s:.1f}s")
-                frames = self.sock.recv_multipart()
-                if len(frames) >= 1 and wire.unpackb(frames[0]).get("err") == "auth":
-                    raise StoreAuthError(
-                        f"store at {self.addr} refused this rank: its job secret differs. Set the "
-                        f"same {wire.SECRET_ENV} on every rank (or none, on one host).")
-                if len(frames) != 2 or not self.auth.verify(frames[0], frames[1]):
-                    log.warning("store client: dropped an unauthenticated reply from %s",
-                                self.addr)
-                    continue
-                rep = wire.unpackb(frames[0])
-                if rep.get("rid") != rid:
-                    continue  # a late answer to a request that timed out
-                if "err" in rep:
-                    raise RuntimeError(f"store: {rep['err']}")
-                return rep
+            what = (header, timeout_s)
+            if self.sid is None:
+                self.sid = self._exchange({"op": "hello"}, None, _HELLO_CTX,
+                                          _HELLO_CTX + self.cid, deadline, what)["sid"]
+            return self._exchange(header, value, _req_ctx(self.sid),
+                                  _rep_ctx(self.sid, self.cid), deadline, what)
+
+    def _exchange(self, header, value, req_ctx, rep_ctx, deadline, what):
+        """Send one signed request; return its verified, decoded reply."""
+        self._n += 1
+        n = self._n
+        h = wire.packb(dict(header, cid=self.cid, n=n))
+        frames = [h, self.auth.sign(h, value, req_ctx)] + ([value] if value is not None else [])
+        self.sock.send_multipart(frames)
+        while True:
+            left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if not self.sock.poll(left_ms):
+                req, timeout_s = what
+                raise TimeoutError(f"store: no answer to {req.get('op')} "
+                                   f"{req.get('key') or req.get('keys')} from {self.addr} "
+                                   f"within {timeout_s:.1f}s")
+            rep = self._verified(self.sock.recv_multipart(), rep_ctx)
+            if rep.get("n") != n:
+                continue  # a late answer to a request that timed out
+            if "err" in rep:
+                raise StoreError(f"store at {self.addr}: {rep['err']}")
+            return rep
+
+    def _verified(self, frames: list[bytes], ctx: bytes) -> dict:
+        """The decoded reply, once its MAC verified (Note [Wire MAC]); else a clear error."""
+        if frames == [REFUSED]:
+            raise StoreAuthError(
+                f"store at {self.addr} refused this rank: its job secret differs (or another "
+                f"program listens there). Set the same {wire.SECRET_ENV} on every rank (or "
+                "none, on one host), and check that MASTER_PORT belongs to this job.")
+        if len(frames) != 2 or not self.auth.verify(frames[0], frames[1], None, ctx):
+            raise StoreError(
+                f"store: the answer from {self.addr} ({len(frames)} frames) is not signed with "
+                "this job's secret for this request. Is something other than this job's rank 0 "
+                "listening on MASTER_PORT? Pick a free port.")
+        try:
+            rep = wire.unpackb(frames[0])
+        except Exception as e:
+            raise StoreError(f"store: a signed answer from {self.addr} does not decode "
+                             f"({type(e).__name__}); rank 0 runs another zgrad version?") from e
+        if not isinstance(rep, dict):
+            raise StoreError(f"store: a signed answer from {self.addr} is not a map")
+        return rep
 
     def set(self, key: str, value: bytes):
         self._request({"op": "set", "key": key}, bytes(value))

@@ -1,10 +1,12 @@
 """Point-to-point links between the members of one process group, with desync, timeout and
-dead-peer detection.
+dead-peer detection: the PeerMesh composes a ControlLink (ZeroMQ messages, control.py) and a
+DataChannel (bulk payload bytes over plain TCP, data_channel.py).
 
 Note [Peer mesh]
 ~~~~~~~~~~~~~~~~
 Each member binds one PULL socket (loopback, or the interface that reaches MASTER_ADDR) and
-publishes its endpoint in the store; it connects one PUSH socket to every other member. Only
+publishes its endpoint in the store (with its data channel's port, see Note [Data channel]);
+it connects one PUSH socket to every other member. Only
 the group's communication thread touches these sockets. Per (sender, receiver) pair messages
 arrive in order, and every algorithm is deterministic, so the next message from `src` is
 exactly the one the receiver expects next; messages from other senders are parked per sender.
@@ -25,112 +27,32 @@ checked by pid. A rank waiting on a message from a peer lost for over ``_LOST_GR
 peer that exits normally may still have messages in flight on its other connection) raises
 ``PeerLostError`` and ABORTs the others. Every wait has a deadline; the TimeoutError names the
 ranks whose messages did not arrive.
-
-Note [Data channel]
-~~~~~~~~~~~~~~~~~~~
-Payloads of at least ``RAW_MIN_BYTES`` (``ZGRAD_DATA_MIN_BYTES``, default 64 KiB) bypass
-ZeroMQ: its I/O thread and the hand-off to the application cost more than the copy itself
-on a loaded machine. Every member also listens on a plain TCP socket (same interface, its
-port published with the ZeroMQ endpoint as ``tcp://host:port data=PORT``) and opens one TCP
-connection to every other member. A connection starts with a hello: magic, (src, dst) group
-ranks, a 16-byte random nonce and HMAC-SHA256 over all of it plus the group's name and the
-listener's published address, with the job secret; the listener accepts one authenticated
-connection per peer, logs and closes anything else, and is closed once every peer is in. If
-any member published no data port (``ZGRAD_DATA_CHANNEL=0`` there), every member keeps all
-payloads on ZeroMQ. A forked child closes its copies of the data connections (so peers still
-see them close when this process dies).
-
-A large message is its header (with ``"raw": nbytes``), sent and authenticated over ZeroMQ
-as every message (so the desync check, the counters and the size check are unchanged), and
-its payload bytes on the data connection to that peer, in the same order. The receiver reads
-them straight into their destination (``recv(out=)``: the ring's all-gather writes into the
-tensor itself, reduce-scatter into one reused piece buffer), so a payload is copied by the
-kernel and never by us. Payloads, as large ZeroMQ payloads by default, are not MAC'd;
-``ZGRAD_AUTH_PAYLOAD=1`` (every payload MAC'd) keeps everything on ZeroMQ, and so does
-``ZGRAD_DATA_CHANNEL=0``.
-
-Sends never block: a payload is queued per destination (a memoryview of the caller's
-array, no copy) and pushed with non-blocking ``send`` whenever this thread waits on
-anything (the receive loop, ``flush``), so two ranks that send to each other before they
-receive cannot deadlock on full socket buffers. ``flush`` (end of every collective) waits
-until every queued byte is in the kernel, so the caller may reuse its tensor. Waits keep the
-ZeroMQ poll: deadlines, ABORTs and dead-peer detection work as for ZeroMQ messages, and a
-data connection that closes (or fails a send) while we need it reports the peer as lost
-after ``_LOST_GRACE_S``, unless an ABORT from it arrives first: a peer that failed for
-another reason (say, a third rank died) closes its connections right after telling us why,
-and its reason is the one every rank reports.
+Sends never block (see Note [Data channel]); ``flush`` (end of every collective) waits
+until every queued byte is in the kernel and ZeroMQ let go of every zero-copy frame, so the
+caller may reuse its tensor. Waits keep the ZeroMQ poll: deadlines, ABORTs and dead-peer
+detection work as for ZeroMQ messages, and a data connection that closes (or fails a send)
+while we need it reports the peer as lost after ``_LOST_GRACE_S``, unless an ABORT from it
+arrives first: a peer that failed for another reason (say, a third rank died) closes its
+connections right after telling us why, and its reason is the one every rank reports.
 """
 from __future__ import annotations
 
-import collections
-import errno
-import hmac
-import os
-import secrets
-import socket
-import struct
 import time
-import weakref
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from shm import pid_alive
 
 from . import wire
+from .control import ControlLink
+from .data_channel import RAW_MIN_BYTES, DataChannel, enabled as _data_channel_enabled
+
+__all__ = ["PeerMesh", "DesyncError", "PeerLostError", "AbortedError", "describe",
+           "RAW_MIN_BYTES"]
 
 _POLL_MS = 50
 _LOST_GRACE_S = 0.5
-RAW_MIN_BYTES = int(os.environ.get("ZGRAD_DATA_MIN_BYTES", 64 * 1024))
-_HELLO = struct.Struct(">4sII16s32s")
-_MAGIC = b"ZGD1"
-_SOCKBUF = int(os.environ.get("ZGRAD_DATA_SOCKBUF", 4 << 20))   # 0: kernel autotuning
-
-
-def _bind_listener(family, host: str) -> socket.socket:
-    """A TCP socket bound to a random free port above the kernel's ephemeral range, so it
-    cannot take a port that another job (or a test's free_port()) just got from bind(0)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[1]) + 1
-    except (OSError, ValueError, IndexError):
-        lo = 61000
-    lo = min(max(lo, 49152), 65000)
-    for _ in range(100):
-        try:
-            sock.bind((host, secrets.randbelow(65536 - lo) + lo))
-            return sock
-        except OSError as e:
-            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                sock.close()
-                raise
-    sock.bind((host, 0))
-    return sock
-
-
-_MESHES: "weakref.WeakSet[PeerMesh]" = weakref.WeakSet()
-
-
-def _close_raw_in_child():
-    # a forked child (a DataLoader worker) must not hold our data connections open: a peer
-    # would not see them close when this process dies (Note [Data channel], dead peers)
-    for mesh in list(_MESHES):
-        for s in [*mesh.raw_out.values(), *mesh.raw_in.values()]:
-            try:
-                s.close()
-            except OSError:
-                pass
-        mesh.raw_out, mesh.raw_in, mesh.outq = {}, {}, {}
-    _MESHES.clear()
-
-
-os.register_at_fork(after_in_child=_close_raw_in_child)
-
-
-def _data_channel_enabled(auth: wire.Auth) -> bool:
-    return os.environ.get("ZGRAD_DATA_CHANNEL", "1") != "0" and not auth.payload_always
 
 
 class DesyncError(RuntimeError):
@@ -163,155 +85,33 @@ class PeerMesh:
                  bind_host: str, what: str):
         self.size, self.rank, self.global_ranks = size, rank, global_ranks
         self.auth, self.what = auth, what
-        ctx = wire.context()
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, 0)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self._heartbeat(self.pull)
-        port = self.pull.bind_to_random_port(f"tcp://{bind_host}")
-        self.endpoint = f"tcp://{bind_host}:{port}"
-        self.push: dict[int, zmq.Socket] = {}
-        self.monitors: dict[zmq.Socket, int] = {}
-        self.poller = zmq.Poller()
-        self.poller.register(self.pull, zmq.POLLIN)
-        self.pending = [collections.deque() for _ in range(size)]
-        self.send_count = [0] * size
-        self.recv_count = [0] * size
-        self.lost: dict[int, float] = {}
+        self.control = ControlLink(size, rank, auth, bind_host, what)
+        self.endpoint = self.control.endpoint
+        self.data = DataChannel(size, rank, auth, bind_host, what) \
+            if _data_channel_enabled(auth) else None
+        self.published = self.endpoint if self.data is None else \
+            f"{self.endpoint} data={self.data.port}"
         self.endpoints: list[str] = []
         self.local_pids: dict[int, int] = {}   # group rank -> pid, peers on this machine
-        self.trackers: list = []
-        self.aborted: str | None = None      # the first ABORT a peer sent us
-        # data channel (see Note [Data channel])
-        self.raw = _data_channel_enabled(auth)
-        self.listener: socket.socket | None = None
-        self.raw_out: dict[int, socket.socket] = {}
-        self.raw_in: dict[int, socket.socket] = {}
-        self.outq: dict[int, collections.deque] = {}
-        self.send_failed: dict[int, str] = {}
-        self.raw_closed: dict[int, tuple[float, str]] = {}   # rank -> (when, how)
-        self.published = self.endpoint
         self._scratch: dict = {}
-        if self.raw:
-            fam = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-            self.listener = _bind_listener(fam, bind_host.strip("[]"))
-            self.listener.listen(max(8, size))
-            self.listener.setblocking(False)
-            self.published = f"{self.endpoint} data={self.listener.getsockname()[1]}"
 
-    @staticmethod
-    def _heartbeat(sock):
-        timeout_ms = int(float(os.environ.get("ZGRAD_HEARTBEAT_TIMEOUT_S", "4")) * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, timeout_ms // 4))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+    @property
+    def raw(self) -> bool:
+        """Whether large payloads travel on the data channel."""
+        return self.data is not None
 
     def connect(self, endpoints: list[str], local_pids: dict[int, int], timeout_s: float = 60.0):
-        """Connect a PUSH socket (with a monitor) to every other member's published endpoint,
-        and (see Note [Data channel]) a data connection, authenticated, in both directions."""
+        """Connect to every other member's published endpoint: the control link, and (see
+        Note [Data channel]) a data connection, authenticated, in both directions."""
         published = list(endpoints)
-        endpoints = [e.split(" data=")[0] for e in published]
-        self.endpoints = endpoints
+        self.endpoints = [e.split(" data=")[0] for e in published]
         self.local_pids = local_pids
-        if self.raw and not all(" data=" in e for e in published):
-            self._close_raw()          # a peer without a data channel: everything on ZeroMQ
-        self._connect_zmq(endpoints)
-        if self.raw:
-            self._connect_raw(published, time.monotonic() + timeout_s)
-
-    def _hello_mac(self, src: int, dst: int, nonce: bytes, dst_published: str) -> bytes:
-        msg = b"|".join([b"zgrad-data", self.what.encode(), dst_published.encode(),
-                         struct.pack(">II", src, dst), nonce])
-        return hmac.digest(self.auth.key, msg, "sha256")
-
-    @staticmethod
-    def _tune(sock: socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if _SOCKBUF > 0:
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
-
-    def _connect_raw(self, published: list[str], deadline: float):
-        # outgoing first: a connect completes in the peer's listen backlog and the hello fits
-        # its socket buffer, so nobody waits for anybody to accept
-        for peer in range(self.size):
-            if peer == self.rank:
-                continue
-            host = published[peer].split("tcp://", 1)[1].rsplit(":", 1)[0].strip("[]")
-            port = int(published[peer].rsplit(" data=", 1)[1])
-            try:
-                s = socket.create_connection((host, port),
-                                             timeout=max(0.1, deadline - time.monotonic()))
-            except OSError as e:
-                raise ConnectionError(f"{self.what}: rank {self.grank(self.rank)} could not open "
-                                      f"the data connection to rank {self.grank(peer)} at "
-                                      f"{host}:{port}: {e}") from e
-            self._tune(s)
-            nonce = secrets.token_bytes(16)
-            s.sendall(_HELLO.pack(_MAGIC, self.rank, peer, nonce,
-                                  self._hello_mac(self.rank, peer, nonce, published[peer])))
-            s.setblocking(False)
-            self.raw_out[peer] = s
-            self.outq[peer] = collections.deque()
-        while len(self.raw_in) < self.size - 1:
-            now = time.monotonic()
-            if now > deadline:
-                missing = [self.grank(r) for r in range(self.size)
-                           if r != self.rank and r not in self.raw_in]
-                raise TimeoutError(f"{self.what}: rank {self.grank(self.rank)} timed out waiting "
-                                   f"for the data connections of ranks {missing}")
-            try:
-                conn, addr = self.listener.accept()
-            except BlockingIOError:
-                zmq.select([self.listener], [], [], min(0.05, max(0.001, deadline - now)))
-                continue
-            self._accept_hello(conn, addr, deadline)
-        self.listener.close()        # every peer is connected: take no more connections
-        self.listener = None
-        _MESHES.add(self)
-
-    def _accept_hello(self, conn: socket.socket, addr, deadline: float):
-        try:
-            conn.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
-            data = b""
-            while len(data) < _HELLO.size:
-                chunk = conn.recv(_HELLO.size - len(data))
-                if not chunk:
-                    break
-                data += chunk
-        except OSError:
-            data = b""
-        ok = len(data) == _HELLO.size
-        if ok:
-            magic, src, dst, nonce, mac = _HELLO.unpack(data)
-            ok = (magic == _MAGIC and dst == self.rank and 0 <= src < self.size
-                  and src != self.rank and src not in self.raw_in
-                  and hmac.compare_digest(mac, self._hello_mac(src, dst, nonce,
-                                                               self.published)))
-        if not ok:
-            wire.log.warning("%s: refused a data connection from %s: its hello does not match "
-                             "the job secret (a peer without %s, or a stray connection)",
-                             self.what, addr, wire.SECRET_ENV)
-            conn.close()
-            return
-        self._tune(conn)
-        conn.setblocking(False)
-        self.raw_in[src] = conn
-
-    def _connect_zmq(self, endpoints: list[str]):
-        ctx = wire.context()
-        for peer in range(self.size):
-            if peer == self.rank:
-                continue
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.SNDHWM, 0)
-            s.setsockopt(zmq.LINGER, 2000)
-            self._heartbeat(s)
-            mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
-            self.monitors[mon] = peer
-            self.poller.register(mon, zmq.POLLIN)
-            s.connect(endpoints[peer])
-            self.push[peer] = s
+        if self.data is not None and not all(" data=" in e for e in published):
+            self.data.close()          # a peer without a data channel: everything on ZeroMQ
+            self.data = None
+        self.control.connect(self.endpoints)
+        if self.data is not None:
+            self.data.connect(published, time.monotonic() + timeout_s, self.grank)
 
     def scratch(self, key, count: int, dtype) -> np.ndarray:
         """A reusable buffer of `count` elements of `dtype` for receiving (one per `key`).
@@ -330,74 +130,42 @@ class PeerMesh:
 
     def send(self, dst: int, call: list, step: int, payload: np.ndarray | None = None):
         """Send one message of `call` to group rank `dst` (zero-copy for large payloads)."""
-        header = {"t": "d", "src": self.rank, "n": self.send_count[dst], "c": call, "k": step}
-        self.send_count[dst] += 1
-        buf = None
-        if payload is not None:
-            buf = memoryview(np.ascontiguousarray(payload)).cast("B")
-            if buf.nbytes >= RAW_MIN_BYTES and dst in self.raw_out:
-                header["raw"] = buf.nbytes       # the bytes follow on the data connection
-                wire.send_msg(self.push[dst], self.auth, header)
-                self.outq[dst].append(buf)
-                self._push(dst)
-                return
-            header["nb"] = buf.nbytes
-        tracker = wire.send_msg(self.push[dst], self.auth, header, buf, track=True)
-        if tracker is not None:
-            self.trackers.append((dst, tracker))
-
-    def _push(self, dst: int):
-        """Write what the kernel takes of the queue to `dst` without blocking."""
-        q, sock = self.outq[dst], self.raw_out[dst]
-        while q:
-            buf = q[0]
-            try:
-                sent = sock.send(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                # the peer is gone: flush reports it (the waits also see the monitor or pid)
-                self.send_failed.setdefault(dst, f"its data connection failed ({e})")
-                return
-            if sent == buf.nbytes:
-                q.popleft()
-            else:
-                q[0] = buf[sent:]
-                return
-
-    def _push_all(self):
-        for dst, q in self.outq.items():
-            if q:
-                self._push(dst)
+        header = {"t": "d", "c": call, "k": step}
+        if payload is None:
+            self.control.send(dst, header)
+            return
+        buf = memoryview(np.ascontiguousarray(payload)).cast("B")
+        if buf.nbytes >= RAW_MIN_BYTES and self.data is not None:
+            header["raw"] = buf.nbytes       # the bytes follow on the data connection
+            self.control.send(dst, header)
+            self.data.enqueue(dst, buf)
+            return
+        header["nb"] = buf.nbytes
+        self.control.send(dst, header, buf, track=True)
 
     def flush(self, call: list, deadline: float):
         """Wait until every payload we sent has left our buffers: ZeroMQ released every
         zero-copy frame (see Note [Framing]) and the data connections took every queued byte."""
-        for dst, q in self.outq.items():
+        data = self.data
+        for dst, q in (data.outq.items() if data is not None else ()):
             while q:
-                self._push(dst)
-                if dst in self.send_failed:
-                    self.raw_closed.setdefault(dst, (time.monotonic(), self.send_failed[dst]))
+                data.push(dst)
+                if dst in data.send_failed:
+                    data.closed.setdefault(dst, (time.monotonic(), data.send_failed[dst]))
                     self._poll(call, [dst], deadline, block_ms=10, must=dst)
                 elif q:
                     self._poll(call, [dst], deadline)
-        for dst, tracker in self.trackers:
+        for dst, tracker in self.control.trackers:
             while not tracker.done:
                 try:
                     tracker.wait(0.05)      # wakes as soon as ZeroMQ lets go of the buffer
                 except zmq.NotDone:
                     self._poll(call, [dst], deadline, block_ms=0)
-        self.trackers.clear()
+        self.control.trackers.clear()
 
     def abort(self, message: str):
         """Tell every other member that this group failed, and why (best effort)."""
-        for dst, s in self.push.items():
-            header = {"t": "abort", "src": self.rank, "n": self.send_count[dst], "msg": message}
-            self.send_count[dst] += 1
-            try:
-                wire.send_msg(s, self.auth, header, flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+        self.control.abort(message)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -408,38 +176,38 @@ class PeerMesh:
 
         Returns the payload as a 1-d array of `dtype` (a view of the received frame, or `out`
         when given: a C-contiguous array of `count` elements the payload is written into) or
-        None. A data-channel payload without `out` lands in ``self.scratch(scratch, ...)``
-        when `scratch` (a key) is given, else in a fresh array. `waiting` lists the ranks
-        still expected in this phase, for the timeout message.
+        None. A payload that is not one frame (the data channel's, or several frames) lands,
+        without `out`, in ``self.scratch(scratch, ...)`` when `scratch` (a key) is given,
+        else in a fresh array. `waiting` lists the ranks still expected in this phase, for
+        the timeout message.
         """
-        q = self.pending[src]
+        q = self.control.pending[src]
         while not q:
             self._poll(call, waiting or [src], deadline)
         header, payload = q.popleft()
         if header["c"] != call:
-            msg = (f"{call[1]}: collectives out of step: rank {self.grank(self.rank)} called "
-                   f"{describe(call)} but rank {self.grank(src)} called {describe(header['c'])}. "
-                   "Every rank of a group must call the same collectives in the same order "
-                   "with matching dtype and shape.")
-            self.abort(msg)
-            raise DesyncError(msg)
+            self._fail(DesyncError, f"{call[1]}: collectives out of step: rank "
+                       f"{self.grank(self.rank)} called {describe(call)} but rank "
+                       f"{self.grank(src)} called {describe(header['c'])}. Every rank of a "
+                       "group must call the same collectives in the same order with matching "
+                       "dtype and shape.")
         if header["k"] != step:
             raise RuntimeError(f"{call[1]}: internal protocol error: expected step {step} from "
                                f"rank {self.grank(src)}, got {header['k']}")
         raw = header.get("raw")
         if payload is None and raw is None:
             return None
-        if raw is not None and (not isinstance(raw, int) or raw < 0 or payload is not None):
-            raise RuntimeError(f"{call[1]}: internal protocol error: rank {self.grank(src)} "
-                               f"announced a data-channel payload of {raw!r} bytes")
-        nbytes = raw if raw is not None else payload.nbytes
+        if raw is not None and (not isinstance(raw, int) or raw < 0 or payload is not None
+                                or self.data is None):
+            self._fail(RuntimeError, f"{call[1]}: internal protocol error: rank "
+                       f"{self.grank(src)} announced a data-channel payload of {raw!r} bytes")
+        nbytes = raw if raw is not None else header["nb"]
         itemsize = np.dtype(dtype).itemsize
         if count is not None and nbytes != count * itemsize:
-            msg = (f"{call[1]}: rank {self.grank(src)} sent {nbytes // itemsize} elements where "
-                   f"rank {self.grank(self.rank)} expected {count} ({describe(call)}).")
-            self.abort(msg)
-            raise DesyncError(msg)
-        if raw is None:
+            self._fail(DesyncError, f"{call[1]}: rank {self.grank(src)} sent "
+                       f"{nbytes // itemsize} elements where rank {self.grank(self.rank)} "
+                       f"expected {count} ({describe(call)}).")
+        if raw is None and not isinstance(payload, list):
             arr = np.frombuffer(payload, dtype=dtype)
             if out is None:
                 return arr
@@ -448,116 +216,73 @@ class PeerMesh:
         if out is None:
             out = np.empty(nbytes // itemsize, dtype) if scratch is None else \
                 self.scratch(scratch, nbytes // itemsize, dtype)
-        self._read_raw(src, memoryview(out).cast("B"), call, deadline)
+        mv = memoryview(out).cast("B")
+        if raw is None:                     # several frames (Note [Unauthenticated bytes])
+            at = 0
+            for part in payload:
+                mv[at:at + part.nbytes] = part
+                at += part.nbytes
+        else:
+            self._read_raw(src, mv, call, deadline)
         return out
+
+    def _fail(self, kind, msg: str):
+        self.abort(msg)
+        raise kind(msg)
 
     def _read_raw(self, src: int, mv: memoryview, call: list, deadline: float):
         """Fill `mv` from the data connection of `src`, pushing our own sends meanwhile."""
-        sock, got, total = self.raw_in.get(src), 0, mv.nbytes
-        if sock is None:
-            msg = (f"{call[1]}: internal protocol error: rank {self.grank(src)} sent a payload "
-                   "on a data connection this rank does not have")
-            self.abort(msg)
-            raise RuntimeError(msg)
+        data, got, total = self.data, 0, mv.nbytes
         while got < total:
-            if src in self.raw_closed:
+            if src in data.closed:
                 # the connection ended: an ABORT the peer sent before it closed still wins;
                 # after _LOST_GRACE_S _check_lost reports the peer as lost
-                self._push_all()
+                data.push_all()
                 self._poll(call, [src], deadline, block_ms=10, must=src)
                 continue
-            try:
-                n = sock.recv_into(mv[got:])
-            except (BlockingIOError, InterruptedError):
-                n = None
-            except OSError as e:
-                self.raw_closed.setdefault(src, (time.monotonic(),
-                                                 f"its data connection failed ({e})"))
-                continue
-            if n == 0:
-                self.raw_closed.setdefault(src, (time.monotonic(), "its data connection closed"))
-                continue
+            n = data.recv_some(src, mv[got:])
             if n:
                 got += n
-                self._push_all()
-                continue
-            self._push_all()
-            self._poll(call, [src], deadline, raw_src=src)
+            data.push_all()
+            if n is None:
+                self._poll(call, [src], deadline, raw_src=src)
 
     def _poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = _POLL_MS,
               raw_src: int | None = None, must: int | None = None):
         """Wait (up to block_ms) for a message, a monitor event or, on the data connections,
         bytes from `raw_src` or room for our queued sends; then take what arrived."""
-        if self.aborted is not None:
-            raise AbortedError(self.aborted)
+        ctl = self.control
+        self._raise_aborted()
         now = time.monotonic()
         if now > deadline:
-            missing = [self.grank(r) for r in waiting if not self.pending[r] or r == raw_src]
+            missing = [self.grank(r) for r in waiting if not ctl.pending[r] or r == raw_src]
             raise TimeoutError(
                 f"{call[1]}: rank {self.grank(self.rank)} timed out in {describe(call)}: ranks "
                 f"{missing} did not arrive. They may be stuck in other work, have crashed (see "
                 "their logs), or not have called it; or raise the timeout of "
                 "init_process_group/new_group.")
         timeout_ms = min(block_ms, max(1, int((deadline - now) * 1000)))
-        extra = [(sock, zmq.POLLOUT) for dst, sock in self.raw_out.items() if self.outq[dst]]
-        if raw_src is not None:
-            extra.append((self.raw_in[raw_src], zmq.POLLIN))
-        if extra:
-            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in [self.pull, *self.monitors]]
-                                       + [(s.fileno(), f) for s, f in extra], timeout_ms))
-        else:
-            events = dict(self.poller.poll(timeout_ms))
-        if self.pull in events:
-            self._drain()
-        for mon, peer in self.monitors.items():
-            if mon in events:
-                while mon.poll(0):
-                    ev = recv_monitor_message(mon, zmq.NOBLOCK)
-                    if ev["event"] == zmq.EVENT_DISCONNECTED:
-                        self.lost.setdefault(peer, time.monotonic())
-                    elif ev["event"] == zmq.EVENT_CONNECTED:
-                        self.lost.pop(peer, None)
-        if extra:
-            self._push_all()
-        if self.aborted is not None:      # a peer's reason beats our guess that it is lost
-            raise AbortedError(self.aborted)
+        fds = self.data.waiting_fds(raw_src) if self.data is not None else []
+        ctl.poll(timeout_ms, fds)
+        if fds:
+            self.data.push_all()
+        self._raise_aborted()          # a peer's reason beats our guess that it is lost
         self._check_lost(call, waiting, raw_src if must is None else must)
 
-    def _drain(self):
-        while True:
-            try:
-                got = wire.recv_msg(self.pull, self.auth, self.what)
-            except zmq.Again:
-                return
-            if got is None:
-                continue
-            header, payload = got
-            src = header.get("src")
-            if not isinstance(src, int) or not 0 <= src < self.size or src == self.rank:
-                continue
-            if header.get("n") != self.recv_count[src]:
-                wire.log.warning("%s: refused a message from rank %d with counter %s (expected "
-                                 "%d): replayed or lost", self.what, self.grank(src),
-                                 header.get("n"), self.recv_count[src])
-                continue
-            self.recv_count[src] += 1
-            if header.get("t") == "abort":
-                # raised once we need a message we do not have (see _poll): what the peer sent
-                # before it gave up is still consumed in order
-                if self.aborted is None:
-                    self.aborted = f"{header['msg']} [reported by rank {self.grank(src)}]"
-                continue
-            self.pending[src].append((header, payload))
+    def _raise_aborted(self):
+        if self.control.aborted is not None:
+            raise AbortedError(f"{self.control.aborted} [reported by rank "
+                               f"{self.grank(self.control.aborted_by)}]")
 
     def _check_lost(self, call: list, waiting: list[int], raw_src: int | None = None):
         now = time.monotonic()
         for r in waiting:
-            if self.pending[r] and r != raw_src:
+            if self.control.pending[r] and r != raw_src:
                 continue
             pid = self.local_pids.get(r)
             dead = pid is not None and not pid_alive(pid)
-            since = self.lost.get(r)
-            closed = self.raw_closed.get(r)
+            since = self.control.lost.get(r)
+            closed = self.data.closed.get(r) if self.data is not None else None
             if dead or (since is not None and now - since > _LOST_GRACE_S):
                 how = f"its process (pid {pid}) died" if dead else \
                     (f"its connection ({self.endpoints[r]}) dropped: the process died or the "
@@ -566,31 +291,10 @@ class PeerMesh:
                 how = f"{closed[1]}: the process died or the network link is down"
             else:
                 continue
-            msg = (f"{call[1]}: rank {self.grank(r)} was lost during {describe(call)}: "
-                   f"{how}. See that rank's log for the cause.")
-            self.abort(msg)
-            raise PeerLostError(msg)
+            self._fail(PeerLostError, f"{call[1]}: rank {self.grank(r)} was lost during "
+                       f"{describe(call)}: {how}. See that rank's log for the cause.")
 
     def close(self):
-        # Order matters (a monitor left attached stalls the context's I/O thread, a monitor
-        # closed before disable_monitor() blocks it): drain, disable, close the monitor, then
-        # the socket.
-        for mon, peer in self.monitors.items():
-            while mon.poll(0):
-                mon.recv_multipart(zmq.NOBLOCK)
-            self.push[peer].disable_monitor()
-            mon.close(0)
-        for s in self.push.values():
-            s.close()
-        self.pull.close(0)
-        self._close_raw()
-
-    def _close_raw(self):
-        for s in [*self.raw_out.values(), *self.raw_in.values(), self.listener]:
-            if s is not None:
-                s.close()
-        self.raw_out.clear()
-        self.raw_in.clear()
-        self.outq.clear()
-        self.listener = None
-        self.raw = False
+        self.control.close()
+        if self.data is not None:
+            self.data.close()

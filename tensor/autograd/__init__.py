@@ -5,11 +5,31 @@ import numpy as np
 
 from .._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .._tensor import Tensor
+from ._checkpoint import checkpoint, checkpoint_sequential
 from .engine import queue_callback, run_backward  # noqa: F401
 from .function import Function, FunctionCtx
 
 __all__ = ["grad", "backward", "Function", "FunctionCtx", "gradcheck", "gradgradcheck",
-           "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
+           "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "checkpoint",
+           "checkpoint_sequential", "Variable"]
+
+
+class _VariableMeta(type):
+    def __instancecheck__(cls, other):
+        return isinstance(other, Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """The old ``torch.autograd.Variable(t, requires_grad=False)``: since PyTorch 0.4 a Tensor.
+
+    As there, it returns a new leaf on the same storage with requires_grad as given, and
+    ``isinstance(t, Variable)`` holds for every Tensor.
+    """
+
+    def __new__(cls, data, requires_grad=False, volatile=False):
+        if not isinstance(data, Tensor):
+            raise TypeError(f"Variable: expected a Tensor, got {type(data).__name__}")
+        return data.detach().requires_grad_(bool(requires_grad))
 
 
 def _seq(x):

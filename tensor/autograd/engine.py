@@ -12,6 +12,10 @@ Note [Backward order]
    are freed as the walk goes, and add each returned gradient into its target's buffer.
 4. A leaf's buffer is complete when its count reaches zero: its hooks run, then the gradient is
    accumulated into ``.grad`` (or captured for ``autograd.grad``), then post-accumulate hooks run.
+5. With ``inputs`` (``autograd.grad``, ``backward(inputs=...)``) the walk is pruned to the nodes
+   from which an input is reachable (``_needed``): no other backward closure runs. A non-leaf
+   input's own node runs only if it leads on to another input; checkpoint's recomputation
+   (``stop_at_inputs``) never runs past its inputs, which belong to the outer graph.
 
 5. Callbacks queued during the walk with ``queue_callback`` (PyTorch's
    ``Variable._execution_engine.queue_callback``) run in order once every node and leaf is
@@ -38,7 +42,7 @@ import heapq
 import threading
 
 from .. import _grad_mode
-from .._tensor import Node, Tensor, _new
+from .._tensor import Node, Tensor, _new, current_node
 
 _tls = threading.local()   # .callbacks: one list per running backward in this thread (nested)
 
@@ -74,8 +78,9 @@ def _check_saved(node: Node):
                 ".clone() the tensor before changing it.")
 
 
-def _graph(roots):
-    """Count incoming edges for every Node and leaf reachable from the root nodes."""
+def _graph(roots, stop=None):
+    """Count incoming edges for every Node and leaf reachable from the root nodes (not
+    looking past the nodes whose ids are in `stop`)."""
     deps: dict = {}
     seen = set()
     stack = [n for n in roots if n is not None]
@@ -83,6 +88,8 @@ def _graph(roots):
         seen.add(n)
     while stack:
         node = stack.pop()
+        if stop is not None and id(node) in stop:
+            continue
         for e in node.edges:
             if e is None:
                 continue
@@ -93,6 +100,35 @@ def _graph(roots):
                 seen.add(tgt)
                 stack.append(tgt)
     return deps
+
+
+def _needed(roots, targets):
+    """ids of the Nodes and leaves from which a target (an input of autograd.grad) is reachable.
+
+    Only these run: a node that leads to no input is pruned, so its backward never runs.
+    """
+    parents: dict = {}  # id(target) -> nodes with an edge into it
+    seen = set(roots)
+    stack = list(seen)
+    while stack:
+        node = stack.pop()
+        for e in node.edges:
+            if e is None:
+                continue
+            tgt = e[0]
+            parents.setdefault(id(tgt), []).append(node)
+            if type(tgt) is Node and tgt not in seen:
+                seen.add(tgt)
+                stack.append(tgt)
+    needed = set(targets)
+    stack = list(targets)
+    while stack:
+        for node in parents.get(stack.pop(), ()):
+            k = id(node)
+            if k not in needed:
+                needed.add(k)
+                stack.append(k)
+    return needed
 
 
 def _as_grad(g, t: Tensor):
@@ -115,8 +151,12 @@ def _as_grad(g, t: Tensor):
 
 
 def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, inputs=None,
-                 allow_unused=False, accumulate=True):
-    """Backpropagate from `outputs`. With `inputs` and accumulate=False, return their grads."""
+                 allow_unused=False, accumulate=True, stop_at_inputs=False):
+    """Backpropagate from `outputs`. With `inputs` and accumulate=False, return their grads.
+
+    `inputs` may also hold graph edges ``(node, output index)`` (checkpoint uses them), and
+    with stop_at_inputs the walk ends at the inputs: their own backward never runs.
+    """
     leaf_roots = []
     root_nodes = []
     root_grads = []
@@ -126,6 +166,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                                "a grad_fn. Did you compute it under no_grad, or forget "
                                "requires_grad=True on the inputs?")
         g, fresh = _as_grad(g, t)
+        current_node(t)  # a view whose base was rewritten in place gets its new history first
         root_grads.append((t, g, fresh))
         if t._node is None:
             leaf_roots.append(t)
@@ -139,13 +180,18 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         capture = {}
         captured = [None] * len(inputs)
         for slot, t in enumerate(inputs):
+            if type(t) is tuple:  # an edge (node, output index)
+                capture.setdefault(id(t[0]), []).append((slot, t[1]))
+                continue
             if not t.requires_grad:
                 raise RuntimeError(f"grad: input {slot} does not require grad; nothing can "
                                    "flow to it.")
+            current_node(t)
             tgt = t if t._node is None else t._node
             capture.setdefault(id(tgt), []).append((slot, t._out_idx))
 
-    deps = _graph(root_nodes)
+    deps = _graph(root_nodes, capture if stop_at_inputs else None)
+    needed = None if capture is None else _needed(root_nodes, capture)
     buffers: dict = {}
     leaves: dict = {}  # id(leaf) -> [leaf, grad]
     shared: dict = {}  # id -> array: arrays that must be copied before a leaf keeps them
@@ -172,7 +218,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     heap = []
     for n in set(root_nodes):
-        if deps.get(id(n), 0) == 0:
+        if deps.get(id(n), 0) == 0 and (needed is None or id(n) in needed):
             heapq.heappush(heap, (-n.seq, id(n), n))
 
     prev_mode = _grad_mode.state.enabled
@@ -205,6 +251,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if capture is not None and key in capture:
                 for slot, i in capture[key]:
                     captured[slot] = grads[i]
+                if stop_at_inputs or not any(e is not None and id(e[0]) in needed
+                                             for e in node.edges):
+                    continue  # nothing beyond this input is wanted: don't run its backward
             fn = node.fn
             if fn is None:
                 raise RuntimeError(
@@ -249,6 +298,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 if e is None or g is None:
                     continue
                 tgt, idx, dtype = e
+                if needed is not None and id(tgt) not in needed:
+                    continue  # pruned: leads to no input of autograd.grad
                 if not isinstance(g, Tensor):
                     g = _new(g)
                 if g.array.dtype != dtype:
@@ -271,7 +322,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     if captured is not None and accumulate:
         # Tensor.backward(inputs=[...]): non-leaf inputs get .grad too, as in PyTorch
         for g, t in zip(captured, inputs):
-            if g is not None and t._node is not None:
+            if g is not None and type(t) is not tuple and t._node is not None:
                 gd = g if create_graph else g.detach()
                 t.grad = gd if t.grad is None else t.grad + gd
         return None

@@ -146,7 +146,7 @@ def mul(a, b):
         # A broadcast input gets its gradient summed back to its own shape.
         return (sum_to(gy * bt, sa) if a.requires_grad else None,
                 sum_to(gy * a, sb) if bt.requires_grad else None)
-    return from_op(y, (a, bt), backward, "mul", saved=(a, bt))
+    return from_op(y, (a, bt), backward, "mul")
 
 
 def div(a, b, rounding_mode=None):
@@ -174,7 +174,7 @@ def div(a, b, rounding_mode=None):
     def backward(gy):
         return (sum_to(gy / bt, sa) if a.requires_grad else None,
                 sum_to(-gy * a / (bt * bt), sb) if bt.requires_grad else None)
-    return from_op(y, (a, bt), backward, "div", saved=(a, bt))
+    return from_op(y, (a, bt), backward, "div")
 
 
 def floor_divide(a, b):
@@ -216,7 +216,7 @@ def pow(a, b):
             if p == 2:
                 return (gy * a * 2,)
             return (gy * p * a ** (p - 1),)
-        return from_op(y, (a,), backward, "pow", saved=(a,))
+        return from_op(y, (a,), backward, "pow")
     y = x ** z
     sa, sb = a.array.shape, bt.array.shape
 
@@ -228,7 +228,7 @@ def pow(a, b):
             loga = log(where(a > 0, a, 1.0))
             gb = sum_to(gy * out * loga, sb)
         return ga, gb
-    return from_op(y, (a, bt), backward_t, "pow", saved=(a, bt), save_output=True)
+    return from_op(y, (a, bt), backward_t, "pow", save_output=True)
 
 
 def rpow(s, a):
@@ -259,12 +259,12 @@ def _xp(a):
 
 def log(a):
     y = _xp(a).log(_to_float(a.array))
-    return from_op(y, (a,), lambda gy: (gy / a,), "log", saved=(a,))
+    return from_op(y, (a,), lambda gy: (gy / a,), "log")
 
 
 def log1p(a):
     y = _xp(a).log1p(_to_float(a.array))
-    return from_op(y, (a,), lambda gy: (gy / (a + 1),), "log1p", saved=(a,))
+    return from_op(y, (a,), lambda gy: (gy / (a + 1),), "log1p")
 
 
 def log2(a):
@@ -298,7 +298,7 @@ def square(a):
 
 def abs(a):
     y = _xp(a).abs(a.array)
-    return from_op(y, (a,), lambda gy: (gy * sign(a),), "abs", saved=(a,))
+    return from_op(y, (a,), lambda gy: (gy * sign(a),), "abs")
 
 
 def sign(a):
@@ -308,12 +308,12 @@ def sign(a):
 
 def sin(a):
     y = _xp(a).sin(_to_float(a.array))
-    return from_op(y, (a,), lambda gy: (gy * cos(a),), "sin", saved=(a,))
+    return from_op(y, (a,), lambda gy: (gy * cos(a),), "sin")
 
 
 def cos(a):
     y = _xp(a).cos(_to_float(a.array))
-    return from_op(y, (a,), lambda gy: (-gy * sin(a),), "cos", saved=(a,))
+    return from_op(y, (a,), lambda gy: (-gy * sin(a),), "cos")
 
 
 def tanh(a):
@@ -344,7 +344,7 @@ def relu(a):
 def erf(a):
     y = backend.erf(_xp(a), _to_float(a.array))
     c = 2.0 / math.sqrt(math.pi)
-    return from_op(y, (a,), lambda gy: (gy * exp(-(a * a)) * c,), "erf", saved=(a,))
+    return from_op(y, (a,), lambda gy: (gy * exp(-(a * a)) * c,), "erf")
 
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -364,7 +364,7 @@ def gelu(a, approximate: str = "none"):
             t = tanh((a + a * a * a * 0.044715) * k)
             dinner = (1 + a * a * (3 * 0.044715)) * k
             return (gy * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * dinner),)
-        return from_op(y, (a,), backward_t, "gelu", saved=(a,))
+        return from_op(y, (a,), backward_t, "gelu")
     if approximate != "none":
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     y = (0.5 * x * (1 + backend.erf(xp, x * _SQRT1_2))).astype(x.dtype, copy=False)
@@ -373,12 +373,24 @@ def gelu(a, approximate: str = "none"):
         cdf = (erf(a * _SQRT1_2) + 1) * 0.5
         pdf = exp(a * a * -0.5) * _INV_SQRT_2PI
         return (gy * (cdf + a * pdf),)
-    return from_op(y, (a,), backward, "gelu", saved=(a,))
+    return from_op(y, (a,), backward, "gelu")
 
 
 def silu(a):
     """x * sigmoid(x)."""
     return mul(a, sigmoid(a))
+
+
+def elu(a, alpha=1.0):
+    """x where x > 0 else alpha * (exp(x) - 1)."""
+    xp = _xp(a)
+    x = _to_float(a.array)
+    y = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+
+    def backward(gy, out):
+        # d/dx: 1 above 0, out + alpha below (alpha * exp(x) without recomputing exp)
+        return (gy * where(out > 0, 1.0, out + alpha),)
+    return from_op(y, (a,), backward, "elu", save_output=True)
 
 
 def softplus(a, beta=1.0, threshold=20.0):
@@ -388,7 +400,7 @@ def softplus(a, beta=1.0, threshold=20.0):
     bx = x * beta
     y = xp.where(bx > threshold, x, xp.logaddexp(0, bx) / beta).astype(x.dtype, copy=False)
     return from_op(y, (a,), lambda gy: (gy * where(a * beta > threshold, 1.0, sigmoid(a * beta)),),
-                   "softplus", saved=(a,))
+                   "softplus")
 
 
 def clamp(a, min=None, max=None):
@@ -412,7 +424,9 @@ def clamp(a, min=None, max=None):
         if hi is not None:
             mask &= a.array <= hi
         return (gy * mask,)
-    return from_op(y, (a,), backward, "clamp", saved=(a,))
+    # Tensor bounds are read (as raw arrays) in backward: record their versions too
+    return from_op(y, (a,), backward, "clamp",
+                   saved=tuple(v for v in (min, max) if isinstance(v, Tensor)))
 
 
 def maximum(a, b):
@@ -461,9 +475,13 @@ def where(cond, a, b):
     if y.dtype != (x.dtype if backend.is_array(x) else z.dtype):
         y = y.astype(x.dtype if backend.is_array(x) else z.dtype)
 
+    ct = cond if isinstance(cond, Tensor) else _new(c)  # captured: version-checked
+    sa = at.array.shape if at is not None else None
+    sb = bt.array.shape if bt is not None else None
+
     def backward(gy):
-        ga = sum_to(where(cond, gy, 0.0), at.array.shape) if at is not None else None
-        gb = sum_to(where(cond, 0.0, gy), bt.array.shape) if bt is not None else None
+        ga = sum_to(where(ct, gy, 0.0), sa) if sa is not None else None
+        gb = sum_to(where(ct, 0.0, gy), sb) if sb is not None else None
         return ga, gb
     return from_op(y, (at, bt), backward, "where")
 

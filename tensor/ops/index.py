@@ -6,10 +6,18 @@ An in-place op writes into the tensor's existing array (views and shared memory 
 bumps its version counter, so any backward that saved the old value refuses to run. When the
 graph is being recorded, the op is computed out of place from an *alias* of the old value (a
 copy carrying the tensor's old graph position), the result is written into the array, and the
-tensor takes the new node as its grad_fn — so gradients flow through the in-place op as in
-PyTorch. In-place ops on a leaf that requires grad are refused (outside no_grad), as are
-in-place ops with grad through a view of a tensor that requires grad, which PyTorch handles by
-rewriting the base's graph and zgrad does not: the error says to clone().
+tensor takes the new node as its grad_fn, so gradients flow through the in-place op as in
+PyTorch. In-place ops with grad on a leaf that requires grad are refused, also through a view.
+
+On a view (``x[:, 0] = v``, ``out[i].zero_()``, ``y.narrow(...).copy_(z)``) the *base's*
+history is rewritten, as PyTorch's CopySlices does: the view's flat positions in its base come
+from the data pointers and strides (``backend.view_positions``), the op runs on those positions
+of an alias of the old base, and the base's new grad_fn (CopySlicesBackward0) puts the result
+at those positions and passes the rest of the old base's gradient through. Every view records
+the base's grad_fn it was derived from (``_view_node``); a view whose base has moved on since
+(this view or another one was written, or the base itself) gets its history rebuilt as "these
+positions of the base" when it is next used (``refresh_view``). The shared version counter still
+makes every node that saved the base or a view before the write refuse to run.
 """
 from __future__ import annotations
 
@@ -56,6 +64,10 @@ def _convert_index(idx, xp):
     return tuple(out), int_adv
 
 
+def _index_tensors(idx):
+    return tuple(i for i in (idx if isinstance(idx, tuple) else (idx,)) if isinstance(i, Tensor))
+
+
 def getitem(a, idx):
     """a[idx] with ints, slices, None, Ellipsis, bool masks and integer arrays."""
     xp = _xp(a)
@@ -66,16 +78,17 @@ def getitem(a, idx):
     except IndexError as e:
         raise IndexError(f"index {idx!r} is out of bounds for a tensor of shape "
                          f"{list(x.shape)}: {e}") from None
-    if not backend.is_array(y):
-        y = xp.asarray(y)
+    if not backend.is_array(y):  # an element: index with a trailing ... for a 0-d view
+        y = x[key + (Ellipsis,)] if not any(k is Ellipsis for k in key) else xp.asarray(y)
     shape = x.shape
 
     def backward(gy):
         return (_index_backward(gy, key, shape, int_adv),)
-    t = from_op(y, (a,), backward, "index")
+    # key holds the raw arrays of Tensor indices: save those Tensors so they are checked
+    t = from_op(y, (a,), backward, "index", saved=_index_tensors(idx))
     if y.base is not None and (y.base is x or y.base is x.base):
-        t._vbox = a._vbox
-        t._base = a._base if a._base is not None else a
+        root = a._base if a._base is not None else a
+        t._vbox, t._base, t._view_node = a._vbox, root, root._node
     return t
 
 
@@ -95,15 +108,16 @@ def _index_backward(gy, key, shape, int_adv):
 
 
 def _check_inplace(a: Tensor, op: str):
+    """Refuse in-place ops with grad on a leaf that requires grad, directly or through a view."""
     if a._node is None and a.requires_grad:
         raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place "
                            "operation. Wrap it in `with tensor.no_grad():` (as optimizers do) or "
                            "use the out-of-place op.")
     base = a._base
-    if base is not None and base.requires_grad:
-        raise RuntimeError(f"{op}: in-place operation with grad on a view of a tensor that "
-                           "requires grad is not supported by zgrad; call .clone() on the view "
-                           "first, or use the out-of-place op.")
+    if base is not None and base._node is None and base.requires_grad:
+        raise RuntimeError(f"{op}: a view of a leaf Variable that requires grad is being used in "
+                           "an in-place operation. Wrap it in `with tensor.no_grad():` or "
+                           "clone() the leaf first.")
 
 
 def _write(a: Tensor, y, op: str):
@@ -141,16 +155,87 @@ def _alias_old(a: Tensor) -> Tensor:
     return old
 
 
+def _copy_slices(old, pos, value):
+    """old (a contiguous copy of a base) with `value` written at flat positions `pos`."""
+    y = old.array.copy()
+    y.reshape(-1)[pos] = value.array
+    shape, vshape = y.shape, value.array.shape
+
+    def backward(gy):
+        xp = _xp(gy)
+        keep = xp.ones(gy.array.size, bool)
+        keep[pos] = False
+        g_val = getitem(gy.reshape(-1), pos)
+        return gy * _new(keep.reshape(shape)), sum_to(g_val, vshape)
+    return from_op(y, (old, value), backward, "copy_slices")
+
+
+def _rewrite_base(a: Tensor, apply, op: str):
+    """In-place op with grad on view `a`: compute it on the old view, then give the base a new
+    history (PyTorch's CopySlices) and the view a history that reads from the new base."""
+    base = a._base
+    pos = backend.view_positions(base.array, a.array)
+    old = _alias_old(base)
+    r = apply(getitem(old.reshape(-1), pos))
+    if r.array.shape != a.array.shape:
+        r = r.expand(a.array.shape)
+    if r.array.dtype != a.array.dtype:
+        r = r.to(a.array.dtype)
+    new = _copy_slices(old, pos, r)
+    _write(a, r.array, op)
+    base._node, base._out_idx, base.requires_grad = new._node, 0, True
+    refresh_view(a, pos)
+
+
+def refresh_view(v: Tensor, pos=None):
+    """Give view v the history "these positions of my base", after its base's history changed.
+
+    A view made before an in-place op on its base (or on another view of it) still points to
+    the base's old history; its values may have changed since, so like PyTorch (which
+    regenerates a view's grad_fn when the base's version moved) it is rebuilt from the base.
+    """
+    base = v._base
+    if pos is None:
+        pos = backend.view_positions(base.array, v.array)
+    prev = _grad_state.enabled
+    _grad_state.enabled = True
+    try:
+        r = getitem(base.reshape(-1), pos)
+    finally:
+        _grad_state.enabled = prev
+    v._node, v._out_idx, v.requires_grad = r._node, 0, True
+    v._view_node = base._node
+    return v._node
+
+
+def _inplace_graph(a: Tensor, apply, op: str):
+    """Record in-place op ``a := apply(old a)`` (see Note [In-place ops])."""
+    _check_inplace(a, op)
+    if a._base is not None:  # a view: the base's history is rewritten (a base with none gets one)
+        _rewrite_base(a, apply, op)
+        return
+    old = _alias_old(a)
+    r = apply(old)
+    _write(a, r.array, op)
+    a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, r.requires_grad
+
+
+def _check_no_grad_view(a: Tensor, op: str):
+    base = a._base
+    if _grad_state.enabled and base is not None and base.requires_grad and not a.requires_grad:
+        raise RuntimeError(f"{op}: a view was created in no_grad mode (or by .data-style "
+                           "access) and is being modified in place with grad mode enabled; "
+                           "the base's gradient would be wrong. Modify it under no_grad, or "
+                           "create the view with grad mode on.")
+
+
 def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
     """Apply out-of-place op fn(a, *args) in place (see Note [In-place ops])."""
     if _needs_graph(a, args):
-        _check_inplace(a, op)
-        old = _alias_old(a)
         # a.mul_(a): the op's inputs are the old value, not the tensor being overwritten
-        r = fn(old, *(old if v is a else v for v in args), **kw)
-        _write(a, r.array, op)
-        a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, r.requires_grad
+        _inplace_graph(a, lambda old: fn(old, *(old if v is a else v for v in args), **kw), op)
     else:
+        _check_no_grad_view(a, op)
         prev = _grad_state.enabled
         _grad_state.enabled = False
         try:
@@ -162,24 +247,26 @@ def inplace(a: Tensor, fn, *args, op: str = "inplace", **kw) -> Tensor:
     return a
 
 
-def _index_put(old, key, value):
+def _index_put(old, key, value, key_tensors=()):
     xp = _xp(old)
     y = old.array.copy()
     vt = value if isinstance(value, Tensor) else None
     v = vt.array if vt is not None else value
     y[key] = v
     shape = old.array.shape
+    # the value's values are not read in backward: capture its shape, not the Tensor
+    vshape = vt.array.shape if vt is not None and vt.requires_grad else None
 
     def backward(gy):
         mask = xp.ones(shape, bool)
         mask[key] = False
         g_old = gy * _new(mask)
         g_val = None
-        if vt is not None and vt.requires_grad:
+        if vshape is not None:
             sel = getitem(gy, key)
-            g_val = sum_to(sel, vt.array.shape) if sel.array.shape != vt.array.shape else sel
+            g_val = sum_to(sel, vshape) if sel.array.shape != vshape else sel
         return g_old, g_val
-    return from_op(y, (old, vt), backward, "index_put")
+    return from_op(y, (old, vt), backward, "index_put", saved=key_tensors)
 
 
 def setitem(a, idx, value):
@@ -190,11 +277,10 @@ def setitem(a, idx, value):
         raise RuntimeError(f"setitem: the value is on {value.device} but the tensor is on "
                            f"{a.device}; move it with .to(device).")
     if _needs_graph(a, (value,)):
-        _check_inplace(a, "setitem")
-        r = _index_put(_alias_old(a), key, value)
-        _write(a, r.array, "setitem")
-        a._node, a._out_idx, a.requires_grad = r._node, r._out_idx, True
+        kt = _index_tensors(idx)
+        _inplace_graph(a, lambda old: _index_put(old, key, value, kt), "setitem")
     else:
+        _check_no_grad_view(a, "setitem")
         v = value.array if isinstance(value, Tensor) else value
         try:
             a.array[key] = v
@@ -220,9 +306,9 @@ def copy_from(a, src):
         s = backend.to_device(s, a.device)
     y = xp.broadcast_to(s, a.array.shape).astype(a.array.dtype)
     st = src if isinstance(src, Tensor) else None
-    sshape = s.shape
+    sshape = s.shape if st is not None else None
 
-    def backward(gy):
-        return gy * 0, (sum_to(gy, sshape) if st is not None else None)
+    def backward(gy):  # reads no input values: captures shapes only
+        return gy * 0, (sum_to(gy, sshape) if sshape is not None else None)
     return from_op(y, (a, st), backward, "copy")
 

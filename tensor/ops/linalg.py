@@ -1,10 +1,12 @@
 """Matrix products: matmul with batch broadcasting (and its 1-D cases), dot, outer, bmm."""
 from __future__ import annotations
 
+from .._autocast import policy as _policy
 from .._tensor import from_op
 from .elementwise import _operands, _wrap, sum_to
 
 
+@_policy("matmul")
 def matmul(a, b):
     """a @ b with numpy/PyTorch semantics: 1-D operands are promoted and the batch dims
     broadcast; gradients are summed back to each input's shape."""
@@ -40,7 +42,7 @@ def matmul(a, b):
             if len(sb) == 1:
                 gb = gb.squeeze(-1)
         return ga, gb
-    return from_op(y, (a, b), backward, "matmul", saved=(a, b))
+    return from_op(y, (a, b), backward, "matmul")
 
 
 def dot(a, b):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._autocast import policy as _policy
 from .. import dtypes
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
@@ -18,6 +19,7 @@ from .reduce import _dims
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+@_policy("linear")
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias.   x: (..., n_in), weight: (n_out, n_in) -> y: (..., n_out)."""
     xd, wd, _ = _operands("linear", x, weight)
@@ -29,6 +31,7 @@ def linear(x, weight, bias=None):
     if bias is not None:
         y += bias.array
     n_in, n_out = wd.shape[1], wd.shape[0]
+    bias_grad = bias is not None and bias.requires_grad  # a flag: bias values aren't read
 
     def backward(gy):
         if not _grad_state.enabled:
@@ -37,19 +40,19 @@ def linear(x, weight, bias=None):
             gx = _new(g @ wd) if x.requires_grad else None
             g2 = g.reshape(-1, n_out)
             gw = _new(g2.T @ xd.reshape(-1, n_in)) if weight.requires_grad else None
-            gb = _new(g2.sum(0)) if bias is not None and bias.requires_grad else None
+            gb = _new(g2.sum(0)) if bias_grad else None
             return gx, gw, gb
         gx = gy @ weight if x.requires_grad else None
         gw = gb = None
-        if weight.requires_grad or (bias is not None and bias.requires_grad):
+        if weight.requires_grad or bias_grad:
             g2 = gy.reshape(-1, n_out) if gy.array.ndim != 2 else gy
             if weight.requires_grad:
                 x2 = x.reshape(-1, n_in) if x.array.ndim != 2 else x
                 gw = g2.mT @ x2
-            if bias is not None and bias.requires_grad:
+            if bias_grad:
                 gb = g2.sum(0)
         return gx, gw, gb
-    return from_op(y, (x, weight, bias), backward, "linear", saved=(x, weight))
+    return from_op(y, (x, weight, bias), backward, "linear")
 
 
 def _softmax_input(x, dim, dtype, op):
@@ -62,6 +65,7 @@ def _softmax_input(x, dim, dtype, op):
     return d, (_dims(dim, d.ndim, op)[0] if d.ndim else 0)
 
 
+@_policy("log_softmax")
 def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
@@ -80,6 +84,7 @@ def log_softmax(x, dim=None, dtype=None):
     return from_op(y, (x,), backward, "log_softmax", save_output=True)
 
 
+@_policy("softmax")
 def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
@@ -120,6 +125,7 @@ def _class_target(op, logits, target):
     return target
 
 
+@_policy("nll_loss")
 def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of class indices. logp: (N, C, ...) or (C,); target: (N, ...)."""
     xp = _xp(logp)
@@ -156,16 +162,16 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
             scale = wt / den
     else:
         raise ValueError(f"nll_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    shape = lp.shape
+    shape, ldt = lp.shape, lp.dtype
 
     def backward(gy):
         # d loss / d logp is -scale at the target class and 0 elsewhere: linear in gy
         if len(shape) == 2:
-            g = xp.zeros(shape, lp.dtype)
+            g = xp.zeros(shape, ldt)
             g[rows, tc] = -scale
         else:
-            g = xp.zeros(shape[:1] + shape[2:] + (C,), lp.dtype)
-            xp.put_along_axis(g, tc[..., None], (-scale)[..., None].astype(lp.dtype), -1)
+            g = xp.zeros(shape[:1] + shape[2:] + (C,), ldt)
+            xp.put_along_axis(g, tc[..., None], (-scale)[..., None].astype(ldt), -1)
             g = xp.moveaxis(g, -1, 1)
         gt = _new(g)
         if squeeze:
@@ -176,7 +182,8 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
         return gy * gt, None
     if squeeze and reduction == "none":
         y = y[0]
-    return from_op(xp.asarray(y), (logp, target), backward, "nll_loss")
+    # target is saved (checked) as in PyTorch, though the gradient uses a copy of it
+    return from_op(xp.asarray(y), (logp, target), backward, "nll_loss", saved=(target,))
 
 
 def backend_to_scalar(x):
@@ -270,12 +277,12 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
     y = weight.array[input.array]
     pad = padding_idx % n
     keep = (input.array != pad)[..., None]
-    idx = input.array
+    wshape = weight.array.shape
 
-    def backward(gy):
+    def backward(gy):  # captures the index Tensor, so its version is checked
         from .index import _index_backward
-        return (_index_backward(gy * _new(keep.astype(gy.array.dtype)), (idx,),
-                                weight.array.shape, True),)
+        return (_index_backward(gy * _new(keep.astype(gy.array.dtype)), (input.array,),
+                                wshape, True),)
     return from_op(y, (weight,), backward, "embedding")
 
 
@@ -293,15 +300,18 @@ def one_hot(t, num_classes=-1):
     return _new((d[..., None] == xp.arange(num_classes)).astype(np.int64))
 
 
+@_policy("mse_loss")
 def mse_loss(input, target, reduction="mean"):
     d = input - target
     return _reduce(d * d, reduction, "mse_loss")
 
 
+@_policy("l1_loss")
 def l1_loss(input, target, reduction="mean"):
     return _reduce((input - target).abs(), reduction, "l1_loss")
 
 
+@_policy("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
                                      pos_weight=None):
     """Stable BCE on logits: max(x,0) - x*t + log(1 + exp(-|x|)) (with pos_weight as torch)."""
@@ -321,6 +331,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
+@_policy("binary_cross_entropy")
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     """BCE on probabilities, with logs clamped at -100 as PyTorch."""
     lp = input.log().clamp(min=-100.0)
@@ -329,3 +340,29 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
+
+
+@_policy("smooth_l1_loss")
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target); L1 at beta=0."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
+    d = input - target
+    ad = d.abs()
+    if beta == 0:
+        return _reduce(ad, reduction, "smooth_l1_loss")
+    from .elementwise import where
+    loss = where(ad < beta, d * d * (0.5 / beta), ad - 0.5 * beta)
+    return _reduce(loss, reduction, "smooth_l1_loss")
+
+
+@_policy("huber_loss")
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta) (d = input - target)."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be > 0, got {delta}")
+    d = input - target
+    ad = d.abs()
+    from .elementwise import where
+    loss = where(ad < delta, d * d * 0.5, (ad - 0.5 * delta) * delta)
+    return _reduce(loss, reduction, "huber_loss")

@@ -6,6 +6,7 @@ import collections
 
 import numpy as np
 
+from .._autocast import policy as _policy
 from .. import dtypes
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _xp
@@ -105,7 +106,7 @@ def prod(a, dim=None, keepdim=False, dtype=None):
         inv = np.argsort(perm)
         excl = xp.transpose(excl, inv)
         return (_expand_back(gy, shape, axes, keepdim) * _new(excl),)
-    return from_op(y, (a,), backward, "prod", saved=(a,), save_output=True)
+    return from_op(y, (a,), backward, "prod", save_output=True)
 
 
 def _extreme(a, dim, keepdim, is_max):
@@ -123,7 +124,7 @@ def _extreme(a, dim, keepdim, is_max):
             # ties share the gradient evenly, as PyTorch
             mask = (a.array == y)
             return (gy * _new((mask / mask.sum()).astype(x.dtype, copy=False)),)
-        return from_op(y, (a,), backward, name, saved=(a,))
+        return from_op(y, (a,), backward, name)
     (axis,) = _dims(dim, x.ndim, name)
     idx = (xp.argmax(x, axis=axis) if is_max else xp.argmin(x, axis=axis))
     idx_k = xp.expand_dims(idx, axis) if x.ndim else idx
@@ -133,8 +134,10 @@ def _extreme(a, dim, keepdim, is_max):
         vals = xp.squeeze(vals, axis)
     idx_out = idx_k if keepdim else idx
 
+    nd = x.ndim
+
     def backward(gy):
-        if x.ndim == 0:
+        if nd == 0:
             return (gy,)
         g = gy if keepdim else gy.unsqueeze(axis)
         z = _new(xp.zeros(shape, g.array.dtype))
@@ -173,7 +176,7 @@ def _amax(a, dim, keepdim, is_max):
         mask = (a.array == yk)
         w = (mask / mask.sum(axis=axes, keepdims=True)).astype(x.dtype, copy=False)
         return (_expand_back(gy, shape, axes, keepdim) * _new(w),)
-    return from_op(y, (a,), backward, "amax" if is_max else "amin", saved=(a,))
+    return from_op(y, (a,), backward, "amax" if is_max else "amin")
 
 
 def amax(a, dim=None, keepdim=False):
@@ -227,6 +230,7 @@ def var_mean(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return var(a, dim, unbiased, keepdim, correction=correction), mean(a, dim, keepdim)
 
 
+@_policy("logsumexp")
 def logsumexp(a, dim, keepdim=False):
     """log(sum(exp(a))) over `dim`, stable for large inputs."""
     axes = _dims(dim, a.array.ndim, "logsumexp")
@@ -290,5 +294,5 @@ def cumprod(a, dim):
     def backward(gy, out):
         # d out_j / d x_i = out_j / x_i for j >= i (inputs without zeros)
         return ((gy * out).flip(axis).cumsum(axis).flip(axis) / a,)
-    return from_op(y, (a,), backward, "cumprod", saved=(a,), save_output=True)
+    return from_op(y, (a,), backward, "cumprod", save_output=True)
 

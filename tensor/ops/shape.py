@@ -13,8 +13,8 @@ from .reduce import _dims
 
 
 def _as_view(t: Tensor, a: Tensor) -> Tensor:
-    t._vbox = a._vbox
-    t._base = a._base if a._base is not None else a
+    root = a._base if a._base is not None else a
+    t._vbox, t._base, t._view_node = a._vbox, root, root._node
     return t
 
 
@@ -363,9 +363,11 @@ def scatter(a, dim, index, src):
     mask = xp.zeros(a.array.shape, bool)
     mask[idx] = True
 
+    has_src = st is not None  # a flag, not the tensor: src's values are not read in backward
+
     def backward(gy):
         ga = gy * _new(~mask)
-        gs = gy.gather(d, index) if st is not None else None
+        gs = gy.gather(d, index) if has_src else None
         return ga, None, gs
     return from_op(y, (a, index, st), backward, "scatter")
 
@@ -387,8 +389,10 @@ def masked_fill(a, mask, value):
     v = value.item() if isinstance(value, Tensor) else value
     y = xp.where(m, xp.asarray(v, dtype=a.array.dtype), a.array)
 
+    mt = mask if isinstance(mask, Tensor) else _new(m)  # captured: version-checked
+
     def backward(gy):
-        return (gy * _new(~m),)
+        return (gy * _new(~mt.array),)
     return from_op(y, (a,), backward, "masked_fill")
 
 

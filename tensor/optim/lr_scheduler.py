@@ -269,3 +269,6 @@ class SequentialLR(LRScheduler):
         self.__dict__.update(sd)
         for s, saved in zip(self._schedulers, subs):
             s.load_state_dict(saved)
+
+
+from ._cyclic import OneCycleLR, ReduceLROnPlateau  # noqa: E402,F401  (they build on the above)

@@ -147,9 +147,8 @@ def test_link_cut_mid_job_ends_in_clear_error(two_hosts, tmp_path):
         first = procs[0].stdout.readline()
         assert "READY" in first, first + procs[0].stdout.read()
         _sh("ip", "-n", two_hosts["ns"][0], "link", "set", two_hosts["dev"][0], "down")
-        t0 = time.monotonic()
+        # the bound: a rank still running after 40 s is killed and reported as HUNG below
         outs = _finish(procs, 40)
-        took = time.monotonic() - t0
     finally:
         for p in procs:
             if p.poll() is None:
@@ -158,4 +157,3 @@ def test_link_cut_mid_job_ends_in_clear_error(two_hosts, tmp_path):
         assert "HUNG" not in out, out
         assert rc == 3 and "ERROR" in out, out
         assert ("dropped" in out or "timed out" in out or "lost" in out), out
-    assert took < 40

@@ -318,7 +318,9 @@ def _secret(rank, ws):
 def test_message_without_secret_is_refused_and_logged():
     res = spawn(_secret, 2, timeout_s=60, env={"ZGRAD_SECRET": "job-secret-123"})
     assert res[0][0] == res[1][0] == 3.0
-    assert any("HMAC does not match" in ln and "ZGRAD_SECRET" in ln for ln in res[1][1]), res
+    # the mesh refuses the peer at the ZeroMQ handshake (Note [Connection gate])
+    assert any("refused a connection" in ln and "ZeroMQ login" in ln and "ZGRAD_SECRET" in ln
+               for ln in res[1][1]), res
     assert any("store: refused" in ln for ln in res[0][1]), res
 
 
@@ -360,7 +362,7 @@ def test_hmac_covers_header_sizes_and_small_payloads(monkeypatch):
 def _data_channel_handshake(rank, ws):
     import socket
 
-    from runtime.distributed import transport, wire
+    from runtime.distributed import data_channel, transport, wire
     grab = _Grab()
     logging.getLogger("runtime.distributed").addHandler(grab)
     auth = wire.Auth(b"data-channel-test-secret")
@@ -371,7 +373,7 @@ def _data_channel_handshake(rank, ws):
         # a connection that does not know the secret, queued before the real peer's
         port = int(meshes[0].published.rsplit("data=", 1)[1])
         stray = socket.create_connection(("127.0.0.1", port), timeout=5)
-        stray.sendall(transport._HELLO.pack(transport._MAGIC, 1, 0, b"n" * 16, b"x" * 32))
+        stray.sendall(data_channel._HELLO.pack(data_channel._MAGIC, 1, 0, b"n" * 16, b"x" * 32))
         pub = [m.published for m in meshes]
         errors = []
 
@@ -386,8 +388,8 @@ def _data_channel_handshake(rank, ws):
         for t in threads:
             t.join(20)
         assert not errors, errors
-        assert sorted(meshes[0].raw_in) == [1] and sorted(meshes[1].raw_in) == [0]
-        assert meshes[0].listener is None          # closed once every peer is in
+        assert sorted(meshes[0].data.inp) == [1] and sorted(meshes[1].data.inp) == [0]
+        assert meshes[0].data.listener is None     # closed once every peer is in
         assert any("refused a data connection" in line for line in grab.lines), grab.lines
         # a payload over the data channel both ways at once (sends never block), checked
         n = 3_000_001                              # > socket buffers: needs the send queue
@@ -439,7 +441,7 @@ def _data_channel_off_on_one_rank(rank, ws):
     if rank == 0:
         os.environ["ZGRAD_DATA_CHANNEL"] = "0"   # only here: the whole group falls back
     g = dist.new_group(list(range(ws)))
-    assert not g.mesh.raw and not g.mesh.raw_out
+    assert not g.mesh.raw and g.mesh.data is None
     b = x.copy()
     dist.all_reduce(b, group=g)
     dist.destroy_process_group()

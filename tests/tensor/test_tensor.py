@@ -189,7 +189,30 @@ def test_to_dtype_and_device_cpu():
     assert str(t.device) == "cpu"
 
 
-def test_mixed_devices_error_and_cuda_without_cupy():
+class _OtherDeviceArray(np.ndarray):
+    """A numpy array that backend.device_of (patched below) reports as living on cuda:0: a
+    second array type, as a CuPy array is, so the mixed-device checks run without a GPU."""
+
+
+@pytest.mark.parametrize("op", ["add", "radd", "mul", "matmul", "linear", "where", "setitem"])
+def test_mixed_devices_give_the_clear_error(op, monkeypatch):
+    real = backend.device_of
+    monkeypatch.setattr(backend, "device_of", lambda x: backend.device("cuda", 0)
+                        if isinstance(x, _OtherDeviceArray) else real(x))
+    cpu = tensor.ones(2, 2)
+    gpu = tensor.Tensor(np.ones((2, 2), np.float32).view(_OtherDeviceArray))
+    assert gpu.device.type == "cuda"
+    from tensor.ops.nn import linear
+    run = {"add": lambda: cpu + gpu, "radd": lambda: gpu + cpu, "mul": lambda: cpu * gpu,
+           "matmul": lambda: cpu @ gpu, "linear": lambda: linear(cpu, gpu),
+           "where": lambda: tensor.where(cpu > 0, cpu, gpu),
+           "setitem": lambda: cpu.__setitem__(0, gpu[0])}[op]
+    with pytest.raises(RuntimeError, match="cuda") as e:
+        run()
+    assert "cpu" in str(e.value) and ("same device" in str(e.value) or "move it" in str(e.value))
+
+
+def test_cuda_without_cupy():
     if backend.cupy is None:
         with pytest.raises(RuntimeError, match="CuPy is not installed"):
             tensor.zeros(2, device="cuda")

@@ -85,37 +85,58 @@ class Module:
         sa(self, "_modules", OrderedDict())
         sa(self, "_forward_hooks", OrderedDict())
         sa(self, "_forward_pre_hooks", OrderedDict())
+        sa(self, "_backward_hooks", OrderedDict())
+        sa(self, "_backward_pre_hooks", OrderedDict())
+        sa(self, "_hook_flags", set())  # ("kwargs", id(hooks), key), ("always", key)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"Module [{type(self).__name__}] is missing the required "
                                   "\"forward\" function; define forward(self, ...) in it.")
 
     def __call__(self, *args, **kwargs):
-        if not (self._forward_pre_hooks or self._forward_hooks):
+        if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks
+                or self._backward_pre_hooks):
             return self.forward(*args, **kwargs)
-        for hook in list(self._forward_pre_hooks.values()):
-            r = hook(self, args)
-            if r is not None:
-                args = r if isinstance(r, tuple) else (r,)
-        out = self.forward(*args, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            r = hook(self, args, out)
-            if r is not None:
-                out = r
-        return out
+        from .hooks import call_with_hooks
+        return call_with_hooks(self, args, kwargs)
 
-    def register_forward_pre_hook(self, hook) -> _HookHandle:
-        """hook(module, args) -> None or new args, run before forward."""
-        return self._add_hook(self._forward_pre_hooks, hook)
+    def register_forward_pre_hook(self, hook, *, prepend: bool = False,
+                                  with_kwargs: bool = False) -> _HookHandle:
+        """hook(module, args) -> None or new args, run before forward; with_kwargs=True:
+        hook(module, args, kwargs) -> None or (new args, new kwargs)."""
+        return self._add_hook(self._forward_pre_hooks, hook, prepend, with_kwargs)
 
-    def register_forward_hook(self, hook) -> _HookHandle:
-        """hook(module, args, output) -> None or a new output, run after forward."""
-        return self._add_hook(self._forward_hooks, hook)
+    def register_forward_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False,
+                              always_call: bool = False) -> _HookHandle:
+        """hook(module, args, output) -> None or a new output, run after forward;
+        with_kwargs=True: hook(module, args, kwargs, output). always_call=True runs it even
+        when forward raised (then the exception propagates)."""
+        h = self._add_hook(self._forward_hooks, hook, prepend, with_kwargs)
+        if always_call:
+            self._hook_flags.add(("always", h._key))
+        return h
 
-    @staticmethod
-    def _add_hook(hooks: OrderedDict, hook) -> "_HookHandle":
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False) -> _HookHandle:
+        """hook(module, grad_output) -> None or new grad_output, run when the gradients of
+        the module's outputs are ready, before they flow into the module."""
+        return self._add_hook(self._backward_pre_hooks, hook, prepend)
+
+    def register_full_backward_hook(self, hook, prepend: bool = False) -> _HookHandle:
+        """hook(module, grad_input, grad_output) -> None or new grad_input, run when the
+        gradients of the module's Tensor inputs are computed (see tensor/nn/modules/hooks.py)."""
+        return self._add_hook(self._backward_hooks, hook, prepend)
+
+    def register_backward_hook(self, hook) -> _HookHandle:
+        """PyTorch's deprecated form; zgrad gives it the full backward hook's semantics."""
+        return self.register_full_backward_hook(hook)
+
+    def _add_hook(self, hooks: OrderedDict, hook, prepend=False, with_kwargs=False):
         key = max(hooks, default=-1) + 1
         hooks[key] = hook
+        if prepend:
+            hooks.move_to_end(key, last=False)
+        if with_kwargs:
+            self._hook_flags.add(("kwargs", id(hooks), key))
         return _HookHandle(hooks, key)
 
     # -- registration (Note [Module registration]) -------------------------------------------
@@ -323,7 +344,8 @@ class Module:
                 m.state_dict(destination, prefix + name + ".", keep_vars)
         return destination
 
-    def _load_from_state_dict(self, state_dict, prefix, strict, missing, unexpected, errors):
+    def _load_from_state_dict(self, state_dict, prefix, strict, missing, unexpected, errors,
+                              assign=False):
         local = [(k, v) for k, v in self._parameters.items() if v is not None]
         local += [(k, v) for k, v in self._buffers.items()
                   if v is not None and k not in self._non_persistent_buffers_set]
@@ -347,6 +369,9 @@ class Module:
                               f"{list(arr.shape)} from checkpoint, the shape in current model "
                               f"is {list(t.array.shape)}.")
                 continue
+            if assign:  # take the state_dict's tensor itself (its dtype and device)
+                self._assign(name, t, src if isinstance(src, Tensor) else Tensor(arr))
+                continue
             with no_grad():
                 arr = backend.to_device(arr, t.device)
                 t.array[...] = arr  # casts to the parameter's dtype, as copy_ does
@@ -359,19 +384,32 @@ class Module:
                     if head not in own:
                         unexpected.append(key)
 
-    def load_state_dict(self, state_dict, strict: bool = True):
+    def _assign(self, name, old, src: Tensor) -> None:
+        """load_state_dict(assign=True): the module keeps src (a parameter stays a Parameter
+        with the old one's requires_grad, as in PyTorch)."""
+        if name in self._parameters:
+            new = src if isinstance(src, Parameter) and src.requires_grad == old.requires_grad \
+                else Parameter(src, requires_grad=old.requires_grad)
+            self._parameters[name] = new
+        else:
+            self._buffers[name] = src
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Copy parameters and buffers from state_dict into this module, in place.
 
         Returns (missing_keys, unexpected_keys). With strict=True (the default) either list
         being non-empty is an error; a shape mismatch is an error in both modes. The error
-        lists every problem at once, as PyTorch's does.
+        lists every problem at once, as PyTorch's does. assign=True makes the module hold the
+        state_dict's tensors instead of copying into its own (their dtype and device win;
+        requires_grad stays the module's), as PyTorch's assign=True; an optimizer built
+        before then still holds the old parameters.
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
         missing, unexpected, errors = [], [], []
         for prefix, m in self.named_modules(remove_duplicate=False):
             m._load_from_state_dict(state_dict, prefix + ("." if prefix else ""), True,
-                                    missing, unexpected, errors)
+                                    missing, unexpected, errors, assign)
         if strict:
             if unexpected:
                 errors.insert(0, "Unexpected key(s) in state_dict: "

@@ -1,0 +1,140 @@
+"""tensor.amp: autocast's cast policy (bf16 emulated on the CPU, float16 real) and GradScaler's
+protocol, against PyTorch's CPU autocast and torch.amp.GradScaler('cpu')."""
+import numpy as np
+import pytest
+
+import tensor
+import tensor.nn.functional as F
+from tensor import nn
+from tensor._autocast import _round_bf16_array
+
+torch = pytest.importorskip("torch")
+
+
+def test_bf16_rounding_matches_torch():
+    x = np.random.default_rng(0).normal(size=1000).astype(np.float32) * 100
+    x[:3] = [np.inf, -np.inf, 0.0]
+    ours = _round_bf16_array(x)
+    theirs = torch.tensor(x).bfloat16().float().numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.isnan(_round_bf16_array(np.array([np.nan], np.float32))).all()
+
+
+def _linear_pair(seed=0):
+    rng = np.random.default_rng(seed)
+    w, b, x = rng.normal(size=(5, 7)), rng.normal(size=(5,)), rng.normal(size=(3, 7))
+    m = nn.Linear(7, 5)
+    tm = torch.nn.Linear(7, 5)
+    with tensor.no_grad():
+        m.weight.copy_(tensor.tensor(w)), m.bias.copy_(tensor.tensor(b))
+    with torch.no_grad():
+        tm.weight.copy_(torch.tensor(w)), tm.bias.copy_(torch.tensor(b))
+    return m, tm, tensor.tensor(x, dtype=tensor.float32), torch.tensor(x, dtype=torch.float32)
+
+
+def test_autocast_bf16_linear_and_loss_follow_torch():
+    m, tm, x, tx = _linear_pair()
+    target = [1, 0, 4]
+    with tensor.amp.autocast("cpu", dtype=tensor.bfloat16):
+        y = m(x)
+        loss = F.cross_entropy(y, tensor.tensor(target))
+    with torch.amp.autocast("cpu", dtype=torch.bfloat16):
+        ty = tm(tx)
+        tloss = torch.nn.functional.cross_entropy(ty, torch.tensor(target))
+    assert ty.dtype == torch.bfloat16 and tloss.dtype == torch.float32
+    assert loss.dtype == tensor.float32  # the loss runs in float32, as in PyTorch
+    # y holds bf16 values (emulated): exactly representable in bf16, and torch's to one ulp
+    np.testing.assert_array_equal(_round_bf16_array(y.detach().numpy()), y.detach().numpy())
+    np.testing.assert_allclose(y.detach().numpy(), ty.float().detach().numpy(), rtol=2 ** -7)
+    np.testing.assert_allclose(loss.item(), tloss.item(), rtol=2e-2)
+    loss.backward()
+    tloss.backward()
+    assert m.weight.grad.dtype == tensor.float32
+    np.testing.assert_allclose(m.weight.grad.numpy(), tm.weight.grad.numpy(), rtol=3e-2,
+                               atol=3e-3)
+
+
+def test_autocast_is_off_outside_and_when_disabled_and_as_decorator():
+    m, _, x, _ = _linear_pair()
+    plain = m(x).detach().numpy()
+    with tensor.amp.autocast("cpu", enabled=False):
+        np.testing.assert_array_equal(m(x).detach().numpy(), plain)
+
+    @tensor.amp.autocast("cpu")
+    def f(t):
+        return m(t)
+    out = f(x).detach().numpy()
+    assert not np.array_equal(out, plain)
+    np.testing.assert_array_equal(_round_bf16_array(out), out)
+    np.testing.assert_array_equal(m(x).detach().numpy(), plain)
+
+
+def test_autocast_float16_casts_for_real_and_reductions_stay_float32():
+    m, _, x, _ = _linear_pair()
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        y = m(x)
+        assert y.dtype == tensor.float16
+        p = F.softmax(y, dim=1)
+        assert p.dtype == tensor.float32
+        assert (x @ x.T).dtype == tensor.float16
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == tensor.float32
+
+
+def test_bfloat16_is_a_clear_error_as_a_tensor_dtype():
+    with pytest.raises(TypeError, match="autocast"):
+        tensor.zeros(2, dtype=tensor.bfloat16)
+    assert repr(tensor.bfloat16) == "tensor.bfloat16"
+
+
+# -- GradScaler ---------------------------------------------------------------------------------
+def _scaler_run(lib, grads_per_step, **kw):
+    p = lib.nn.Parameter(lib.tensor(np.ones(3, np.float32)))
+    opt = lib.optim.SGD([p], lr=0.1)
+    scaler = lib.amp.GradScaler("cpu", **kw)
+    scales, values, skipped = [], [], []
+    for g in grads_per_step:
+        loss = (p * lib.tensor(np.asarray(g, np.float32))).sum()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        before = p.detach().numpy().copy()
+        scaler.step(opt)
+        skipped.append(bool(np.array_equal(before, p.detach().numpy())))
+        scaler.update()
+        scales.append(scaler.get_scale())
+        values.append(p.detach().numpy().copy())
+    return scales, values, skipped, scaler.state_dict()
+
+
+def test_grad_scaler_matches_torch():
+    grads = [[1, 2, 3], [np.inf, 0, 1], [1, 1, 1], [0.5, 0.5, 0.5], [np.nan, 1, 1], [2, 2, 2],
+             [1, 1, 1]]
+    kw = dict(init_scale=1024.0, growth_interval=2, growth_factor=3.0, backoff_factor=0.25)
+    ours = _scaler_run(tensor, grads, **kw)
+    theirs = _scaler_run(torch, grads, **kw)
+    assert ours[0] == theirs[0]
+    for a, b in zip(ours[1], theirs[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert ours[2] == theirs[2] == [False, True, False, False, True, False, False]
+    assert ours[3]["scale"] == float(theirs[3]["scale"])
+    assert ours[3]["_growth_tracker"] == theirs[3]["_growth_tracker"]
+
+
+def test_grad_scaler_protocol_errors_and_disabled_passthrough():
+    p = nn.Parameter(tensor.ones(2))
+    opt = tensor.optim.SGD([p], lr=0.1)
+    s = tensor.amp.GradScaler("cpu")
+    s.scale((p * 2).sum()).backward()
+    s.unscale_(opt)
+    with pytest.raises(RuntimeError, match="already been called"):
+        s.unscale_(opt)
+    np.testing.assert_allclose(p.grad.numpy(), [2.0, 2.0])  # unscaled back to the true grad
+    s.step(opt)
+    s.update()
+    off = tensor.amp.GradScaler("cpu", enabled=False)
+    loss = (p * 2).sum()
+    assert off.scale(loss) is loss and off.get_scale() == 1.0 and off.state_dict() == {}
+    if not tensor.cuda.is_available():
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            assert not tensor.amp.GradScaler().is_enabled()
