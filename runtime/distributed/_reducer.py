@@ -309,7 +309,7 @@ class Reducer:
         # divides before summing: no division pass over the bucket here
         if self.shared is not None:
             b.work = self.shared.all_reduce(b.index, b.cur, "SUM")
-            b.swap = self.shared.swaps
+            b.swap = self.shared.swap[b.index]
         else:
             b.work = all_reduce(b.buffer, ReduceOp.SUM, group=self.group, async_op=True)
 

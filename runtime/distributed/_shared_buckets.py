@@ -10,19 +10,25 @@ accumulated) straight into memory every peer can read, so averaging copies nothi
 reduction runs on the group's communication thread (Note [Communication thread]) as an
 all_reduce, with its desync check and deadline, so it interleaves with other collectives.
 
-Up to ``ONE_BARRIER_MAX_RANKS`` (3) ranks, one barrier per bucket: the step's gradients are in
-set s; after barrier A (all inputs written) every rank reduces the whole bucket over all
-ranks, in rank order 0..n-1, into its own bucket of set 1 - s, which holds the result and
-becomes the input set of the next step (``.grad`` follows it). Why no second barrier: rank r
-writes set 1 - s of bucket k (now) and set s (next step, output) only after passing barrier A
-of this step or the next, which every peer reaches only after it has finished reading those
-arrays in the step before (reductions run in order on each rank's one thread); and its main
-thread writes next step's gradients into set 1 - s only after this reduction finished.
-With more ranks reading every peer's whole bucket costs n^2 reads over the host, so the
-three-barrier scheme runs in place in set s: barrier A; rank r reduces its slice r over all
-ranks (rank order) into its own bucket and divides for AVG; barrier B; it copies every other
-slice q from rank q's bucket; barrier C (no rank writes its bucket again while a peer reads).
+Up to ``ONE_BARRIER_MAX_RANKS`` (3) ranks, buckets other than the last take one barrier: the
+step's gradients are in set s; after barrier A (all inputs written) every rank reduces the
+whole bucket over all ranks, in rank order 0..n-1, into its own bucket of set 1 - s, which
+holds the result and becomes the input set of the next step (``.grad`` follows it). Why no
+second barrier: rank r writes set 1 - s of bucket k (now) and set s (next step, output) only
+after passing barrier A of this step or the next, which every peer reaches only after it has
+finished reading those arrays in the step before (reductions run in order on each rank's one
+thread); and its main thread writes next step's gradients into set 1 - s only after this
+reduction finished. These reductions overlap backward, where a barrier's wait costs more
+than reading the whole bucket.
+
+The last bucket (its reduction is the tail of backward, with every rank waiting idle), and
+every bucket when there are more ranks (reading all peers' buckets costs n^2 reads over the
+host), take three barriers, in place in set s, splitting the work over the ranks: barrier A;
+rank r reduces its slice r over all ranks (rank order) into its own bucket; barrier B; it
+copies every other slice q from rank q's bucket; barrier C (no rank writes its bucket again
+while a peer reads it).
 Either way each element is summed in one fixed order, so every rank gets the same bits.
+
 Before barrier A the communication thread sleeps (50 us naps) until every peer has *launched*
 the bucket (a per-rank launch count in the segment, bumped by the main thread after writing
 the bucket): the barrier's spin would otherwise take a core from backward while a slower peer
@@ -95,6 +101,9 @@ class SharedBuckets:
         # up to 3 ranks every rank reduces the whole bucket into the other set: one barrier
         limit = int(os.environ.get("ZGRAD_DDP_ONE_BARRIER_MAX_RANKS", ONE_BARRIER_MAX_RANKS))
         self.swaps = self.n <= limit
+        # per bucket: the last one's reduction is on backward's critical path (every rank
+        # waits for it, idle), so there splitting the work over the ranks pays for 2 barriers
+        self.swap = [self.swaps and not (k == nb - 1 and nb > 1) for k in range(nb)]
 
     def buffer(self, k: int, s: int = 0) -> np.ndarray:
         """This rank's bucket k in set s (zero-filled at first)."""
@@ -104,7 +113,7 @@ class SharedBuckets:
         """Launch the average (op "AVG") or sum of bucket k of set s over the group. Returns
         the Work; the result lands in set 1 - s if `self.swaps`, else in set s."""
         x = self.arrays[s][self.me][k]
-        fn = self._reduce_swap if self.swaps else self._reduce_in_place
+        fn = self._reduce_swap if self.swap[k] else self._reduce_in_place
         mine = self.launched[self.me]
         mine[k] += 1     # after the bucket's data: peers may start waiting at the barrier
         count = int(mine[k])
