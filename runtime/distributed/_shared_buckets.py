@@ -135,7 +135,9 @@ class SharedBuckets:
         while any(self.launched[r][k] < count for r in others):
             naps += 1
             if naps % 200 == 0:
-                self.pg.local._check_abort()   # a peer's failure ends the wait at once
+                check = getattr(self.pg.local, "_check_abort", None)
+                if check is not None:
+                    check()   # a peer's failure (the group's abort flag) ends the wait at once
                 if time.monotonic() > deadline or not all(pid_alive(self.pids[r])
                                                           for r in others):
                     return
