@@ -156,12 +156,13 @@ class Throughput:
 
 class ProgressBar:
     """Rank 0's tqdm bar over optimizer steps, with loss and samples/s; ETA from tqdm.
-    Disabled off rank 0, when `enabled` is false, when stderr is not a terminal, or when tqdm
-    is not installed."""
+    Disabled off rank 0, when `enabled` is false, when stderr is not a terminal (under
+    ``zgrad run`` it is a pipe, and $ZGRAD_TTY=1 says the launcher shows it on one), or when
+    tqdm is not installed."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
-        if not (enabled and sys.stderr.isatty()):
+        if not (enabled and (sys.stderr.isatty() or os.environ.get("ZGRAD_TTY") == "1")):
             return
         try:
             from tqdm import tqdm
