@@ -147,7 +147,7 @@ def _summary(run_dir):
 def test_main_job_reaches_97_percent_on_digits_with_two_workers(tmp_path):
     run = tmp_path / "run"
     r = zgrad("run", DIGITS, "--run-dir", run, cwd=tmp_path, timeout_s=180)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = _summary(run)
     assert s["world_size"] == 2 and s["final_test_accuracy"] >= 0.97, s
     assert "[rank 0] trainer: final test accuracy" in r.stdout
@@ -197,7 +197,7 @@ def test_restart_after_a_sigkill_finishes_bitwise_like_an_uninterrupted_run(tmp_
         with open(b / "launcher.json") as f:
             os.kill(json.load(f)["workers"]["1"], signal.SIGKILL)
         out, err = killed.communicate(timeout=120)
-        assert killed.returncode == 0, err[-3000:]
+        assert killed.returncode == 0, out[-4000:] + err[-3000:]
         assert full.wait(timeout=120) == 0, full.communicate()[1][-3000:]
     finally:
         full.kill()
@@ -233,7 +233,7 @@ def test_two_nodes_on_one_machine_train_with_the_trainer(tmp_path):
         for p in procs:
             p.kill()
     for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+        assert p.returncode == 0, out[-3000:] + err[-3000:]
     s = _summary(run)
     assert s["world_size"] == 2 and s["step"] == 20 and s["final_test_accuracy"] > 0.5
     assert sorted(os.listdir(run / "logs")) == ["rank_0.log", "rank_1.log"]
