@@ -35,8 +35,7 @@ class Adagrad(Optimizer):
         lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
         for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            st = self.state[p]
-            st["step"].array += 1
+            st = self._count_step(p, x)  # made in __init__
             t = float(st["step"].array)
             clr = lr / (1 + (t - 1) * lr_decay)
             acc = st["sum"].array
@@ -69,12 +68,7 @@ class Adadelta(Optimizer):
         lr, rho, eps = group["lr"], group["rho"], group["eps"]
         for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["square_avg"] = self._zeros_like(x)
-                st["acc_delta"] = self._zeros_like(x)
-            st["step"].array += 1
+            st = self._count_step(p, x, ("square_avg", "acc_delta"))
             sq, acc = st["square_avg"].array, st["acc_delta"].array
             sq *= rho
             sq += (1 - rho) * (g * g)

@@ -38,16 +38,10 @@ class Adam(Optimizer):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
         wd, amsgrad = group["weight_decay"], group["amsgrad"]
         decoupled = group["decoupled_weight_decay"]
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         for p, x, g in self._params_with_grad(group, 0.0 if decoupled else wd):
             xp = get_array_module(x)
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["exp_avg"] = self._zeros_like(x)
-                st["exp_avg_sq"] = self._zeros_like(x)
-                if amsgrad:
-                    st["max_exp_avg_sq"] = self._zeros_like(x)
-            st["step"].array += 1
+            st = self._count_step(p, x, names)
             t = float(st["step"].array)
             if decoupled and wd != 0:
                 x *= 1 - lr * wd

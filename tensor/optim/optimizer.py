@@ -159,6 +159,17 @@ class Optimizer:
             yield p, x, g
             p._vbox[0] += 1
 
+    def _count_step(self, p, x, names=()) -> dict:
+        """p's state after counting one more step in its 'step'. On p's first step the state is
+        made (lazily, as PyTorch): 'step', then a zero array like x for each of `names`."""
+        st = self.state[p]
+        if not st:
+            st["step"] = self._step_tensor()
+            for name in names:
+                st[name] = self._zeros_like(x)
+        st["step"].array += 1
+        return st
+
     @staticmethod
     def _zeros_like(a) -> Tensor:
         return _new(backend.get_array_module(a).zeros_like(a))

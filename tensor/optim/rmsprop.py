@@ -30,17 +30,11 @@ class RMSprop(Optimizer):
     def _update_group(self, group: dict) -> None:
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
         mom, centered = group["momentum"], group["centered"]
+        names = ("square_avg",) + (("momentum_buffer",) if mom > 0 else ()) + \
+            (("grad_avg",) if centered else ())
         for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["square_avg"] = self._zeros_like(x)
-                if mom > 0:
-                    st["momentum_buffer"] = self._zeros_like(x)
-                if centered:
-                    st["grad_avg"] = self._zeros_like(x)
-            st["step"].array += 1
+            st = self._count_step(p, x, names)
             s = st["square_avg"].array
             s *= alpha
             s += (1 - alpha) * (g * g)
