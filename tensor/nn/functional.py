@@ -6,6 +6,8 @@ accepted and mapped to ``reduction`` as PyTorch does, so positional calls port u
 """
 from __future__ import annotations
 
+import warnings
+
 from ..ops import elementwise as _E
 from ..ops import index as _I
 from ..ops import nn as _N
@@ -147,7 +149,6 @@ def _check_same_shape(op, input, target, strict=False):
         if strict:
             raise ValueError(f"{op}: target size {list(ts)} must be the same as input size "
                              f"{list(input.shape)}")
-        import warnings
         warnings.warn(f"{op}: target size {list(ts)} differs from input size "
                       f"{list(input.shape)}; they will broadcast, which is likely not what you "
                       "want (as PyTorch warns).", stacklevel=3)
@@ -219,11 +220,9 @@ def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = Fals
     """
     nd = input.dim()
     if nd not in (3, 4):
-        import warnings
         warnings.warn(f"dropout2d: Received a {nd}-D input to dropout2d, which is deprecated "
                       "and will result in an error in a future release.", stacklevel=2)
     if nd == 3:
-        import warnings
         warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that "
                       "channel-wise 1D dropout behavior is desired - input is interpreted as "
                       "shape (N, C, L).", stacklevel=2)
