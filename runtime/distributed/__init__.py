@@ -8,17 +8,22 @@ with torch.distributed's names and semantics.
 
 Modules: wire (framing, MACs, secret), store and rendezvous, transport (peer mesh, desync and
 dead-peer checks) over control (ZeroMQ messages), zap (its connection gate) and data_channel
-(bulk bytes over TCP), tcp_algorithms (ring/direct over TCP), shm_comm (same-host reduction),
-process_group (groups, the communication thread), collectives, objects, nccl; ddp and
-_reducer (DistributedDataParallel), algorithms (Join, DDP comm hooks), optim (ZeRO).
+(bulk bytes over TCP), call (the call descriptor), work (Work, the communication thread),
+process_group (one method per call, the route chosen in one place), tcp_algorithms
+(ring/direct over TCP), tcp_p2p (point-to-point), shm_comm (every collective within a host),
+collectives, p2p, objects, nccl; ddp and _reducer (DistributedDataParallel), algorithms
+(Join, DDP comm hooks), optim (ZeRO).
 """
 from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,
                   get_group_rank, get_process_group_ranks, get_rank, get_world_size,
                   init_process_group, is_available, is_initialized, new_group)
-from .collectives import (all_gather, all_gather_into_tensor, all_reduce, all_to_all_single,
-                          barrier, broadcast, gather, reduce, reduce_scatter_tensor, scatter)
+from .collectives import (all_gather, all_gather_into_tensor, all_reduce, all_to_all,
+                          all_to_all_single, barrier, broadcast, gather, reduce, reduce_scatter,
+                          reduce_scatter_tensor, scatter)
 from .objects import all_gather_object, broadcast_object_list
-from .process_group import ProcessGroup, ReduceOp, Work
+from .p2p import P2POp, batch_isend_irecv, irecv, isend, recv, send
+from .process_group import ProcessGroup
+from .work import ReduceOp, Work
 from .transport import AbortedError, DesyncError, PeerLostError
 from ._grad_bucket import GradBucket
 from .ddp import DistributedDataParallel
@@ -34,7 +39,9 @@ __all__ = [
     "get_rank", "get_world_size", "get_backend", "new_group", "get_process_group_ranks",
     "get_global_rank", "get_group_rank", "GroupMember", "ProcessGroup", "ReduceOp", "Work",
     "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
-    "reduce_scatter_tensor", "gather", "scatter", "all_to_all_single", "barrier",
+    "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all",
+    "all_to_all_single", "barrier", "send", "recv", "isend", "irecv", "P2POp",
+    "batch_isend_irecv",
     "broadcast_object_list", "all_gather_object", "DesyncError", "PeerLostError",
     "AbortedError", "DistributedDataParallel", "GradBucket", "algorithms",
 ]

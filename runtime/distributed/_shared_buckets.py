@@ -46,7 +46,8 @@ from shm import pid_alive
 
 from .collectives import all_reduce
 from .objects import all_gather_object, broadcast_object_list
-from .process_group import _UFUNC
+from .call import reduce_in_rank_order
+from .work import UFUNC
 
 _ALIGN = 64
 ONE_BARRIER_MAX_RANKS = 3   # ZGRAD_DDP_ONE_BARRIER_MAX_RANKS overrides it (read at construction)
@@ -121,7 +122,7 @@ class SharedBuckets:
         def run(call, deadline):
             self._wait_launched(k, count, deadline)
             fn(k, s, op, call, deadline)
-        return self.pg.submit("all_reduce", op, x.dtype, x.shape, None, run, True)
+        return self.pg._launch(run, True, "all_reduce", x, op=op)
 
     def _wait_launched(self, k: int, count: int, deadline: float):
         """Sleep (not spin) until every peer has launched bucket k `count` times.
@@ -147,12 +148,9 @@ class SharedBuckets:
         """See Note [DDP shared buckets], the one-barrier scheme."""
         bufs = [self.arrays[s][r][k] for r in range(self.n)]
         out = self.arrays[1 - s][self.me][k]
-        ufunc = _UFUNC[op]
-        self.pg.local.barrier(call, deadline, desc=True)
+        self.pg.local.barrier(call, deadline)   # with the call descriptor check
         if out.size:
-            ufunc(bufs[0], bufs[1], out=out)
-            for r in range(2, self.n):
-                ufunc(out, bufs[r], out=out)
+            reduce_in_rank_order(UFUNC[op], bufs, out)   # out is in the other set: no alias
             if op == "AVG":
                 np.divide(out, self.n, out=out)
 
@@ -169,8 +167,8 @@ class SharedBuckets:
         size = bufs[0].size
         q, rem = divmod(size, n)
         lo = [r * q + min(r, rem) for r in range(n + 1)]
-        ufunc = _UFUNC[op]
-        local.barrier(call, deadline, desc=True)
+        ufunc = UFUNC[op]
+        local.barrier(call, deadline)   # with the call descriptor check, as B and C
         a, b = lo[me], lo[me + 1]
         if b > a:
             # ranks 0 and 1 sum in place; a later rank's own input must survive until its

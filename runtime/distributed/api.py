@@ -11,12 +11,13 @@ import os
 import time
 import threading
 
-from . import tcp_algorithms as algo
 from . import wire
+from .call import Call
 from .process_group import ProcessGroup
 from .rendezvous import master, rendezvous
 from .shm_comm import ShmComm
 from .store import StoreClient, StoreServer
+from .tcp_algorithms import TcpRoute
 from .transport import PeerMesh
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("ZGRAD_TIMEOUT_S", "300"))
@@ -187,7 +188,7 @@ def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: 
     if shm_ok and len(local) > 1:
         pg.local = _attach_shm(st, pg, f"{pre}/shm/{hosts[me]}", local, ranks, infos, timeout_s)
     deadline = time.monotonic() + timeout_s
-    call = [-1, "barrier", None, None, None, None]
+    call = Call(-1, "barrier")
     pg.hierarchical = shm_ok and not pg.single_host and any(hosts.count(h) > 1 for h in order)
     if pg.hierarchical and pg.is_leader:
         lm = PeerMesh(len(leaders), leaders.index(me), [ranks[i] for i in leaders], st.auth,
@@ -198,8 +199,8 @@ def _connect_group(st, pg: ProcessGroup, gid: int, ranks: list[int], timeout_s: 
         lm.connect([e.decode() for e in leps],
                    {j: pids[i] for j, i in enumerate(leaders) if i in pids}, timeout_s)
         pg.leader_mesh = lm
-        algo.barrier(lm, call, deadline)
-    algo.barrier(pg.mesh, call, deadline)   # every link is up and authenticated
+        TcpRoute(lm).barrier(call, deadline)
+    pg.tcp.barrier(call, deadline)   # every link is up and authenticated
 
 
 def _attach_shm(st, pg, key: str, local: list[int], ranks, infos, timeout_s) -> ShmComm:

@@ -25,7 +25,7 @@ from ._reducer import Reducer
 from .algorithms.join import Join, Joinable, JoinHook
 from .collectives import all_reduce, broadcast
 from .objects import all_gather_object
-from .process_group import ReduceOp
+from .work import ReduceOp
 
 __all__ = ["DistributedDataParallel", "GradBucket"]
 

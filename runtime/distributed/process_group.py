@@ -1,122 +1,62 @@
-"""ProcessGroup (the zmq backend): its links, its communication thread, and the collectives.
+"""ProcessGroup: one method per collective and point-to-point call, and the one place that
+picks the route each call takes.
 
-Note [Communication thread]
-~~~~~~~~~~~~~~~~~~~~~~~~~~~
-Each group owns one thread that runs queued collectives strictly in launch order; only the
-thread running a collective touches the group's sockets and segment. Launching is a lock,
-a sequence number and a deque append, so DDP can launch from autograd hooks. A synchronous
-collective on an idle group runs inline in the caller's thread (saving two thread switches
-on small messages); the lock hands sockets over with a full memory barrier, as ZeroMQ asks.
-The first failure (desync, timeout, lost peer) breaks the group: it is raised by the failing
-Work and by every later launch, as NCCL does, since the ranks can no longer agree on state.
-CuPy arrays are staged through host memory inside the communication thread.
+Note [Routes]
+~~~~~~~~~~~~~
+``runtime.distributed``'s functions validate their arguments and call the group's method,
+as c10d's Python layer calls ``group.allreduce(...)``. A method picks its route in
+``_route``, stages its arrays as flat host arrays and launches one closure on the group's
+communication thread (Note [Communication thread]), which builds the ``Call`` descriptor
+that travels to the route. Routes share one interface on flat C-contiguous numpy arrays
+(all_reduce, reduce, broadcast, all_gather, gather, scatter, reduce_scatter, all_to_all,
+barrier):
+
+  nccl          every array on a GPU and the group has a communicator (the collectives
+                NCCL has: all_reduce, broadcast, reduce, all_gather_into_tensor,
+                reduce_scatter_tensor); it runs on its own stream, not through here.
+  shared memory every member on this host (``ShmComm``, Note [Shm reduce]).
+  hierarchical  members on several hosts, some sharing one: all_reduce and reduce through
+                shared memory within each host and a ring among the hosts' leaders; the
+                other collectives over the group's TCP mesh.
+  tcp           otherwise: ring or direct over the mesh (``TcpRoute``, Note [Ring and
+                direct]). Point-to-point always takes the mesh (Note [Point-to-point]).
+CuPy arrays bound for a host route are staged through host memory on the thread.
 """
 from __future__ import annotations
-
-import collections
-import threading
-import time
 
 import numpy as np
 
 from tensor import backend
 
-from . import tcp_algorithms as algo
-from .transport import AbortedError, PeerMesh
+from .tcp_algorithms import TcpRoute
+from .transport import PeerMesh
+from .work import POSTED, UFUNC, CommThread, ReduceOp, Staged, Work, check_op
+
+__all__ = ["ProcessGroup", "ReduceOp", "Work", "check_op"]
+
+_NCCL = {"all_reduce", "broadcast", "reduce", "all_gather_into_tensor", "reduce_scatter_tensor"}
 
 
-class ReduceOp:
-    """Reduction operations, as ``torch.distributed.ReduceOp``."""
+class _Hierarchical:
+    """Mixed layouts: all_reduce and reduce within each host, then among the hosts' leaders;
+    every other collective is the flat TCP route's (attribute lookups fall through to it)."""
 
-    __slots__ = ("name",)
+    def __init__(self, local, leaders: TcpRoute | None, flat: TcpRoute):
+        self.local, self.leaders, self.flat = local, leaders, flat
 
-    def __init__(self, name: str):
-        self.name = name
+    def all_reduce(self, call, x, ufunc, deadline):
+        if self.local is not None:
+            self.local.all_reduce(call, x, ufunc, deadline)
+        if self.leaders is not None:
+            self.leaders.all_reduce(call, x, ufunc, deadline)
+        if self.local is not None:
+            self.local.broadcast(call, x, 0, deadline)
 
-    def __repr__(self):
-        return f"ReduceOp.{self.name}"
+    def reduce(self, call, x, ufunc, root, deadline):
+        self.all_reduce(call, x, ufunc, deadline)
 
-    def __eq__(self, other):
-        return isinstance(other, ReduceOp) and other.name == self.name
-
-    def __hash__(self):
-        return hash(self.name)
-
-
-for _name in ("SUM", "AVG", "MAX", "MIN", "PRODUCT"):
-    setattr(ReduceOp, _name, ReduceOp(_name))
-
-_UFUNC = {"SUM": np.add, "AVG": np.add, "MAX": np.maximum, "MIN": np.minimum,
-          "PRODUCT": np.multiply}
-
-
-def check_op(op, what: str) -> str:
-    name = op.name if isinstance(op, ReduceOp) else op
-    if name not in _UFUNC:
-        raise ValueError(f"{what}: expected a ReduceOp (SUM, AVG, MAX, MIN, PRODUCT), got {op!r}")
-    return name
-
-
-class Work:
-    """The handle of a launched collective (``async_op=True``), as PyTorch's Work."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self._done = threading.Event()
-        self._exc: BaseException | None = None
-        self._result = None
-
-    def _finish(self, exc=None, result=None):
-        self._exc, self._result = exc, result
-        self._done.set()
-
-    def is_completed(self) -> bool:
-        """True once the collective finished (successfully or not)."""
-        return self._done.is_set()
-
-    def is_success(self) -> bool:
-        return self._done.is_set() and self._exc is None
-
-    def exception(self):
-        return self._exc
-
-    def wait(self, timeout=None) -> bool:
-        """Block until done; re-raise its error. `timeout` (seconds or timedelta) bounds the wait."""
-        if hasattr(timeout, "total_seconds"):
-            timeout = timeout.total_seconds()
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"Work.wait: {self.what} did not finish within {timeout}s")
-        if self._exc is not None:
-            raise self._exc
-        return True
-
-    def result(self):
-        self.wait()
-        return self._result
-
-
-class _Item:
-    __slots__ = ("call", "fn", "work")
-
-    def __init__(self, call, fn, work):
-        self.call, self.fn, self.work = call, fn, work
-
-
-class Staged:
-    """A flat, C-contiguous host view of an array (numpy or CuPy); write_back() if copied."""
-
-    def __init__(self, a, copy: bool = False):
-        self.a = a
-        direct = isinstance(a, np.ndarray) and a.flags.c_contiguous and not copy
-        self.copied = not direct
-        self.flat = a.reshape(-1) if direct else \
-            np.array(backend.to_numpy(a), order="C", copy=True).reshape(-1)
-
-    def write_back(self):
-        if self.copied:
-            host = self.flat.reshape(self.a.shape)
-            self.a[...] = host if isinstance(self.a, np.ndarray) else \
-                backend.to_device(host, backend.device_of(self.a))
+    def __getattr__(self, name):
+        return getattr(self.flat, name)
 
 
 class ProcessGroup:
@@ -132,15 +72,10 @@ class ProcessGroup:
         self.single_host = True
         self.hierarchical = False                  # shm per host, then leaders over TCP
         self.nccl = None
-        self._lock = threading.Condition()
-        self._queue: collections.deque = collections.deque()
-        self._busy = False
-        self._seq = 0
-        self._broken: BaseException | None = None
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name=f"zgrad-comm-g{gid}",
-                                        daemon=True)
-        self._thread.start()
+        self._tcp: TcpRoute | None = None
+        self._hier: _Hierarchical | None = None
+        self._comm = CommThread(f"zgrad-comm-g{gid}", timeout_s, self._abort_links,
+                                self._progress, self._fail_posted)
 
     def rank(self) -> int:
         return self.group_rank
@@ -151,113 +86,207 @@ class ProcessGroup:
     def __repr__(self):
         return f"ProcessGroup(id={self.gid}, ranks={self.ranks}, backend=zmq)"
 
-    # -- execution (see Note [Communication thread]) ---------------------------------------
+    # -- routes (see Note [Routes]) --------------------------------------------------------
 
-    def submit(self, name, op, dtype, shape, root, fn, async_op: bool):
-        """Launch fn(call, deadline) in order; returns a Work (async) or waits for it."""
-        work = Work(name)
-        with self._lock:
-            if self._broken is not None:
-                raise RuntimeError(f"{name}: this process group is broken by an earlier error "
-                                   f"and cannot run collectives: {self._broken}") from self._broken
-            if self._stop:
-                raise RuntimeError(f"{name}: the process group was destroyed")
-            call = [self._seq, name, op, None if dtype is None else np.dtype(dtype).name,
-                    None if shape is None else [int(s) for s in shape], root]
-            self._seq += 1
-            item = _Item(call, fn, work)
-            inline = not async_op and not self._busy and not self._queue
-            if inline:
-                self._busy = True
-            else:
-                self._queue.append(item)
-                self._lock.notify_all()
-        if inline:
-            self._run_then_release(item)
-        if async_op:
-            return work
-        work.wait()
-        return None
+    @property
+    def tcp(self) -> TcpRoute:
+        if self._tcp is None:
+            self._tcp = TcpRoute(self.mesh)
+        return self._tcp
 
-    def _loop(self):
-        while True:
-            with self._lock:
-                while not self._stop and (self._busy or not self._queue):
-                    self._lock.wait(0.5)
-                if self._stop and not self._queue:
-                    return
-                item = self._queue.popleft()
-                self._busy = True
-            self._run_then_release(item)
+    def _route(self, name: str, *arrays):
+        """The one place a call's route is chosen."""
+        if self.nccl is not None and name in _NCCL and arrays and \
+                all(backend.device_of(a).type == "cuda" for a in arrays):
+            return self.nccl
+        if self.local is not None and self.single_host:
+            return self.local
+        if self.hierarchical:
+            if self._hier is None:
+                leaders = TcpRoute(self.leader_mesh) if self.leader_mesh is not None else None
+                self._hier = _Hierarchical(self.local, leaders, self.tcp)
+            return self._hier
+        return self.tcp
 
-    def _run_then_release(self, item: _Item):
-        """Run a claimed item, then let the next one (inline or queued) go."""
-        try:
-            self._run(item)
-        finally:
-            with self._lock:
-                self._busy = False
-                self._lock.notify_all()
+    def _launch(self, fn, async_op: bool, name: str, x=None, **fields) -> Work:
+        """Run fn(call, deadline) on the group's thread; the Call takes x's dtype and shape."""
+        if x is not None:
+            fields.setdefault("dtype", x.dtype.name)
+            fields.setdefault("shape", tuple(int(s) for s in x.shape))
+        return self._comm.submit(fn, async_op, name, **fields)
 
-    def _run(self, item: _Item):
-        if self._broken is not None:
-            item.work._finish(RuntimeError(f"{item.call[1]}: this process group is broken by an "
-                                           f"earlier error: {self._broken}"))
-            return
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            result = item.fn(item.call, deadline)
-        except BaseException as e:  # noqa: BLE001 - every failure must reach the waiter
-            if not isinstance(e, AbortedError):
-                msg = str(e)
-                for mesh in (self.mesh, self.leader_mesh):
-                    if mesh is not None:
-                        mesh.abort(msg)
-                if self.local is not None:
-                    self.local.abort(msg)
-            self._broken = e
-            item.work._finish(e)
-            return
-        item.work._finish(None, result)
+    def _abort_links(self, message: str):
+        for mesh in (self.mesh, self.leader_mesh):
+            if mesh is not None:
+                mesh.abort(message)
+        if self.local is not None:
+            self.local.abort(message)
+
+    def _progress(self, block_ms: int) -> bool:
+        return self._tcp is not None and self._tcp.progress(block_ms)
+
+    def _fail_posted(self, exc: BaseException):
+        if self._tcp is not None:
+            self._tcp.fail_posted(exc)
+
+    def _avg(self, op: str, flat: np.ndarray):
+        if op == "AVG":
+            np.divide(flat, self.size(), out=flat)
+
+    def _global(self, group_rank: int) -> int:
+        return self.ranks[group_rank]
+
+    # -- collectives: validated arrays in, a Work out (see Note [Routes]) ------------------
+    # roots are group ranks; descriptors name the global rank, as the user wrote it
+
+    def allreduce(self, x, op: str = "SUM", async_op: bool = False):
+        route = self._route("all_reduce", x)
+        if route is self.nccl:
+            return self.nccl.all_reduce(x, op, async_op)
+
+        def run(call, deadline):
+            s = Staged(x)
+            route.all_reduce(call, s.flat, UFUNC[op], deadline)
+            self._avg(op, s.flat)
+            s.write_back()
+        return self._launch(run, async_op, "all_reduce", x, op=op)
+
+    def broadcast(self, x, root: int, async_op: bool = False):
+        route = self._route("broadcast", x)
+        if route is self.nccl:
+            return self.nccl.broadcast(x, root, async_op)
+
+        def run(call, deadline):
+            s = Staged(x)
+            route.broadcast(call, s.flat, root, deadline)
+            if self.group_rank != root:
+                s.write_back()
+        return self._launch(run, async_op, "broadcast", x, root=self._global(root))
+
+    def reduce(self, x, root: int, op: str = "SUM", async_op: bool = False):
+        route = self._route("reduce", x)
+        if route is self.nccl:
+            return self.nccl.reduce(x, op, root, async_op)
+        me = self.group_rank
+
+        def run(call, deadline):
+            s = Staged(x, copy=me != root)     # a route may use x off the root as scratch
+            route.reduce(call, s.flat, UFUNC[op], root, deadline)
+            if me == root:
+                self._avg(op, s.flat)
+                s.write_back()
+        return self._launch(run, async_op, "reduce", x, op=op, root=self._global(root))
+
+    def allgather(self, outs: list, x, async_op: bool = False):
+        def run(call, deadline):
+            staged = [Staged(o) for o in outs]
+            self._route("all_gather").all_gather(call, Staged(x).flat,
+                                                 [s.flat for s in staged], deadline)
+            for s in staged:
+                s.write_back()
+        return self._launch(run, async_op, "all_gather", x)
+
+    def allgather_into_tensor(self, out, x, async_op: bool = False):
+        route = self._route("all_gather_into_tensor", out, x)
+        if route is self.nccl:
+            return self.nccl.all_gather(out, x, async_op)
+
+        def run(call, deadline):
+            s = Staged(out)
+            route.all_gather(call, Staged(x).flat, s.flat, deadline)
+            s.write_back()
+        return self._launch(run, async_op, "all_gather_into_tensor", x)
+
+    def gather(self, x, outs: list | None, root: int, async_op: bool = False):
+        def run(call, deadline):
+            staged = None if outs is None else [Staged(o) for o in outs]
+            self._route("gather").gather(call, Staged(x).flat, staged and
+                                         [s.flat for s in staged], root, deadline)
+            for s in staged or ():
+                s.write_back()
+        return self._launch(run, async_op, "gather", x, root=self._global(root))
+
+    def scatter(self, x, ins: list | None, root: int, async_op: bool = False):
+        def run(call, deadline):
+            s = Staged(x)
+            flats = None if ins is None else [Staged(i).flat for i in ins]
+            self._route("scatter").scatter(call, s.flat, flats, root, deadline)
+            s.write_back()
+        return self._launch(run, async_op, "scatter", x, root=self._global(root))
+
+    def reduce_scatter(self, out, ins: list, op: str = "SUM", async_op: bool = False):
+        def run(call, deadline):
+            s = Staged(out)
+            self._route("reduce_scatter").reduce_scatter(
+                call, [Staged(i).flat for i in ins], s.flat, UFUNC[op], deadline)
+            self._avg(op, s.flat)
+            s.write_back()
+        return self._launch(run, async_op, "reduce_scatter", out, op=op)
+
+    def reduce_scatter_tensor(self, out, x, op: str = "SUM", async_op: bool = False):
+        route = self._route("reduce_scatter_tensor", out, x)
+        if route is self.nccl:
+            return self.nccl.reduce_scatter(out, x, op, async_op)
+        n, m = self.size(), out.size
+
+        def run(call, deadline):
+            s, xf = Staged(out), Staged(x).flat
+            route.reduce_scatter(call, [xf[p * m:(p + 1) * m] for p in range(n)], s.flat,
+                                 UFUNC[op], deadline)
+            self._avg(op, s.flat)
+            s.write_back()
+        return self._launch(run, async_op, "reduce_scatter_tensor", x, op=op)
+
+    def alltoall(self, outs: list, ins: list, async_op: bool = False):
+        """outs[p] = ins[me] of rank p; sizes may differ per pair (checked by the route)."""
+        def run(call, deadline):
+            staged = [Staged(o) for o in outs]
+            self._route("all_to_all").all_to_all(call, [Staged(i).flat for i in ins],
+                                                 [s.flat for s in staged], deadline)
+            for s in staged:
+                s.write_back()
+        return self._launch(run, async_op, "all_to_all", dtype=ins[0].dtype.name)
+
+    def alltoall_single(self, out, x, out_splits: list[int], in_splits: list[int],
+                        async_op: bool = False):
+        """all_to_all of dim-0 slices: rank p gets rows in_splits[p] of x, in rank order."""
+        row = int(np.prod(x.shape[1:], dtype=np.int64))
+
+        def run(call, deadline):
+            s, xf = Staged(out), Staged(x).flat
+            io, oo = np.cumsum([0] + in_splits) * row, np.cumsum([0] + out_splits) * row
+            n = self.size()
+            self._route("all_to_all_single").all_to_all(
+                call, [xf[io[p]:io[p + 1]] for p in range(n)],
+                [s.flat[oo[p]:oo[p + 1]] for p in range(n)], deadline)
+            s.write_back()
+        return self._launch(run, async_op, "all_to_all_single", dtype=x.dtype.name)
+
+    def barrier(self, async_op: bool = False):
+        return self._launch(lambda call, deadline: self._route("barrier").barrier(call, deadline),
+                            async_op, "barrier")
+
+    # -- point-to-point (see Note [Point-to-point]) ----------------------------------------
+
+    def send(self, x, dst: int, tag: int = 0) -> Work:
+        """Post x for group rank `dst`; the Work finishes once x may be reused."""
+        def run(call, deadline):
+            self.tcp.post_send(call, dst, Staged(x).flat, self._comm.current, deadline)
+            return POSTED
+        return self._launch(run, True, "send", x, collective=False, tag=tag)
+
+    def recv(self, x, src: int | None, tag: int = 0) -> Work:
+        """Post a receive into x from group rank `src` (None: any); the Work's result() is
+        the sender's global rank."""
+        def run(call, deadline):
+            self.tcp.post_recv(call, src, Staged(x), self._comm.current, deadline)
+            return POSTED
+        return self._launch(run, True, "recv", x, collective=False, tag=tag)
 
     def shutdown(self, timeout_s: float = 5.0):
-        with self._lock:
-            self._stop = True
-            self._lock.notify_all()
-        self._thread.join(timeout_s)
+        self._comm.shutdown(timeout_s)
         for mesh in (self.mesh, self.leader_mesh):
             if mesh is not None:
                 mesh.close()
         if self.local is not None:
             self.local.close()
-
-    # -- algorithms on flat host arrays ----------------------------------------------------
-
-    def all_reduce_flat(self, call, x: np.ndarray, op: str, deadline: float):
-        ufunc = _UFUNC[op]
-        if self.size() > 1:
-            if self.local is not None and self.single_host:
-                self.local.all_reduce(call, x, ufunc, deadline)
-            elif self.hierarchical:
-                if self.local is not None:
-                    self.local.all_reduce(call, x, ufunc, deadline)
-                if self.is_leader:
-                    algo.all_reduce(self.leader_mesh, call, x, ufunc, deadline)
-                if self.local is not None:
-                    self.local.broadcast(call, x, 0, deadline)
-            else:
-                algo.all_reduce(self.mesh, call, x, ufunc, deadline)
-        if op == "AVG":
-            np.divide(x, self.size(), out=x)
-
-    def barrier_flat(self, call, deadline: float):
-        if self.local is not None and self.single_host:
-            self.local.barrier(call, deadline, desc=True)
-        elif self.size() > 1:
-            algo.barrier(self.mesh, call, deadline)
-
-    def broadcast_flat(self, call, x: np.ndarray, root: int, deadline: float):
-        if self.local is not None and self.single_host:
-            self.local.broadcast(call, x, root, deadline)
-        else:
-            algo.broadcast(self.mesh, call, x, root, deadline)

@@ -15,6 +15,8 @@ then passes the reduced segments around the ring. Segments travel in pieces of
 data channel), and a piece is forwarded as soon as it is reduced,
 so sending, receiving and adding overlap. The reduction order of every element is fixed by
 (n, segment), so results are bitwise identical run to run and on every rank.
+Every direct collective (broadcast, gather, scatter, all_to_all, barrier and the small
+reductions) is one call of ``TcpRoute._exchange``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import os
 
 import numpy as np
 
-from .transport import PeerMesh
+from .call import Call, parts_of, reduce_in_rank_order
+from .tcp_p2p import P2P
 
 RING_MIN_BYTES = int(os.environ.get("ZGRAD_RING_MIN_BYTES", 1 << 20))
 PIECE_BYTES = int(os.environ.get("ZGRAD_RING_PIECE_BYTES", 2 << 20))
@@ -51,186 +54,168 @@ def _tag(step: int, piece: int) -> int:
     return (step << 24) | piece
 
 
-def ring_reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, segs, ufunc, deadline):
-    """In place on flat x: afterwards x[segs[r]] on rank r holds the reduction over ranks."""
-    n, r = mesh.size, mesh.rank
-    right, left = (r + 1) % n, (r - 1) % n
-    for p, (a, b) in enumerate(_pieces(*segs[(r - 1) % n], x.itemsize)):
-        mesh.send(right, call, _tag(0, p), x[a:b])
-    scratch = mesh.scratch("piece", min(x.size, max(1, PIECE_BYTES // x.itemsize)), x.dtype)
-    for k in range(n - 1):
-        for p, (a, b) in enumerate(_pieces(*segs[(r - k - 2) % n], x.itemsize)):
-            buf = mesh.recv(left, call, _tag(k, p), deadline, dtype=x.dtype, count=b - a,
-                            out=scratch[:b - a])
-            ufunc(buf, x[a:b], out=x[a:b])
-            if k < n - 2:
-                mesh.send(right, call, _tag(k + 1, p), x[a:b])
+class TcpRoute(P2P):
+    """Every collective over one PeerMesh (group ranks 0..n-1), ring or direct, and the
+    point-to-point messages of the group (see Note [Point-to-point])."""
 
+    @property
+    def n(self) -> int:
+        return self.mesh.size
 
-def ring_all_gather(mesh: PeerMesh, call, x: np.ndarray, segs, deadline):
-    """In place on flat x: rank r contributes x[segs[r]]; afterwards every rank has all."""
-    n, r = mesh.size, mesh.rank
-    right, left = (r + 1) % n, (r - 1) % n
-    for p, (a, b) in enumerate(_pieces(*segs[r], x.itemsize)):
-        mesh.send(right, call, _tag(_AG, p), x[a:b])
-    for k in range(n - 1):
-        for p, (a, b) in enumerate(_pieces(*segs[(r - k - 1) % n], x.itemsize)):
-            mesh.recv(left, call, _tag(_AG + k, p), deadline, dtype=x.dtype, count=b - a,
-                      out=x[a:b])
-            if k < n - 2:
-                mesh.send(right, call, _tag(_AG + k + 1, p), x[a:b])
+    @property
+    def me(self) -> int:
+        return self.mesh.rank
 
-
-def all_reduce(mesh: PeerMesh, call, x: np.ndarray, ufunc, deadline):
-    """In place on flat x: the reduction of x over all members, the same bits on every rank."""
-    n = mesh.size
-    if n == 1:
-        return
-    if x.nbytes * (n - 1) <= RING_MIN_BYTES or x.size < n:
-        _direct_all_reduce(mesh, call, x, ufunc, deadline)
-    else:
-        segs = bounds(x.size, n)
-        ring_reduce_scatter(mesh, call, x, segs, ufunc, deadline)
-        ring_all_gather(mesh, call, x, segs, deadline)
-    mesh.flush(call, deadline)
-
-
-def _direct_all_reduce(mesh, call, x, ufunc, deadline):
-    me = mesh.rank
-    for peer in range(mesh.size):
-        if peer != me:
-            mesh.send(peer, call, 0, x)
-    parts = []
-    for peer in range(mesh.size):
-        if peer == me:
-            parts.append(x)
-        else:
-            waiting = [q for q in range(peer, mesh.size) if q != me]
-            parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, x.size,
-                                   scratch=("part", peer)))
-    # x may still be in flight zero-copy: reduce into a scratch buffer, then copy back
-    mesh.flush(call, deadline)
-    out = mesh.scratch("acc", x.size, x.dtype)
-    ufunc(parts[0], parts[1], out=out)
-    for part in parts[2:]:
-        ufunc(out, part, out=out)
-    x[...] = out
-
-
-def reduce_scatter(mesh: PeerMesh, call, x: np.ndarray, out: np.ndarray, ufunc, deadline):
-    """out (flat, x.size // n) on rank r = reduction over ranks of segment r of flat x.
-    x is used as scratch (pass a copy)."""
-    n, me = mesh.size, mesh.rank
-    segs = bounds(x.size, n)
-    if n == 1:
-        out[...] = x
-        return
-    if x.nbytes < RING_MIN_BYTES * n:
-        for peer in range(n):
-            if peer != me:
-                mesh.send(peer, call, 0, x[segs[peer][0]:segs[peer][1]])
-        a, b = segs[me]
-        parts = []
-        for peer in range(n):
-            if peer == me:
-                parts.append(x[a:b])
+    def _exchange(self, call: Call, deadline: float, sends: dict, recvs: dict) -> dict:
+        """The direct exchange: send sends[peer] (an array, or None for an empty message) to
+        every peer in `sends`, then receive from every peer in `recvs`, in rank order, and
+        wait until our sends have left. recvs[peer] is the destination array, or (count, dtype)
+        for a reusable scratch buffer, or None for an empty message. Returns what arrived."""
+        mesh, w = self.mesh, call.wire()
+        for peer, payload in sends.items():
+            mesh.send(peer, w, 0, payload)
+        got, order = {}, sorted(recvs)
+        for i, peer in enumerate(order):
+            spec, waiting = recvs[peer], order[i:]
+            if spec is None:
+                got[peer] = self._recv(peer, w, 0, deadline, waiting)
+            elif isinstance(spec, np.ndarray):
+                got[peer] = self._recv(peer, w, 0, deadline, waiting, spec.dtype, spec.size,
+                                       out=spec)
             else:
-                waiting = [q for q in range(peer, n) if q != me]
-                parts.append(mesh.recv(peer, call, 0, deadline, waiting, x.dtype, b - a,
-                                       scratch=("part", peer)))
-        ufunc(parts[0], parts[1], out=out)
-        for part in parts[2:]:
-            ufunc(out, part, out=out)
-    else:
-        ring_reduce_scatter(mesh, call, x, segs, ufunc, deadline)
-        out[...] = x[segs[me][0]:segs[me][1]]
-    mesh.flush(call, deadline)
+                got[peer] = self._recv(peer, w, 0, deadline, waiting, spec[1], spec[0],
+                                       scratch=("part", peer))
+        mesh.flush(w, deadline)
+        return got
 
+    def _others(self) -> list[int]:
+        return [p for p in range(self.n) if p != self.me]
 
-def all_gather(mesh: PeerMesh, call, x: np.ndarray, deadline):
-    """In place on flat x of n equal segments: rank r contributes segment r."""
-    n, me = mesh.size, mesh.rank
-    if n == 1:
-        return
-    segs = bounds(x.size, n)
-    if x.nbytes < RING_MIN_BYTES * n:
-        a, b = segs[me]
-        for peer in range(n):
-            if peer != me:
-                mesh.send(peer, call, 0, x[a:b])
-        for peer in range(n):
-            if peer != me:
-                waiting = [q for q in range(peer, n) if q != me]
-                pa, pb = segs[peer]
-                mesh.recv(peer, call, 0, deadline, waiting, x.dtype, pb - pa, out=x[pa:pb])
-    else:
-        ring_all_gather(mesh, call, x, segs, deadline)
-    mesh.flush(call, deadline)
+    # -- the ring --------------------------------------------------------------------------
 
+    def _ring_reduce_scatter(self, call, x: np.ndarray, segs, ufunc, deadline):
+        """In place on flat x: afterwards x[segs[r]] on rank r holds the reduction over ranks."""
+        mesh, w, n, r = self.mesh, call.wire(), self.n, self.me
+        right, left = (r + 1) % n, (r - 1) % n
+        for p, (a, b) in enumerate(_pieces(*segs[(r - 1) % n], x.itemsize)):
+            mesh.send(right, w, _tag(0, p), x[a:b])
+        scratch = mesh.scratch("piece", min(x.size, max(1, PIECE_BYTES // x.itemsize)), x.dtype)
+        for k in range(n - 1):
+            for p, (a, b) in enumerate(_pieces(*segs[(r - k - 2) % n], x.itemsize)):
+                buf = self._recv(left, w, _tag(k, p), deadline, dtype=x.dtype, count=b - a,
+                                 out=scratch[:b - a])
+                # the order of every element's reduction is fixed by (n, segment)
+                ufunc(buf, x[a:b], out=x[a:b])
+                if k < n - 2:
+                    mesh.send(right, w, _tag(k + 1, p), x[a:b])
 
-def broadcast(mesh: PeerMesh, call, x: np.ndarray, root: int, deadline):
-    """In place on flat x: every rank gets root's x."""
-    if mesh.size == 1:
-        return
-    if mesh.rank == root:
-        for peer in range(mesh.size):
-            if peer != root:
-                mesh.send(peer, call, 0, x)
-        mesh.flush(call, deadline)
-    else:
-        mesh.recv(root, call, 0, deadline, None, x.dtype, x.size, out=x)
+    def _ring_all_gather(self, call, x: np.ndarray, segs, deadline):
+        """In place on flat x: rank r contributes x[segs[r]]; afterwards every rank has all."""
+        mesh, w, n, r = self.mesh, call.wire(), self.n, self.me
+        right, left = (r + 1) % n, (r - 1) % n
+        for p, (a, b) in enumerate(_pieces(*segs[r], x.itemsize)):
+            mesh.send(right, w, _tag(_AG, p), x[a:b])
+        for k in range(n - 1):
+            for p, (a, b) in enumerate(_pieces(*segs[(r - k - 1) % n], x.itemsize)):
+                self._recv(left, w, _tag(_AG + k, p), deadline, dtype=x.dtype, count=b - a,
+                           out=x[a:b])
+                if k < n - 2:
+                    mesh.send(right, w, _tag(_AG + k + 1, p), x[a:b])
 
+    # -- collectives -----------------------------------------------------------------------
 
-def gather(mesh: PeerMesh, call, x: np.ndarray, outs: list | None, root: int, deadline):
-    """outs[r] (flat arrays, on root only) = x of rank r."""
-    me = mesh.rank
-    if me != root:
-        mesh.send(root, call, 0, x)
-        mesh.flush(call, deadline)
-        return
-    for peer in range(mesh.size):
-        if peer == me:
-            outs[peer][...] = x
+    def all_reduce(self, call: Call, x: np.ndarray, ufunc, deadline: float):
+        """In place on flat x: the reduction of x over all members, the same bits on every rank."""
+        n = self.n
+        if n == 1:
+            return
+        if x.nbytes * (n - 1) <= RING_MIN_BYTES or x.size < n:
+            got = self._exchange(call, deadline, {p: x for p in self._others()},
+                                 {p: (x.size, x.dtype) for p in self._others()})
+            got[self.me] = x
+            out = self.mesh.scratch("acc", x.size, x.dtype)
+            x[...] = reduce_in_rank_order(ufunc, [got[p] for p in range(n)], out)
+            return
+        segs = bounds(x.size, n)
+        self._ring_reduce_scatter(call, x, segs, ufunc, deadline)
+        self._ring_all_gather(call, x, segs, deadline)
+        self.mesh.flush(call.wire(), deadline)
+
+    def reduce(self, call: Call, x: np.ndarray, ufunc, root: int, deadline: float):
+        """x on `root` = the reduction (x elsewhere is scratch): all_reduce's fast paths, and
+        the root's result has all_reduce's bits."""
+        self.all_reduce(call, x, ufunc, deadline)
+
+    def reduce_scatter(self, call: Call, ins: list, out: np.ndarray, ufunc, deadline):
+        """out on rank r = the reduction over ranks of their ins[r] (n flat arrays)."""
+        n, me, m = self.n, self.me, out.size
+        if n == 1:
+            out[...] = ins[0]
+        elif m * out.itemsize * n < RING_MIN_BYTES * n:
+            got = self._exchange(call, deadline, {p: ins[p] for p in self._others()},
+                                 {p: (m, out.dtype) for p in self._others()})
+            got[me] = ins[me]
+            reduce_in_rank_order(ufunc, [got[p] for p in range(n)], out)
         else:
-            waiting = [q for q in range(peer, mesh.size) if q != me]
-            mesh.recv(peer, call, 0, deadline, waiting, x.dtype, outs[peer].size,
-                      out=outs[peer])
+            x = self.mesh.scratch("rs", n * m, out.dtype)   # the ring works in place
+            for p in range(n):
+                x[p * m:(p + 1) * m] = ins[p]
+            self._ring_reduce_scatter(call, x, bounds(x.size, n), ufunc, deadline)
+            out[...] = x[me * m:(me + 1) * m]
+            self.mesh.flush(call.wire(), deadline)
 
+    def all_gather(self, call: Call, x: np.ndarray, outs: list, deadline: float):
+        """outs[r] = the x of rank r (outs: n flat arrays of x.size, or one of n * x.size)."""
+        n, me, m = self.n, self.me, x.size
+        flat = outs if isinstance(outs, np.ndarray) else None
+        outs = parts_of(outs, n, m)
+        outs[me][...] = x
+        if n == 1:
+            return
+        if x.nbytes * n < RING_MIN_BYTES * n:
+            self._exchange(call, deadline, {p: x for p in self._others()},
+                           {p: outs[p] for p in self._others()})
+            return
+        # the ring passes segments of one array: the output's own when it is one
+        buf = flat if flat is not None else self.mesh.scratch("ag", n * m, x.dtype)
+        if flat is None:
+            buf[me * m:(me + 1) * m] = x
+        self._ring_all_gather(call, buf, bounds(buf.size, n), deadline)
+        self.mesh.flush(call.wire(), deadline)
+        if flat is None:
+            for p in self._others():
+                outs[p][...] = buf[p * m:(p + 1) * m]
 
-def scatter(mesh: PeerMesh, call, x: np.ndarray, ins: list | None, root: int, deadline):
-    """x (flat) on rank r = ins[r] from root."""
-    me = mesh.rank
-    if me == root:
-        for peer in range(mesh.size):
-            if peer != me:
-                mesh.send(peer, call, 0, ins[peer])
-        x[...] = ins[me]
-        mesh.flush(call, deadline)
-    else:
-        mesh.recv(root, call, 0, deadline, None, x.dtype, x.size, out=x)
+    def broadcast(self, call: Call, x: np.ndarray, root: int, deadline: float):
+        """In place on flat x: every rank gets root's x."""
+        if self.me == root:
+            self._exchange(call, deadline, {p: x for p in self._others()}, {})
+        else:
+            self._exchange(call, deadline, {}, {root: x})
 
+    def gather(self, call: Call, x: np.ndarray, outs: list | None, root: int, deadline):
+        """outs[r] (flat arrays, on root only) = x of rank r."""
+        if self.me != root:
+            self._exchange(call, deadline, {root: x}, {})
+            return
+        outs[root][...] = x
+        self._exchange(call, deadline, {}, {p: outs[p] for p in self._others()})
 
-def all_to_all(mesh: PeerMesh, call, ins: list, outs: list, deadline):
-    """outs[p] on rank r = ins[r] of rank p (flat arrays; sizes as agreed by the caller)."""
-    me, n = mesh.rank, mesh.size
-    for peer in range(n):
-        if peer != me:
-            mesh.send(peer, call, 0, ins[peer])
-    outs[me][...] = ins[me]
-    for peer in range(n):
-        if peer != me:
-            waiting = [q for q in range(peer, n) if q != me]
-            mesh.recv(peer, call, 0, deadline, waiting, outs[peer].dtype, outs[peer].size,
-                      out=outs[peer])
-    mesh.flush(call, deadline)
+    def scatter(self, call: Call, x: np.ndarray, ins: list | None, root: int, deadline):
+        """x (flat) on rank r = ins[r] from root."""
+        if self.me != root:
+            self._exchange(call, deadline, {}, {root: x})
+            return
+        x[...] = ins[root]
+        self._exchange(call, deadline, {p: ins[p] for p in self._others()}, {})
 
+    def all_to_all(self, call: Call, ins: list, outs: list, deadline: float):
+        """outs[p] on rank r = ins[r] of rank p (flat arrays; sizes as agreed by the caller)."""
+        outs[self.me][...] = ins[self.me]
+        self._exchange(call, deadline, {p: ins[p] for p in self._others()},
+                       {p: outs[p] for p in self._others()})
 
-def barrier(mesh: PeerMesh, call, deadline):
-    """Return once every member has entered the barrier."""
-    me, n = mesh.rank, mesh.size
-    for peer in range(n):
-        if peer != me:
-            mesh.send(peer, call, 0)
-    for peer in range(n):
-        if peer != me:
-            mesh.recv(peer, call, 0, deadline, [q for q in range(peer, n) if q != me])
+    def barrier(self, call: Call, deadline: float):
+        """Return once every member has entered the barrier."""
+        self._exchange(call, deadline, dict.fromkeys(self._others()),
+                       dict.fromkeys(self._others()))

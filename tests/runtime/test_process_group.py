@@ -1,6 +1,7 @@
 """Process groups: init variants, async overlap, sub-groups, and every failure mode ending in a
 clear error on every rank (desync, timeout, a dying rank, a peer without the secret)."""
 import datetime
+import hashlib
 import logging
 import os
 import threading
@@ -182,6 +183,50 @@ def test_desync_names_both_calls_on_every_rank(tcp):
         assert "shape=[4]" in m and "shape=[5]" in m, m
 
 
+# item 7 of issue 11: the shared-memory check once kept 9 dims and no element count
+_SIGNATURE_CASES = {
+    # name: (rank 0's call, rank 1's call) as (collective, op, shape)
+    "tenth dim": (("all_reduce", "SUM", (1,) * 9 + (3,)), ("all_reduce", "SUM", (1,) * 9 + (4,))),
+    "more dims": (("all_reduce", "SUM", (3, 102)), ("all_reduce", "SUM", (3, 102, 200))),
+    "same numel": (("all_reduce", "SUM", (1,) * 9 + (2, 6)),
+                   ("all_reduce", "SUM", (1,) * 9 + (3, 4))),
+    "same numel, gather": (("all_gather_into_tensor", None, (1,) * 9 + (2, 6)),
+                           ("all_gather_into_tensor", None, (1,) * 9 + (3, 4))),
+    "op": (("all_reduce", "SUM", (3, 102)), ("all_reduce", "MAX", (3, 102))),
+}
+
+
+def _desync_signature(rank, ws):
+    import runtime.distributed as dist
+    dist.init_process_group(timeout=20)
+    out = {}
+    for case, calls in _SIGNATURE_CASES.items():
+        g = dist.new_group([0, 1])             # a desync breaks a group: one per case
+        name, op, shape = calls[rank]
+        x = np.full(shape, rank + 1.0, np.float32)
+        with pytest.raises(dist.DesyncError) as e:
+            if name == "all_reduce":
+                dist.all_reduce(x, op=getattr(dist.ReduceOp, op), group=g)
+            else:
+                dist.all_gather_into_tensor(np.zeros((2, *shape), np.float32), x, group=g)
+        assert np.all(x == rank + 1.0), "a desynchronised call changed its tensor"
+        out[case] = str(e.value)
+    dist.destroy_process_group()
+    return out
+
+
+def test_desync_compares_whole_call_signature_in_shared_memory():
+    res = spawn(_desync_signature, 2, timeout_s=60)
+    for case, calls in _SIGNATURE_CASES.items():
+        texts = []
+        for name, op, shape in calls:
+            dims = ", ".join(map(str, shape))
+            texts.append(f"{name}({op + ', ' if op else ''}float32, shape=[{dims}])")
+        for r in range(2):
+            m = res[r][case]
+            assert "out of step" in m and all(t in m for t in texts), (case, m)
+
+
 def _desync_kind(rank, ws):
     os.environ["ZGRAD_HOST_ID"] = f"host{rank}"
     import runtime.distributed as dist
@@ -259,19 +304,17 @@ def _dying(rank, ws, tcp):
     import runtime.distributed as dist
     dist.init_process_group(timeout=20)
     dist.all_reduce(np.ones(10))
-    t0 = time.monotonic()
     with pytest.raises(RuntimeError) as e:
         dist.all_reduce(np.ones(8_000_000, np.float32))
-    took = time.monotonic() - t0
     dist.destroy_process_group()
-    return str(e.value), took
+    return str(e.value)
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
 def test_rank_dying_mid_collective_is_reported(tcp):
     res = spawn(_dying, 3, tcp, timeout_s=60)
     assert res[2] == 3
-    for msg, took in res[:2]:
+    for msg in res[:2]:    # reported as the death it is, not as a timeout
         assert "rank 2" in msg and ("died" in msg or "dropped" in msg), msg
         assert "timed out" not in msg, msg
 
@@ -445,7 +488,7 @@ def _data_channel_off_on_one_rank(rank, ws):
     b = x.copy()
     dist.all_reduce(b, group=g)
     dist.destroy_process_group()
-    return a.tobytes() == b.tobytes(), hash(a.tobytes())
+    return a.tobytes() == b.tobytes(), hashlib.sha256(a.tobytes()).hexdigest()
 
 
 def test_data_channel_off_on_one_rank_falls_back_to_zeromq_with_the_same_bits():

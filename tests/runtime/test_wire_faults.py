@@ -372,7 +372,10 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     dist.init_process_group(timeout=60)
     x = np.array([dist.get_rank() + 1.0])
     dist.all_reduce(x)
-    print("RESULT", dist.get_rank(), dist.get_world_size(), x[0], flush=True)
+    # one write per line: the two ranks share torchrun's stdout, and print() writes the
+    # line and its newline separately, so lines could interleave
+    sys.stdout.write(f"RESULT {{dist.get_rank()}} {{dist.get_world_size()}} {{x[0]}}\\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 """)
 
