@@ -36,6 +36,13 @@ from .ops.shape import (broadcast_to, cat, chunk, flatten, flip, gather, hstack,
 from .random import (Generator, default_generator, get_rng_state, initial_seed, manual_seed,
                      seed, set_rng_state)
 from . import autograd  # noqa: E402
+from ._out import with_out as _with_out
+
+# torch.<fn>(..., out=t) writes into t (see tensor/_out.py); the Tensor methods take no out=.
+(abs, add, bmm, cat, clamp, cos, cumsum, div, exp, log, matmul, maximum, minimum, mm, mul,
+ neg, pow, sigmoid, sin, sqrt, stack, sub, sum, tanh, where) = map(_with_out, (
+    abs, add, bmm, cat, clamp, cos, cumsum, div, exp, log, matmul, maximum, minimum, mm, mul,
+    neg, pow, sigmoid, sin, sqrt, stack, sub, sum, tanh, where))
 
 concat = concatenate = cat
 clip = clamp
