@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tensor
-from tests.helpers import check_grad  # noqa: F401
+from tests.helpers import check_grad
 
 torch = pytest.importorskip("torch")
 
@@ -46,3 +46,47 @@ def test_out_refuses_autograd_as_pytorch_does():
         torch.mul(torch.ones(2, 2, requires_grad=True), 1.0, out=torch.empty(2, 2))
     with tensor.no_grad():                # allowed under no_grad, as in PyTorch
         tensor.mul(a, a, out=tensor.empty(2, 2))
+
+
+# -- PixelShuffle / PixelUnshuffle, init.orthogonal_ (pytorch/examples super_resolution) --------
+@pytest.mark.parametrize("shape, r", [((2, 18, 3, 4), 3), ((8, 2, 5), 2), ((1, 2, 4, 3, 2), 1)])
+def test_pixel_shuffle_matches_pytorch_and_inverts(shape, r):
+    from tensor import nn
+    x = rng.normal(size=shape).astype(np.float32)
+    got = nn.PixelShuffle(r)(tensor.tensor(x))
+    want = torch.nn.PixelShuffle(r)(torch.tensor(x))
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    back = nn.PixelUnshuffle(r)(got)
+    np.testing.assert_array_equal(back.numpy(), x)
+    np.testing.assert_array_equal(
+        back.numpy(), torch.nn.PixelUnshuffle(r)(want).numpy())
+
+
+def test_pixel_shuffle_grad():
+    import tensor.nn.functional as F
+    x = rng.normal(size=(2, 8, 3, 2))
+    check_grad(lambda t: (F.pixel_shuffle(t, 2) * tensor.tensor(
+        np.arange(2 * 2 * 6 * 4).reshape(2, 2, 6, 4))).sum(), x)
+    check_grad(lambda t: F.pixel_unshuffle(t, 2).pow(2).sum(), rng.normal(size=(1, 2, 4, 6)))
+
+
+def test_pixel_shuffle_bad_channels():
+    import tensor.nn.functional as F
+    with pytest.raises(RuntimeError, match="divisible"):
+        F.pixel_shuffle(tensor.zeros(1, 5, 2, 2), 2)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (8, 3, 3, 3), (3, 8, 2)])
+def test_orthogonal_init_is_orthogonal_and_scaled(shape):
+    from tensor.nn import init
+    tensor.manual_seed(0)
+    w = init.orthogonal_(tensor.empty(*shape), gain=init.calculate_gain("relu"))
+    m = w.numpy().reshape(shape[0], -1)
+    small = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    np.testing.assert_allclose(small, 2.0 * np.eye(len(small)), atol=1e-5)   # gain^2 = 2
+    ref = torch.nn.init.orthogonal_(torch.empty(*shape), gain=torch.nn.init.calculate_gain("relu"))
+    r = ref.numpy().reshape(shape[0], -1)
+    np.testing.assert_allclose(np.linalg.svd(m, compute_uv=False),
+                               np.linalg.svd(r, compute_uv=False), rtol=1e-5)
+    with pytest.raises(ValueError, match="2 or more dimensions"):
+        init.orthogonal_(tensor.empty(3))
