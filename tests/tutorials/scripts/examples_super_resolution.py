@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.init as init
 import torch.optim as optim
 from torch.utils.data import DataLoader, TensorDataset
-from sklearn.datasets import load_digits
+from runtime.data.datasets import Digits   # sklearn's digits, read without importing sklearn
 
 
 class Net(nn.Module):
@@ -52,7 +52,7 @@ opt = parser.parse_args()
 torch.manual_seed(opt.seed)
 device = torch.device("cpu")
 
-images = load_digits().images.astype(np.float32) / 16.0
+images = Digits().data.astype(np.float32) / 16.0
 high = images.repeat(3, axis=1).repeat(3, axis=2)[:, None]            # (N, 1, 24, 24)
 low = high.reshape(-1, 1, 8, 3, 8, 3).mean(axis=(3, 5))                  # (N, 1, 8, 8)
 train_set = TensorDataset(torch.from_numpy(low[:128]), torch.from_numpy(high[:128]))
