@@ -48,6 +48,11 @@ ALIASES = {
     "torch.multiprocessing": "shm.multiprocessing",
 }
 
+# what `import torch` imports along with itself (torch.distributed is left to its own import:
+# it costs zgrad ~0.4 s of start-up, and scripts using it import it by name)
+EAGER = ("torch.nn", "torch.optim", "torch.autograd", "torch.utils.data",
+         "torch.multiprocessing")
+
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Resolves ``torch.*`` imports to zgrad modules; refuses every other ``torch.*`` name."""
@@ -76,9 +81,15 @@ class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         # An alias: the zgrad module already ran. Python set __spec__ to the torch.* spec;
         # put zgrad's back so the module's own relative imports and pickling stay right.
-        original = self._specs.pop(module.__spec__.name, None)
+        name = module.__spec__.name
+        original = self._specs.pop(name, None)
         if original is not None:
             module.__spec__ = original
+        if name == "torch":
+            # `import torch` alone makes torch.utils.data, torch.nn, ... reachable as
+            # attributes (torch/__init__ imports them); scripts rely on it.
+            for sub in EAGER:
+                importlib.import_module(sub)
 
 
 def install() -> None:
