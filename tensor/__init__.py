@@ -100,4 +100,6 @@ def __getattr__(name):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.serialization"), name)
+    if name == "autocast":   # torch.autocast is torch.amp.autocast (the AMP recipe uses it)
+        return importlib.import_module(f"{__name__}.amp").autocast
     raise AttributeError(f"module 'tensor' has no attribute {name!r}")

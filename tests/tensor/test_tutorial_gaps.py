@@ -90,3 +90,16 @@ def test_orthogonal_init_is_orthogonal_and_scaled(shape):
                                np.linalg.svd(r, compute_uv=False), rtol=1e-5)
     with pytest.raises(ValueError, match="2 or more dimensions"):
         init.orthogonal_(tensor.empty(3))
+
+
+# -- torch.autocast (recipes_source/recipes/amp_recipe.py) -------------------------------------
+def test_top_level_autocast_is_amp_autocast():
+    from tensor import nn
+    assert tensor.autocast is tensor.amp.autocast
+    lin = nn.Linear(4, 3)
+    with tensor.autocast(device_type="cpu", dtype=tensor.bfloat16):
+        y = lin(tensor.randn(2, 4))
+    # bfloat16 is emulated (Note [Autocast]): float32 storage holding bf16-rounded values
+    assert (y.detach().numpy().view(np.uint32) & 0xFFFF == 0).all()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert torch.nn.Linear(4, 3)(torch.randn(2, 4)).dtype == torch.bfloat16
