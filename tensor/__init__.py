@@ -10,6 +10,7 @@ from . import backend, dtypes
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tensor import Size, Tensor
 from . import _methods  # noqa: F401  (attaches ops to Tensor)
+from . import _inplace_view  # noqa: F401,E402  (unsqueeze_, t_, ... on Tensor)
 from .backend import device, get_default_device, set_default_device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
                        linspace, multinomial, normal, ones, ones_like, rand, rand_like, randint,

@@ -103,3 +103,48 @@ def test_top_level_autocast_is_amp_autocast():
     assert (y.detach().numpy().view(np.uint32) & 0xFFFF == 0).all()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         assert torch.nn.Linear(4, 3)(torch.randn(2, 4)).dtype == torch.bfloat16
+
+
+# -- in-place view ops and the legacy Tensor constructor (char_rnn_generation) -----------------
+@pytest.mark.parametrize("name, args", [("unsqueeze_", (-1,)), ("squeeze_", ()),
+                                        ("squeeze_", (0,)), ("t_", ()), ("transpose_", (0, 1))])
+def test_inplace_view_ops_match_pytorch(name, args):
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    z, t = tensor.tensor(x), torch.tensor(x)
+    keep = z.array
+    assert getattr(z, name)(*args) is z
+    getattr(t, name)(*args)
+    assert tuple(z.shape) == tuple(t.shape) and z._version == t._version == 1
+    np.testing.assert_array_equal(z.numpy(), t.numpy())
+    assert np.shares_memory(z.array, keep)            # same storage, new shape
+
+
+def test_inplace_view_op_on_a_non_leaf_keeps_the_graph():
+    x = tensor.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x * x
+    y.unsqueeze_(0)
+    assert y.shape == (1, 3)
+    (y * tensor.tensor([[1.0, 10.0, 100.0]])).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 40.0, 600.0])
+
+
+def test_inplace_view_op_on_a_leaf_that_requires_grad_is_refused():
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        tensor.ones(3, requires_grad=True).unsqueeze_(0)
+    with tensor.no_grad():
+        assert tensor.ones(3, requires_grad=True).unsqueeze_(0).shape == (1, 3)
+
+
+def test_legacy_tensor_constructor_is_float_as_pytorch():
+    for args in (([0],), ([[1, 2], [3, 4]],), (2, 3), (4,), ()):
+        z, t = tensor.Tensor(*args), torch.Tensor(*args)
+        assert str(z.dtype).split(".")[-1] == str(t.dtype).split(".")[-1] == "float32"
+        assert tuple(z.shape) == tuple(t.shape)
+    np.testing.assert_array_equal(tensor.Tensor([[1, 2]]).numpy(), [[1.0, 2.0]])
+    loss = tensor.Tensor([0])          # `loss = torch.Tensor([0]); loss += l` accumulates
+    w = tensor.tensor([2.0], requires_grad=True)
+    loss += w * 3
+    loss.backward()
+    assert w.grad.item() == 3.0
+    with pytest.raises(TypeError, match="expected ints"):
+        tensor.Tensor(2, 3.5)
