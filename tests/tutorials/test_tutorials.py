@@ -43,6 +43,7 @@ CASES = [
     ("examples_mnist_hogwild.py", ()),
     ("ddp_tutorial.py", ()),
     ("char_rnn_classification.py", ()),
+    ("char_rnn_generation.py", ()),
     ("seq2seq_translation.py", ()),
     ("recipe_amp.py", ()),
     ("recipe_saving_loading.py", ()),

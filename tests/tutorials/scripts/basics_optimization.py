@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from runtime.data.datasets import MNIST   # stands in for torchvision.datasets.FashionMNIST
 
-training_data = Subset(MNIST(train=True, transform=torch.from_numpy), range(1024))
-test_data = Subset(MNIST(train=False, transform=torch.from_numpy), range(256))
+training_data = Subset(MNIST(train=True, transform=torch.from_numpy), range(640))
+test_data = Subset(MNIST(train=False, transform=torch.from_numpy), range(200))
 
 train_dataloader = DataLoader(training_data, batch_size=64)
 test_dataloader = DataLoader(test_data, batch_size=64)

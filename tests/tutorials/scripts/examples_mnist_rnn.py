@@ -73,7 +73,7 @@ def main():
     parser = argparse.ArgumentParser(description='PyTorch MNIST Example using RNN')
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--test-batch-size', type=int, default=200)
-    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--epochs', type=int, default=1)
     parser.add_argument('--lr', type=float, default=0.01)
     parser.add_argument('--gamma', type=float, default=0.7)
     parser.add_argument('--accel', action='store_true')
@@ -89,10 +89,10 @@ def main():
     kwargs = {'num_workers': 1, 'pin_memory': True} if args.accel else {}
     transform = lambda img: torch.from_numpy((img - 0.1307) / 0.3081)
     train_loader = torch.utils.data.DataLoader(
-        Subset(MNIST(train=True, transform=transform), np.random.default_rng(0).permutation(4000)[:320]),   # the sample is sorted by digit
+        Subset(MNIST(train=True, transform=transform), np.random.default_rng(0).permutation(4000)[:256]),   # the sample is sorted by digit
         batch_size=args.batch_size, shuffle=True, **kwargs)
     test_loader = torch.utils.data.DataLoader(
-        Subset(MNIST(train=False, transform=transform), np.random.default_rng(1).permutation(1000)[:200]),
+        Subset(MNIST(train=False, transform=transform), np.random.default_rng(1).permutation(1000)[:100]),
         batch_size=args.test_batch_size, shuffle=True, **kwargs)
 
     model = Net().to(device)

@@ -20,7 +20,7 @@ batch_size = 64
 in_size = 128
 out_size = 128
 num_layers = 3
-num_batches = 8
+num_batches = 4
 epochs = 10
 data = [torch.randn(batch_size, in_size, device=device) for _ in range(num_batches)]
 W = torch.randn(in_size, out_size) / in_size ** 0.5   # the recipe's targets are noise; these are learnable
