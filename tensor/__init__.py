@@ -97,7 +97,7 @@ class cuda:  # noqa: N801 - mirrors torch.cuda's namespace
 def __getattr__(name):
     # nn, optim and serialization load lazily so `import tensor` stays quick
     import importlib
-    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends"):
+    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends", "distributions"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.serialization"), name)

@@ -148,3 +148,63 @@ def test_legacy_tensor_constructor_is_float_as_pytorch():
     assert w.grad.item() == 3.0
     with pytest.raises(TypeError, match="expected ints"):
         tensor.Tensor(2, 3.5)
+
+
+# -- torch.distributions: Categorical, Normal (pytorch/examples reinforcement_learning) --------
+def test_categorical_log_prob_entropy_match_pytorch():
+    from tensor.distributions import Categorical
+    p = rng.uniform(0.1, 1, size=(3, 4)).astype(np.float32)
+    lg = rng.normal(size=(3, 4)).astype(np.float32)
+    v = np.array([[0, 3, 1], [2, 2, 0]])
+    for kw in (dict(probs=p), dict(logits=lg)):
+        z = Categorical(**{k: tensor.tensor(a) for k, a in kw.items()})
+        t = torch.distributions.Categorical(**{k: torch.tensor(a) for k, a in kw.items()})
+        assert tuple(z.batch_shape) == tuple(t.batch_shape) == (3,)
+        np.testing.assert_allclose(z.log_prob(tensor.tensor(v)).numpy(),
+                                   t.log_prob(torch.tensor(v)).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(z.entropy().numpy(), t.entropy().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(z.probs.numpy(), t.probs.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(z.logits.numpy(), t.logits.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_categorical_sample_shape_and_frequencies():
+    from tensor.distributions import Categorical
+    tensor.manual_seed(0)
+    c = Categorical(tensor.tensor([[0.1, 0.2, 0.7], [0.5, 0.5, 0.0]]))
+    s = c.sample((20000,))
+    assert s.shape == (20000, 2) and s.dtype == tensor.int64
+    freq = [(s[:, 0] == k).float().mean().item() for k in range(3)]
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=0.015)
+    assert (s[:, 1] == 2).sum().item() == 0             # zero probability is never drawn
+    assert Categorical(tensor.tensor([0.3, 0.7])).sample().shape == ()
+    with pytest.raises(ValueError, match="either probs or logits"):
+        Categorical()
+
+
+def test_categorical_log_prob_and_entropy_grads():
+    from tensor.distributions import Categorical
+    v = tensor.tensor([2, 0, 1])
+    check_grad(lambda lg: Categorical(logits=lg).log_prob(v).sum(), rng.normal(size=(3, 4)))
+    check_grad(lambda p: Categorical(probs=p).log_prob(v).sum(), rng.uniform(0.2, 1, (3, 4)))
+    check_grad(lambda lg: Categorical(logits=lg).entropy().sum(), rng.normal(size=(2, 5)))
+
+
+def test_normal_matches_pytorch_and_rsample_is_differentiable():
+    from tensor.distributions import Normal
+    loc, scale = rng.normal(size=(3,)), rng.uniform(0.5, 2, size=(3,))
+    x = rng.normal(size=(2, 3))
+    z = Normal(tensor.tensor(loc), tensor.tensor(scale))
+    t = torch.distributions.Normal(torch.tensor(loc), torch.tensor(scale))
+    np.testing.assert_allclose(z.log_prob(tensor.tensor(x)).numpy(),
+                               t.log_prob(torch.tensor(x)).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(z.entropy().numpy(), t.entropy().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(z.cdf(tensor.tensor(x)).numpy(), t.cdf(torch.tensor(x)).numpy(),
+                               rtol=1e-7)
+    assert z.sample((5,)).shape == (5, 3) and not z.sample().requires_grad
+    check_grad(lambda m, s: Normal(m, s).log_prob(tensor.tensor(x)).sum(), loc, scale)
+    m = tensor.tensor(loc, requires_grad=True)
+    Normal(m, tensor.tensor(scale)).rsample((4,)).sum().backward()
+    np.testing.assert_allclose(m.grad.numpy(), np.full(3, 4.0))     # d(loc + eps*s)/dloc = 1
+    tensor.manual_seed(0)
+    big = Normal(tensor.tensor(1.0), tensor.tensor(2.0)).sample((40000,)).numpy()
+    assert abs(big.mean() - 1.0) < 0.05 and abs(big.std() - 2.0) < 0.05

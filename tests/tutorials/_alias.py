@@ -40,6 +40,7 @@ ALIASES = {
     "torch.optim.lr_scheduler": "tensor.optim.lr_scheduler",
     "torch.autograd": "tensor.autograd",
     "torch.amp": "tensor.amp",
+    "torch.distributions": "tensor.distributions",
     "torch.utils": None,
     "torch.utils.data": "runtime.data",
     "torch.utils.checkpoint": "tensor.autograd._checkpoint",

@@ -45,6 +45,7 @@ CASES = [
     ("char_rnn_classification.py", ()),
     ("char_rnn_generation.py", ()),
     ("seq2seq_translation.py", ()),
+    ("examples_reinforce.py", ()),
     ("recipe_amp.py", ()),
     ("recipe_saving_loading.py", ()),
 ]
