@@ -208,3 +208,15 @@ def test_normal_matches_pytorch_and_rsample_is_differentiable():
     tensor.manual_seed(0)
     big = Normal(tensor.tensor(1.0), tensor.tensor(2.0)).sample((40000,)).numpy()
     assert abs(big.mean() - 1.0) < 0.05 and abs(big.std() - 2.0) < 0.05
+
+
+# -- torch.where(cond, 1, 0) with two Python numbers (pytorch/examples siamese_network) --------
+@pytest.mark.parametrize("a, b", [(1, 0), (1.5, 0), (True, False), (2, 0.5)])
+def test_where_with_two_scalars_matches_pytorch(a, b):
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    got = tensor.where(tensor.tensor(x) > 0, a, b)
+    want = torch.where(torch.tensor(x) > 0, a, b)
+    assert str(got.dtype).split(".")[-1] == str(want.dtype).split(".")[-1]
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    with pytest.raises(TypeError, match="Python numbers"):
+        tensor.where(tensor.tensor(x) > 0, "a", 0)

@@ -46,6 +46,7 @@ CASES = [
     ("char_rnn_generation.py", ()),
     ("seq2seq_translation.py", ()),
     ("examples_reinforce.py", ()),
+    ("examples_siamese_network.py", ()),
     ("recipe_amp.py", ()),
     ("recipe_saving_loading.py", ()),
 ]
