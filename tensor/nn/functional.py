@@ -271,3 +271,8 @@ def pixel_unshuffle(input, downscale_factor: int):
 
 
 __all__ += ["pixel_shuffle", "pixel_unshuffle"]
+
+
+from ..ops.grid import affine_grid, grid_sample  # noqa: E402,F401  (spatial transformers)
+
+__all__ += ["affine_grid", "grid_sample"]

@@ -220,3 +220,52 @@ def test_where_with_two_scalars_matches_pytorch(a, b):
     np.testing.assert_array_equal(got.numpy(), want.numpy())
     with pytest.raises(TypeError, match="Python numbers"):
         tensor.where(tensor.tensor(x) > 0, "a", 0)
+
+
+# -- F.affine_grid / F.grid_sample (intermediate_source/spatial_transformer_tutorial.py) -------
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("mode, padding_mode", [("bilinear", "zeros"), ("bilinear", "border"),
+                                                ("nearest", "zeros"), ("nearest", "border")])
+def test_affine_grid_and_grid_sample_match_pytorch(align, mode, padding_mode):
+    import tensor.nn.functional as F
+    th = rng.normal(size=(2, 2, 3)) * 0.5 + np.array([[1.0, 0, 0], [0, 1, 0]])
+    x = rng.normal(size=(2, 3, 5, 6))
+    g = F.affine_grid(tensor.tensor(th), (2, 3, 4, 7), align_corners=align)
+    tg = torch.nn.functional.affine_grid(torch.tensor(th), (2, 3, 4, 7), align_corners=align)
+    np.testing.assert_allclose(g.numpy(), tg.numpy(), atol=1e-12)
+    out = F.grid_sample(tensor.tensor(x), g, mode=mode, padding_mode=padding_mode,
+                        align_corners=align)
+    want = torch.nn.functional.grid_sample(torch.tensor(x), tg, mode=mode,
+                                           padding_mode=padding_mode, align_corners=align)
+    np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_grid_sample_grads_reach_input_grid_and_theta(padding_mode):
+    import tensor.nn.functional as F
+    x = rng.normal(size=(2, 2, 4, 5))
+    th = rng.normal(size=(2, 2, 3)) * 0.3 + np.array([[1.1, 0, 0.05], [0, 0.9, -0.05]])
+    check_grad(lambda i, t: F.grid_sample(i, F.affine_grid(t, (2, 2, 3, 4)),
+                                          padding_mode=padding_mode).pow(2).sum(), x, th)
+    grid = rng.uniform(-0.9, 0.9, size=(2, 3, 3, 2))
+    check_grad(lambda i, gr: (F.grid_sample(i, gr, align_corners=True) ** 2).sum(), x, grid)
+
+
+def test_grid_sample_gradient_matches_pytorch():
+    import tensor.nn.functional as F
+    x, grid = rng.normal(size=(1, 2, 4, 4)), rng.uniform(-1.2, 1.2, size=(1, 3, 5, 2))
+    zi, zg = tensor.tensor(x, requires_grad=True), tensor.tensor(grid, requires_grad=True)
+    ti, tg = torch.tensor(x, requires_grad=True), torch.tensor(grid, requires_grad=True)
+    F.grid_sample(zi, zg).pow(2).sum().backward()
+    torch.nn.functional.grid_sample(ti, tg, align_corners=False).pow(2).sum().backward()
+    np.testing.assert_allclose(zi.grad.numpy(), ti.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(zg.grad.numpy(), tg.grad.numpy(), atol=1e-12)
+
+
+def test_grid_sample_refuses_what_it_does_not_support():
+    import tensor.nn.functional as F
+    x, g = tensor.zeros(1, 1, 3, 3), tensor.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="reflection"):
+        F.grid_sample(x, g, padding_mode="reflection")
+    with pytest.raises(ValueError, match="theta of shape"):
+        F.affine_grid(tensor.zeros(2, 2, 3), (1, 1, 3, 3))
