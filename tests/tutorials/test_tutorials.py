@@ -47,6 +47,7 @@ CASES = [
     ("seq2seq_translation.py", ()),
     ("examples_reinforce.py", ()),
     ("examples_siamese_network.py", ()),
+    ("spatial_transformer.py", ()),
     ("recipe_amp.py", ()),
     ("recipe_saving_loading.py", ()),
 ]
