@@ -28,10 +28,10 @@ class SyntheticCIFAR(Dataset):
 
 
 batch_size = 4
-trainset = SyntheticCIFAR(400, 0)
+trainset = SyntheticCIFAR(240, 0)
 trainloader = torch.utils.data.DataLoader(trainset, batch_size=batch_size, shuffle=True,
                                           num_workers=0)
-testset = SyntheticCIFAR(100, 1)
+testset = SyntheticCIFAR(60, 1)
 testloader = torch.utils.data.DataLoader(testset, batch_size=batch_size, shuffle=False,
                                          num_workers=0)
 classes = ('plane', 'car', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -73,9 +73,9 @@ for epoch in range(2):
         loss.backward()
         optimizer.step()
         running_loss += loss.item()
-        if i % 25 == 24:
-            print(f'[{epoch + 1}, {i + 1:5d}] loss: {running_loss / 25:.3f}')
-            losses.append(running_loss / 25)
+        if i % 15 == 14:
+            print(f'[{epoch + 1}, {i + 1:5d}] loss: {running_loss / 15:.3f}')
+            losses.append(running_loss / 15)
             running_loss = 0.0
 print('Finished Training')
 

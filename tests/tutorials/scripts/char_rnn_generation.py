@@ -127,7 +127,7 @@ def sample(category, start_letter='A', max_length=20):
 random.seed(0)
 torch.manual_seed(0)
 rnn = RNN(n_letters, 128, n_letters)
-n_iters = 600
+n_iters = 400
 plot_every = 100
 all_losses = []
 total_loss = 0

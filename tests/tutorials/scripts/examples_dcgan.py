@@ -30,7 +30,7 @@ random.seed(opt.manualSeed)
 torch.manual_seed(opt.manualSeed)
 
 pad = lambda img: torch.from_numpy(np.pad(img, ((0, 0), (2, 2), (2, 2))) * 2 - 1)  # Resize+Normalize
-dataset = torch.utils.data.Subset(MNIST(train=True, transform=pad), range(0, 4000, 25))
+dataset = torch.utils.data.Subset(MNIST(train=True, transform=pad), range(0, 4000, 40))
 nc = 1
 dataloader = torch.utils.data.DataLoader(dataset, batch_size=opt.batchSize, shuffle=True)
 device = torch.device("cpu")

@@ -78,7 +78,7 @@ def test(model, device, test_loader):
 
 def main():
     parser = argparse.ArgumentParser(description='PyTorch MNIST Example')
-    parser.add_argument('--batch-size', type=int, default=64, metavar='N')
+    parser.add_argument('--batch-size', type=int, default=32, metavar='N')
     parser.add_argument('--test-batch-size', type=int, default=200, metavar='N')
     parser.add_argument('--epochs', type=int, default=1, metavar='N')
     parser.add_argument('--lr', type=float, default=1.0, metavar='LR')
@@ -106,8 +106,8 @@ def main():
         test_kwargs.update(accel_kwargs)
 
     transform = lambda img: torch.from_numpy((img - 0.1307) / 0.3081)   # ToTensor + Normalize
-    dataset1 = Subset(MNIST(train=True, transform=transform), np.random.default_rng(0).permutation(4000)[:192])   # the sample is sorted by digit
-    dataset2 = Subset(MNIST(train=False, transform=transform), np.random.default_rng(1).permutation(1000)[:100])
+    dataset1 = Subset(MNIST(train=True, transform=transform), np.random.default_rng(0).permutation(4000)[:160])   # the sample is sorted by digit
+    dataset2 = Subset(MNIST(train=False, transform=transform), np.random.default_rng(1).permutation(1000)[:64])
     train_loader = torch.utils.data.DataLoader(dataset1, **train_kwargs)
     test_loader = torch.utils.data.DataLoader(dataset2, **test_kwargs)
 

@@ -95,7 +95,7 @@ if __name__ == '__main__':
     torch.manual_seed(args.seed)
     mp.set_start_method('spawn', force=True)
     dataset1 = torch.utils.data.Subset(MNIST(train=True, transform=transform),
-                                       np.random.default_rng(0).permutation(4000)[:640])
+                                       np.random.default_rng(0).permutation(4000)[:384])
     dataset2 = torch.utils.data.Subset(MNIST(train=False, transform=transform), range(0, 1000, 5))
     test_loader = torch.utils.data.DataLoader(dataset2, batch_size=args.test_batch_size)
 

@@ -55,8 +55,8 @@ device = torch.device("cpu")
 images = Digits().data.astype(np.float32) / 16.0
 high = images.repeat(3, axis=1).repeat(3, axis=2)[:, None]            # (N, 1, 24, 24)
 low = high.reshape(-1, 1, 8, 3, 8, 3).mean(axis=(3, 5))                  # (N, 1, 8, 8)
-train_set = TensorDataset(torch.from_numpy(low[:128]), torch.from_numpy(high[:128]))
-test_set = TensorDataset(torch.from_numpy(low[-64:]), torch.from_numpy(high[-64:]))
+train_set = TensorDataset(torch.from_numpy(low[:96]), torch.from_numpy(high[:96]))
+test_set = TensorDataset(torch.from_numpy(low[-32:]), torch.from_numpy(high[-32:]))
 training_data_loader = DataLoader(dataset=train_set, batch_size=opt.batchSize, shuffle=True)
 testing_data_loader = DataLoader(dataset=test_set, batch_size=opt.testBatchSize, shuffle=False)
 

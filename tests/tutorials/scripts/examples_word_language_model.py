@@ -36,8 +36,8 @@ class Corpus(object):
     def __init__(self, text):
         self.dictionary = Dictionary()
         lines = text.split('\n')
-        self.train = self.tokenize(lines[:1200])
-        self.valid = self.tokenize(lines[1200:1500])
+        self.train = self.tokenize(lines[:800])
+        self.valid = self.tokenize(lines[800:1000])
 
     def tokenize(self, lines):
         idss = []
@@ -160,13 +160,13 @@ parser.add_argument('--dropout', type=float, default=0.2)
 parser.add_argument('--seed', type=int, default=1111)
 parser.add_argument('--log-interval', type=int, default=5, metavar='N')
 parser.add_argument('--nhead', type=int, default=2)
-parser.add_argument('--max-batches', type=int, default=15)
+parser.add_argument('--max-batches', type=int, default=10)
 args = parser.parse_args()
 torch.manual_seed(args.seed)
 device = torch.device("cpu")
 
 shakespeare = CharDataset(block_size=8)
-corpus = Corpus(shakespeare.decode(shakespeare.data[:60000]))
+corpus = Corpus(shakespeare.decode(shakespeare.data[:40000]))
 
 
 def batchify(data, bsz):

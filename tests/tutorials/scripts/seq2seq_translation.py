@@ -91,7 +91,7 @@ class AttnDecoderRNN(nn.Module):
         return output, hidden, attn_weights
 
 
-def get_dataloader(batch_size, n=160, seed=0):
+def get_dataloader(batch_size, n=96, seed=0):
     rng = np.random.default_rng(seed)
     input_ids = np.zeros((n, MAX_LENGTH), dtype=np.int32)
     target_ids = np.zeros((n, MAX_LENGTH), dtype=np.int32)
