@@ -45,6 +45,7 @@ CASES = [
     ("char_rnn_classification.py", ()),
     ("char_rnn_generation.py", ()),
     ("seq2seq_translation.py", ()),
+    ("examples_forward_forward.py", ()),
     ("examples_reinforce.py", ()),
     ("examples_siamese_network.py", ()),
     ("spatial_transformer.py", ()),
