@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Subset
 from runtime.data.datasets import MNIST   # stands in for torchvision.datasets.FashionMNIST
 
 ToTensor = lambda: torch.from_numpy   # the images are already float32 (1, 28, 28) in [0, 1]
-training_data = Subset(MNIST(train=True, transform=ToTensor()), range(640))
-test_data = Subset(MNIST(train=False, transform=ToTensor()), range(200))
+training_data = Subset(MNIST(train=True, transform=ToTensor()), range(384))
+test_data = Subset(MNIST(train=False, transform=ToTensor()), range(128))
 
 batch_size = 64
 train_dataloader = DataLoader(training_data, batch_size=batch_size)
