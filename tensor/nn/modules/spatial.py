@@ -124,3 +124,31 @@ ReplicationPad2d = _pad_class("ReplicationPad2d", 2, "replicate",
 CircularPad1d = _pad_class("CircularPad1d", 1, "circular", "Pad the last dim circularly.")
 CircularPad2d = _pad_class("CircularPad2d", 2, "circular",
                            "Pad the last 2 dims circularly (wrapping around).")
+
+
+class PixelShuffle(Module):
+    """(*, C*r^2, H, W) -> (*, C, H*r, W*r): sub-pixel convolution's rearrangement (Shi et al.)."""
+
+    def __init__(self, upscale_factor: int):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.pixel_shuffle(input, self.upscale_factor)
+
+    def extra_repr(self) -> str:
+        return f"upscale_factor={self.upscale_factor}"
+
+
+class PixelUnshuffle(Module):
+    """(*, C, H*r, W*r) -> (*, C*r^2, H, W), the inverse of PixelShuffle."""
+
+    def __init__(self, downscale_factor: int):
+        super().__init__()
+        self.downscale_factor = downscale_factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.pixel_unshuffle(input, self.downscale_factor)
+
+    def extra_repr(self) -> str:
+        return f"downscale_factor={self.downscale_factor}"
