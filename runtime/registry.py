@@ -46,9 +46,10 @@ def import_object(spec: str, what: str = "object"):
 class Registry:
     """Names to objects (or lazy ``"module:Name"`` strings), with helpful lookup errors."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, fallback=None):
         self.what = what
         self._entries: dict[str, object] = {}
+        self._fallback = fallback   # name -> object, or raises LookupError
 
     def register(self, name: str, target=None):
         """Register `target` under `name`; without a target, a decorator."""
@@ -73,6 +74,11 @@ class Registry:
         if target is None:
             if ":" in name:
                 return import_object(name, self.what)
+            if self._fallback is not None:
+                try:
+                    return self._fallback(name)
+                except LookupError:
+                    pass
             raise ValueError(f"{self.what} {name!r} is not registered; expected one of "
                              f"{', '.join(self.names())}, or your own as 'package.module:Name'")
         if isinstance(target, str):
@@ -82,7 +88,18 @@ class Registry:
 
 
 # -- optimizers ------------------------------------------------------------------------------
-OPTIMIZERS = Registry("optimizer")
+def _class_in(module_name: str, base_name: str):
+    """A fallback: a class of `module_name` by its own name (AdamW, CosineAnnealingLR)."""
+    def find(name):
+        module = importlib.import_module(module_name)
+        cls, base = getattr(module, name, None), getattr(module, base_name)
+        if isinstance(cls, type) and issubclass(cls, base) and cls is not base:
+            return cls
+        raise LookupError(name)
+    return find
+
+
+OPTIMIZERS = Registry("optimizer", _class_in("tensor.optim", "Optimizer"))
 for _name, _cls in (("sgd", "SGD"), ("adam", "Adam"), ("adamw", "AdamW"),
                     ("rmsprop", "RMSprop")):
     OPTIMIZERS.register(_name, f"tensor.optim:{_cls}")
@@ -91,11 +108,6 @@ for _name, _cls in (("sgd", "SGD"), ("adam", "Adam"), ("adamw", "AdamW"),
 def optimizer_class(name: str):
     """The optimizer class for `name`: sgd, adam, adamw, rmsprop, any class of tensor.optim by
     its own name (``AdamW``), or ``package.module:Name``."""
-    if name not in OPTIMIZERS and ":" not in name:
-        import tensor.optim
-        cls = getattr(tensor.optim, name, None)
-        if isinstance(cls, type) and issubclass(cls, tensor.optim.Optimizer):
-            return cls
     return OPTIMIZERS.get(name)
 
 
@@ -136,7 +148,13 @@ def loss_function(name: str):
 
 
 # -- schedulers ------------------------------------------------------------------------------
-SCHEDULERS = Registry("scheduler")
+def _scheduler_fallback(name):
+    if name.lower() in ("none", "constant"):
+        return None   # a constant lr: build_scheduler makes no scheduler
+    return _class_in("tensor.optim.lr_scheduler", "LRScheduler")(name)
+
+
+SCHEDULERS = Registry("scheduler", _scheduler_fallback)
 for _name, _cls in (("cosine", "CosineAnnealingLR"), ("step", "StepLR"),
                     ("multistep", "MultiStepLR"), ("exponential", "ExponentialLR"),
                     ("linear", "LinearLR"), ("lambda", "LambdaLR")):
@@ -160,14 +178,9 @@ def build_scheduler(name, optimizer, args: dict, total_steps: int, warmup_steps:
     from tensor.optim import lr_scheduler as lrs
     args = dict(args or {})
     main_steps = max(1, total_steps - warmup_steps)
-    if name is None or str(name).lower() in ("none", "constant"):
-        if not warmup_steps:
-            return None
-        cls = None
-    elif name not in SCHEDULERS and ":" not in name and isinstance(getattr(lrs, name, None), type):
-        cls = getattr(lrs, name)
-    else:
-        cls = SCHEDULERS.get(name)
+    cls = None if name is None else SCHEDULERS.get(name)
+    if cls is None and not warmup_steps:
+        return None
     if cls is lrs.CosineAnnealingLR:
         args.setdefault("T_max", main_steps)
     elif cls is lrs.LinearLR:

@@ -10,6 +10,7 @@ from . import backend, dtypes
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tensor import Size, Tensor
 from . import _methods  # noqa: F401  (attaches ops to Tensor)
+from . import _inplace_view  # noqa: F401,E402  (unsqueeze_, t_, ... on Tensor)
 from .backend import device, get_default_device, set_default_device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
                        linspace, multinomial, normal, ones, ones_like, rand, rand_like, randint,
@@ -36,6 +37,13 @@ from .ops.shape import (broadcast_to, cat, chunk, flatten, flip, gather, hstack,
 from .random import (Generator, default_generator, get_rng_state, initial_seed, manual_seed,
                      seed, set_rng_state)
 from . import autograd  # noqa: E402
+from ._out import with_out as _with_out
+
+# torch.<fn>(..., out=t) writes into t (see tensor/_out.py); the Tensor methods take no out=.
+(abs, add, bmm, cat, clamp, cos, cumsum, div, exp, log, matmul, maximum, minimum, mm, mul,
+ neg, pow, sigmoid, sin, sqrt, stack, sub, sum, tanh, where) = map(_with_out, (
+    abs, add, bmm, cat, clamp, cos, cumsum, div, exp, log, matmul, maximum, minimum, mm, mul,
+    neg, pow, sigmoid, sin, sqrt, stack, sub, sum, tanh, where))
 
 concat = concatenate = cat
 clip = clamp
@@ -89,8 +97,10 @@ class cuda:  # noqa: N801 - mirrors torch.cuda's namespace
 def __getattr__(name):
     # nn, optim and serialization load lazily so `import tensor` stays quick
     import importlib
-    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends"):
+    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends", "distributions"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.serialization"), name)
+    if name == "autocast":   # torch.autocast is torch.amp.autocast (the AMP recipe uses it)
+        return importlib.import_module(f"{__name__}.amp").autocast
     raise AttributeError(f"module 'tensor' has no attribute {name!r}")

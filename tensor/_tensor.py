@@ -195,15 +195,25 @@ class Tensor:
     _is_param = False
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
-    def __init__(self, data=None, *, requires_grad=False):
+    def __init__(self, data=None, *sizes, requires_grad=False):
         # Tensor(array) wraps without copying; use tensor.tensor(...) for PyTorch's copy.
+        # Otherwise PyTorch's legacy constructor: Tensor([0]) is float (the default dtype, as
+        # char_rnn_generation's `loss = torch.Tensor([0]); loss += l` needs) and
+        # Tensor(2, 3) is an uninitialised float tensor of that shape.
         if data is None:
             data = np.empty((0,), dtypes.get_default_dtype())
         elif isinstance(data, Tensor):
             data = data.array
+        elif sizes or (isinstance(data, (int, np.integer)) and not isinstance(data, bool)):
+            shape = (data, *sizes)
+            if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                       for n in shape):
+                raise TypeError(f"Tensor(*sizes): expected ints, got {shape}; to wrap data, "
+                                "pass one list or array: Tensor([1, 2]).")
+            data = np.empty(tuple(int(n) for n in shape), dtypes.get_default_dtype())
         elif not backend.is_array(data):
             from .creation import _to_array
-            data = _to_array(data, None)
+            data = _to_array(data, dtypes.get_default_dtype())
         self.array = data
         self.requires_grad = bool(requires_grad)
         self._vbox = [0]

@@ -1,10 +1,13 @@
-"""Shared test helpers: gradient checks, real multi-process runs, ports, /dev/shm leak checks.
+"""Shared test helpers: gradient checks, real multi-process runs, ports, /dev/shm leak checks,
+log capture, loading the example scripts.
 
 Every multi-process helper has a deadline: a test that goes wrong fails with the child's
 traceback, it never hangs CI.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -27,6 +30,35 @@ except Exception:
 
 requires_cupy = pytest.mark.skipif(not (_HAS_CUPY and _HAS_GPU),
                                    reason="needs CuPy and a CUDA GPU (pip install 'zgrad[gpu]')")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class LogLines(logging.Handler):
+    """A logging handler that keeps every record's message in .lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def grab_log(name: str = "runtime.distributed") -> LogLines:
+    """Attach a LogLines handler to the logger `name` and return it."""
+    grab = LogLines()
+    logging.getLogger(name).addHandler(grab)
+    return grab
+
+
+def load_example(name: str):
+    """Import examples/<name>.py as a module (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, "examples",
+                                                                     name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def free_port() -> int:

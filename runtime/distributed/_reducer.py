@@ -47,7 +47,7 @@ from tensor.futures import Future
 from . import _shared_buckets
 from ._grad_bucket import GradBucket
 from .collectives import all_reduce
-from .process_group import ReduceOp
+from .work import ReduceOp
 
 class _Bucket:
     """One bucket: its flat array(s) (two sets with shared buckets, see Note [DDP shared

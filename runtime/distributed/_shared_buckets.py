@@ -47,7 +47,7 @@ from shm import pid_alive
 from .collectives import all_reduce
 from .objects import all_gather_object, broadcast_object_list
 from .call import reduce_in_rank_order
-from .work import UFUNC as _UFUNC
+from .work import UFUNC
 
 _ALIGN = 64
 ONE_BARRIER_MAX_RANKS = 3   # ZGRAD_DDP_ONE_BARRIER_MAX_RANKS overrides it (read at construction)
@@ -148,10 +148,9 @@ class SharedBuckets:
         """See Note [DDP shared buckets], the one-barrier scheme."""
         bufs = [self.arrays[s][r][k] for r in range(self.n)]
         out = self.arrays[1 - s][self.me][k]
-        ufunc = _UFUNC[op]
-        self.pg.local._sync(call, deadline, desc=True)
+        self.pg.local.barrier(call, deadline)   # with the call descriptor check
         if out.size:
-            reduce_in_rank_order(ufunc, bufs, out)
+            reduce_in_rank_order(UFUNC[op], bufs, out)   # out is in the other set: no alias
             if op == "AVG":
                 np.divide(out, self.n, out=out)
 
@@ -168,8 +167,8 @@ class SharedBuckets:
         size = bufs[0].size
         q, rem = divmod(size, n)
         lo = [r * q + min(r, rem) for r in range(n + 1)]
-        ufunc = _UFUNC[op]
-        local._sync(call, deadline, desc=True)
+        ufunc = UFUNC[op]
+        local.barrier(call, deadline)   # with the call descriptor check, as B and C
         a, b = lo[me], lo[me + 1]
         if b > a:
             # ranks 0 and 1 sum in place; a later rank's own input must survive until its
@@ -182,9 +181,9 @@ class SharedBuckets:
                 np.divide(out, n, out=out)
             if me >= 2:
                 bufs[me][a:b] = out
-        local._sync(call, deadline)
+        local.barrier(call, deadline)
         mine = bufs[me]
         for r in range(n):
             if r != me and lo[r + 1] > lo[r]:
                 mine[lo[r]:lo[r + 1]] = bufs[r][lo[r]:lo[r + 1]]
-        local._sync(call, deadline)
+        local.barrier(call, deadline)

@@ -25,24 +25,29 @@ from ._reducer import Reducer
 from .algorithms.join import Join, Joinable, JoinHook
 from .collectives import all_reduce, broadcast
 from .objects import all_gather_object
-from .process_group import ReduceOp
+from .work import ReduceOp
 
 __all__ = ["DistributedDataParallel", "GradBucket"]
 
 
-def _tensors_in(obj, out: list) -> list:
+def _tensors_in(obj, out: list, seen=None) -> list:
     """Every Tensor inside `obj` (nested tuples, lists, dicts, dataclass-like objects)."""
     if isinstance(obj, Tensor):
         out.append(obj)
-    elif isinstance(obj, (list, tuple)):
+        return out
+    seen = set() if seen is None else seen
+    if id(obj) in seen:   # a cycle between objects
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, (list, tuple)):
         for o in obj:
-            _tensors_in(o, out)
+            _tensors_in(o, out, seen)
     elif isinstance(obj, dict):
         for o in obj.values():
-            _tensors_in(o, out)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, Module):
+            _tensors_in(o, out, seen)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (Module, type)):
         for o in vars(obj).values():
-            _tensors_in(o, out)
+            _tensors_in(o, out, seen)
     return out
 
 

@@ -202,10 +202,23 @@ class ShmComm:
         self.parity ^= 1
         return slots
 
-    def _chunks(self, numel: int, per: int):
-        """(first, lo, hi) over [0, numel) in pieces of `per` elements (one empty piece for 0)."""
+    def _per_slot(self, itemsize: int, parts: int = 1) -> int:
+        """How many elements of `itemsize` bytes fit in a slot (or in one of `parts` sub-slots)."""
+        return max(1, self.slot_bytes // parts // itemsize)
+
+    def _chunks(self, x: np.ndarray, per: int | None = None):
+        """(first, lo, hi) over x's elements in pieces of `per` elements (default: a whole
+        slot's worth); one empty piece for an empty x."""
+        numel = x.size
+        per = per or self._per_slot(x.itemsize)
         for lo in range(0, max(numel, 1), per):
             yield lo == 0, lo, min(lo + per, numel)
+
+    def _read_others(self, outs: list, slots: list, c0: int, c1: int):
+        """outs[k][c0:c1] = the chunk member k published in its slot, for every other k."""
+        for k in range(self.n):
+            if k != self.rank:
+                outs[k][c0:c1] = slots[k][:c1 - c0]
 
     # -- collectives (flat, C-contiguous numpy arrays) -------------------------------------
 
@@ -223,7 +236,7 @@ class ShmComm:
             if x.size:
                 reduce_in_rank_order(ufunc, slots, x)
             return
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slots = self._next(x.dtype)
             L = c1 - c0
             slots[me][:L] = x[c0:c1]
@@ -243,7 +256,7 @@ class ShmComm:
     def reduce(self, call: Call, x: np.ndarray, ufunc, root: int, deadline: float):
         """x on `root` = the reduction over members, in rank order (x elsewhere unchanged)."""
         me = self.rank
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slots = self._next(x.dtype)
             # the root's slot holds its own part too, so no part aliases the output
             slots[me][:c1 - c0] = x[c0:c1]
@@ -255,7 +268,7 @@ class ShmComm:
 
     def broadcast(self, call: Call, x: np.ndarray, root: int, deadline: float):
         """In place on x: every member gets member `root`'s x."""
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slot = self._next(x.dtype)[root]
             if self.rank == root:
                 slot[:c1 - c0] = x[c0:c1]
@@ -268,35 +281,31 @@ class ShmComm:
         me = self.rank
         outs = parts_of(outs, self.n, x.size)
         outs[me][...] = x
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slots = self._next(x.dtype)
             slots[me][:c1 - c0] = x[c0:c1]
             self._sync(call, deadline, desc=first)
-            for k in range(self.n):
-                if k != me:
-                    outs[k][c0:c1] = slots[k][:c1 - c0]
+            self._read_others(outs, slots, c0, c1)
 
     def gather(self, call: Call, x: np.ndarray, outs: list | None, root: int, deadline):
         """outs[k] (on root only) = the x of member k."""
         me = self.rank
         if me == root:
             outs[me][...] = x
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slots = self._next(x.dtype)
             if me != root:
                 slots[me][:c1 - c0] = x[c0:c1]
             self._sync(call, deadline, desc=first)
             if me == root:
-                for k in range(self.n):
-                    if k != me:
-                        outs[k][c0:c1] = slots[k][:c1 - c0]
+                self._read_others(outs, slots, c0, c1)
 
     def scatter(self, call: Call, x: np.ndarray, ins: list | None, root: int, deadline):
         """x on member k = ins[k] of root (root writes member k's part into slot k)."""
         me = self.rank
         if me == root:
             x[...] = ins[me]
-        for first, c0, c1 in self._chunks(x.size, max(1, self.slot_bytes // x.itemsize)):
+        for first, c0, c1 in self._chunks(x):
             slots = self._next(x.dtype)
             if me == root:
                 for k in range(self.n):
@@ -311,8 +320,8 @@ class ShmComm:
         out.size). Each slot holds one sub-slot per destination; a member publishes the parts
         of the others and reads its own from private memory (one copy less)."""
         n, me = self.n, self.rank
-        per = max(1, self.slot_bytes // n // out.itemsize)
-        for first, c0, c1 in self._chunks(out.size, per):
+        per = self._per_slot(out.itemsize, n)
+        for first, c0, c1 in self._chunks(out, per):
             slots, L = self._next(out.dtype), c1 - c0
             for p in range(n):
                 if p != me:
@@ -342,7 +351,7 @@ class ShmComm:
                         f"({call}). Check input_split_sizes and output_split_sizes.")
         outs[me][...] = ins[me]
         dtype = ins[me].dtype
-        per = max(1, self.slot_bytes // n // dtype.itemsize)
+        per = self._per_slot(dtype.itemsize, n)
         off = ~np.eye(n, dtype=bool)
         rounds = int(-(-sizes[:, :n][off].max(initial=0) // per))
         for j in range(rounds):

@@ -6,6 +6,8 @@ accepted and mapped to ``reduction`` as PyTorch does, so positional calls port u
 """
 from __future__ import annotations
 
+import warnings
+
 from ..ops import elementwise as _E
 from ..ops import index as _I
 from ..ops import nn as _N
@@ -147,7 +149,6 @@ def _check_same_shape(op, input, target, strict=False):
         if strict:
             raise ValueError(f"{op}: target size {list(ts)} must be the same as input size "
                              f"{list(input.shape)}")
-        import warnings
         warnings.warn(f"{op}: target size {list(ts)} differs from input size "
                       f"{list(input.shape)}; they will broadcast, which is likely not what you "
                       "want (as PyTorch warns).", stacklevel=3)
@@ -219,11 +220,9 @@ def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = Fals
     """
     nd = input.dim()
     if nd not in (3, 4):
-        import warnings
         warnings.warn(f"dropout2d: Received a {nd}-D input to dropout2d, which is deprecated "
                       "and will result in an error in a future release.", stacklevel=2)
     if nd == 3:
-        import warnings
         warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that "
                       "channel-wise 1D dropout behavior is desired - input is interpreted as "
                       "shape (N, C, L).", stacklevel=2)
@@ -241,3 +240,38 @@ from ..ops.attention import (multi_head_attention_forward,  # noqa: E402,F401  (
 
 __all__ += ["layer_norm", "group_norm", "scaled_dot_product_attention",
             "multi_head_attention_forward"]
+
+
+# -- sub-pixel shuffles (composites of reshape + permute: autograd comes from those) ----------
+def pixel_shuffle(input, upscale_factor: int):
+    """(*, C*r^2, H, W) -> (*, C, H*r, W*r), as torch.nn.functional.pixel_shuffle."""
+    r = int(upscale_factor)
+    *batch, c, h, w = input.shape
+    if input.dim() < 3 or r < 1 or c % (r * r):
+        raise RuntimeError(f"pixel_shuffle: expected input (*, C*r^2, H, W) with C*r^2 divisible"
+                           f" by r^2 = {r * r}, got shape {list(input.shape)}")
+    n = len(batch)
+    x = input.reshape(*batch, c // (r * r), r, r, h, w)
+    x = x.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return x.reshape(*batch, c // (r * r), h * r, w * r)
+
+
+def pixel_unshuffle(input, downscale_factor: int):
+    """(*, C, H*r, W*r) -> (*, C*r^2, H, W), the inverse of pixel_shuffle."""
+    r = int(downscale_factor)
+    *batch, c, h, w = input.shape
+    if input.dim() < 3 or r < 1 or h % r or w % r:
+        raise RuntimeError(f"pixel_unshuffle: expected input (*, C, H, W) with H and W divisible"
+                           f" by {r}, got shape {list(input.shape)}")
+    n = len(batch)
+    x = input.reshape(*batch, c, h // r, r, w // r, r)
+    x = x.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3)
+    return x.reshape(*batch, c * r * r, h // r, w // r)
+
+
+__all__ += ["pixel_shuffle", "pixel_unshuffle"]
+
+
+from ..ops.grid import affine_grid, grid_sample  # noqa: E402,F401  (spatial transformers)
+
+__all__ += ["affine_grid", "grid_sample"]

@@ -141,3 +141,30 @@ def kaiming_normal_(t: Tensor, a: float = 0, mode: str = "fan_in",
         return t
     fan = _calculate_correct_fan(t, mode)
     return normal_(t, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(fan), generator)
+
+
+def orthogonal_(t: Tensor, gain: float = 1.0, generator=None) -> Tensor:
+    """Fill t (>= 2-D, viewed as (t.shape[0], rest)) with a (semi-)orthogonal matrix times
+    `gain` (Saxe et al., 2013), as torch.nn.init.orthogonal_: the Q of a QR factorisation of a
+    standard normal matrix, its columns' signs fixed by diag(R) so Q is uniformly distributed.
+    """
+    if t.dim() < 2:
+        raise ValueError(f"orthogonal_: only tensors with 2 or more dimensions are supported, "
+                         f"got shape {list(t.shape)}")
+    if t.numel() == 0:
+        return t
+    from ..backend import get_array_module
+    rows = t.shape[0]
+    cols = t.numel() // rows
+    with no_grad():
+        flat = t.new_empty((rows, cols)).normal_(0.0, 1.0, generator=generator).array
+        xp = get_array_module(flat)
+        if rows < cols:
+            flat = flat.T
+        q, r = xp.linalg.qr(flat.astype(xp.float64))
+        q *= xp.sign(xp.diagonal(r))
+        if rows < cols:
+            q = q.T
+        t.array[...] = (q * gain).reshape(t.shape).astype(t.array.dtype)
+        t._vbox[0] += 1
+    return t

@@ -455,13 +455,28 @@ def _minmax(a, b, is_max):
     return from_op(y, (a, b), backward, "maximum" if is_max else "minimum", saved=(a, b))
 
 
+def _where_scalars(cond, a, b):
+    """where() with two Python numbers: PyTorch's dtype (bool, else int64, else the default
+    float dtype), on cond's device; nothing to differentiate."""
+    kinds = {type(v) for v in (a, b)}
+    if not kinds <= {bool, int, float}:
+        raise TypeError(f"where: expected Tensors or Python numbers, got "
+                        f"{type(a).__name__} and {type(b).__name__}")
+    dt = (np.dtype(bool) if kinds == {bool} else np.dtype(np.int64) if float not in kinds
+          else dtypes.get_default_dtype())
+    xp = _xp(cond)
+    return _new(xp.where(cond.array, xp.asarray(a, dt), xp.asarray(b, dt)))
+
+
 def where(cond, a, b):
     """a where cond else b (a, b Tensors or Python numbers), with broadcasting."""
     c = cond.array if isinstance(cond, Tensor) else cond
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         ref = a if isinstance(a, Tensor) else b
+    elif isinstance(cond, Tensor):
+        return _where_scalars(cond, a, b)     # torch.where(outputs > 0.5, 1, 0)
     else:
-        raise TypeError("where: expected a or b to be a Tensor")
+        raise TypeError("where: expected cond, a or b to be a Tensor")
     at = a if isinstance(a, Tensor) else None
     bt = b if isinstance(b, Tensor) else None
     if at is not None and bt is not None:

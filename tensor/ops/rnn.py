@@ -118,6 +118,16 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
+def _emit(xp, y, t, m, h, h_new):
+    """Write step t's output h_new into y (zero where the mask m says the step does not exist)
+    and return the next hidden state: h_new, or the old h where the step does not exist."""
+    if m is None:
+        y[t] = h_new
+        return h_new
+    xp.multiply(h_new, m[t], out=y[t])
+    return xp.where(m[t], h_new, h)
+
+
 def _lstm_forward(xp, gx, w, b, h, c, m, reverse, w_hr):
     T, B, GH = gx.shape
     H, P = GH // 4, h.shape[1]
@@ -142,12 +152,8 @@ def _lstm_forward(xp, gx, w, b, h, c, m, reverse, w_hr):
         if wrt is not None:  # LSTM with projections: h = W_hr (o * tanh(c))
             hfull[t] = h_new
             h_new = h_new @ wrt
-        if m is None:
-            h, c = h_new, c_new
-            y[t] = h_new
-        else:
-            h, c = xp.where(m[t], h_new, h), xp.where(m[t], c_new, c)
-            xp.multiply(h_new, m[t], out=y[t])
+        h = _emit(xp, y, t, m, h, h_new)
+        c = c_new if m is None else xp.where(m[t], c_new, c)
     return (y, h, c), {"acts": acts, "hprev": hprev, "cprev": cprev, "tcs": tcs, "hfull": hfull}
 
 
@@ -215,12 +221,7 @@ def _gru_forward(xp, mode, gx, w, b, h, m, reverse):
         ghn[t] = gh[:, 2 * H:]
         n = xp.tanh(gx[t, :, 2 * H:] + a[:, :H] * gh[:, 2 * H:], out=ns[t])
         h_new = n + a[:, H:] * (h - n)
-        if m is None:
-            h = h_new
-            y[t] = h_new
-        else:
-            h = xp.where(m[t], h_new, h)
-            xp.multiply(h_new, m[t], out=y[t])
+        h = _emit(xp, y, t, m, h, h_new)
     return (y, h), {"rz": rz, "ns": ns, "ghn": ghn, "hprev": hprev}
 
 
@@ -263,12 +264,7 @@ def _rnn_forward(xp, mode, gx, w, b, h, m, reverse):
             xp.tanh(a, out=a)
         else:
             xp.maximum(a, 0, out=a)
-        if m is None:
-            h = a
-            y[t] = a
-        else:
-            h = xp.where(m[t], a, h)
-            xp.multiply(a, m[t], out=y[t])
+        h = _emit(xp, y, t, m, h, a)
     return (y, h.copy()), {"hs": pre, "hprev": hprev}
 
 

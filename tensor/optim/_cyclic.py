@@ -10,10 +10,22 @@ from .optimizer import Optimizer
 def _per_group(name, value, optimizer):
     if isinstance(value, (list, tuple)):
         if len(value) != len(optimizer.param_groups):
-            raise ValueError(f"expected {len(optimizer.param_groups)} values for {name}, got "
-                             f"{len(value)}")
+            raise ValueError(f"expected {len(optimizer.param_groups)} values for {name} (one "
+                             f"per param group), got {len(value)}; pass one value or one per "
+                             f"group.")
         return list(value)
     return [value] * len(optimizer.param_groups)
+
+
+def _one_cycle_phases(p: float, total_steps: int, three_phase: bool) -> list:
+    """(end step, start lr key, end lr key, start momentum key, end momentum key) per phase,
+    with p = pct_start * total_steps (PyTorch's phase table)."""
+    if three_phase:
+        return [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                (total_steps - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
+    return [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+            (total_steps - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
 
 
 class OneCycleLR(LRScheduler):
@@ -40,16 +52,8 @@ class OneCycleLR(LRScheduler):
                              f"{anneal_strategy}")
         self.total_steps = total_steps
         self._anneal_cos = anneal_strategy == "cos"
-        p = float(pct_start * total_steps)
-        if three_phase:
-            self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                            (2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
-                            (total_steps - 1, "initial_lr", "min_lr", "max_momentum",
-                             "max_momentum")]
-        else:
-            self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                            (total_steps - 1, "max_lr", "min_lr", "base_momentum",
-                             "max_momentum")]
+        self._phases = _one_cycle_phases(float(pct_start * total_steps), total_steps,
+                                         three_phase)
         groups = optimizer.param_groups
         if last_epoch == -1:
             for g, lr in zip(groups, _per_group("max_lr", max_lr, optimizer)):
@@ -84,7 +88,8 @@ class OneCycleLR(LRScheduler):
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(f"Tried to step {step} times. The specified number of total steps "
-                             f"is {self.total_steps}")
+                             f"is {self.total_steps}; raise total_steps (or epochs) to step "
+                             f"further.")
         lrs = []
         for g in self.optimizer.param_groups:
             start = 0
@@ -107,13 +112,14 @@ class ReduceLROnPlateau:
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
                  cooldown: int = 0, min_lr=0, eps: float = 1e-8):
         if factor >= 1.0:
-            raise ValueError("Factor should be < 1.0.")
+            raise ValueError(f"Factor should be < 1.0, got {factor}.")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
         if mode not in ("min", "max"):
-            raise ValueError(f"mode {mode} is unknown!")
+            raise ValueError(f"mode {mode!r} is unknown! Expected 'min' or 'max'.")
         if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+            raise ValueError(f"threshold mode {threshold_mode!r} is unknown! Expected 'rel' or "
+                             f"'abs'.")
         self.optimizer = optimizer
         self.min_lrs = _per_group("min_lr", min_lr, optimizer)
         self.factor, self.patience, self.cooldown, self.eps = factor, patience, cooldown, eps

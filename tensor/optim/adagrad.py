@@ -17,12 +17,10 @@ class Adagrad(Optimizer):
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False):
-        for name, v in (("learning rate", lr), ("lr_decay value", lr_decay),
-                        ("weight_decay value", weight_decay),
-                        ("initial_accumulator_value", initial_accumulator_value),
-                        ("epsilon value", eps)):
-            if v < 0.0:
-                raise ValueError(f"Invalid {name}: {v}")
+        self._check_non_negative(("learning rate", lr), ("lr_decay value", lr_decay),
+                                 ("weight_decay value", weight_decay),
+                                 ("initial_accumulator_value", initial_accumulator_value),
+                                 ("epsilon value", eps))
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
@@ -34,25 +32,17 @@ class Adagrad(Optimizer):
                 st["sum"].array += group["initial_accumulator_value"]
 
     def _update_group(self, group: dict) -> None:
-        lr, lr_decay, wd, eps = group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            x = p.array
+        lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
+        for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            g = self._grad(p, group["maximize"])
-            st = self.state[p]
-            st["step"].array += 1
+            st = self._count_step(p, x)  # made in __init__
             t = float(st["step"].array)
-            if wd != 0:
-                g = g + wd * x
             clr = lr / (1 + (t - 1) * lr_decay)
             acc = st["sum"].array
             acc += g * g
             std = xp.sqrt(acc)
             std += eps
             x -= clr * (g / std)
-            p._vbox[0] += 1
 
 
 class Adadelta(Optimizer):
@@ -67,33 +57,18 @@ class Adadelta(Optimizer):
 
     def __init__(self, params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0.0, *, maximize: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        self._check_non_negative(("learning rate", lr), ("epsilon value", eps),
+                                 ("weight_decay value", weight_decay))
         if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"Invalid rho value: {rho}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+            raise ValueError(f"Invalid rho value: {rho}; expected 0 <= rho <= 1.")
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
 
     def _update_group(self, group: dict) -> None:
-        lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            x = p.array
+        lr, rho, eps = group["lr"], group["rho"], group["eps"]
+        for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            g = self._grad(p, group["maximize"])
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["square_avg"] = self._zeros_like(x)
-                st["acc_delta"] = self._zeros_like(x)
-            st["step"].array += 1
-            if wd != 0:
-                g = g + wd * x
+            st = self._count_step(p, x, ("square_avg", "acc_delta"))
             sq, acc = st["square_avg"].array, st["acc_delta"].array
             sq *= rho
             sq += (1 - rho) * (g * g)
@@ -101,4 +76,3 @@ class Adadelta(Optimizer):
             acc *= rho
             acc += (1 - rho) * (delta * delta)
             x -= lr * delta
-            p._vbox[0] += 1

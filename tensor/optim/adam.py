@@ -23,15 +23,12 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        self._check_non_negative(("learning rate", lr), ("epsilon value", eps),
+                                 ("weight_decay value", weight_decay))
         for i, b in enumerate(betas):
             if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}; expected "
+                                 f"0 <= beta < 1.")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize,
@@ -39,28 +36,15 @@ class Adam(Optimizer):
 
     def _update_group(self, group: dict) -> None:
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        wd, amsgrad, maximize = group["weight_decay"], group["amsgrad"], group["maximize"]
+        wd, amsgrad = group["weight_decay"], group["amsgrad"]
         decoupled = group["decoupled_weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            x = p.array
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        for p, x, g in self._params_with_grad(group, 0.0 if decoupled else wd):
             xp = get_array_module(x)
-            g = self._grad(p, maximize)
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["exp_avg"] = self._zeros_like(x)
-                st["exp_avg_sq"] = self._zeros_like(x)
-                if amsgrad:
-                    st["max_exp_avg_sq"] = self._zeros_like(x)
-            st["step"].array += 1
+            st = self._count_step(p, x, names)
             t = float(st["step"].array)
-            if wd != 0:
-                if decoupled:
-                    x *= 1 - lr * wd
-                else:
-                    g = g + wd * x
+            if decoupled and wd != 0:
+                x *= 1 - lr * wd
             m, v = st["exp_avg"].array, st["exp_avg_sq"].array
             m *= b1
             m += (1 - b1) * g
@@ -76,7 +60,6 @@ class Adam(Optimizer):
             xp.divide(m, denom, out=denom)
             denom *= lr / (1 - b1 ** t)
             x -= denom
-            p._vbox[0] += 1
 
 
 class AdamW(Adam):

@@ -109,8 +109,7 @@ class LBFGS(Optimizer):
     def __init__(self, params, lr: float = 1.0, max_iter: int = 20, max_eval=None,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
                  history_size: int = 100, line_search_fn=None):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        self._check_non_negative(("learning rate", lr))
         if line_search_fn not in (None, "strong_wolfe"):
             raise ValueError(f"LBFGS: line_search_fn must be None or 'strong_wolfe', got "
                              f"{line_search_fn!r}")
@@ -121,7 +120,9 @@ class LBFGS(Optimizer):
                                       tolerance_change=tolerance_change,
                                       history_size=history_size, line_search_fn=line_search_fn))
         if len(self.param_groups) != 1:
-            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+            raise ValueError(f"LBFGS doesn't support per-parameter options (parameter "
+                             f"groups): got {len(self.param_groups)} groups; pass one list "
+                             f"of parameters.")
         self._params = self.param_groups[0]["params"]
 
     # -- the flat view of the parameters ---------------------------------------------------

@@ -5,7 +5,9 @@ Note [Optimizer updates]
 ``step()`` is not recorded by autograd and does not go through Tensor ops: each optimizer
 updates ``p.array`` (and its state arrays) in place with the array module's ufuncs
 (``xp = get_array_module(p.array)``, so CuPy parameters update on the GPU), then bumps
-``p._vbox[0]`` so that a graph that saved the old value refuses to backpropagate through it.
+``p._vbox[0]`` so that a graph that saved the old value refuses to backpropagate through it
+(``Optimizer._params_with_grad`` does the gradient fetch, maximize, L2 weight decay and the bump
+for every optimizer).
 Updating in place keeps the Parameter objects and their arrays, which matters when a
 parameter lives in shared memory (Hogwild-style workers see the update) or is viewed by
 someone else (DDP's flat buffers).
@@ -128,12 +130,45 @@ class Optimizer:
 
     # -- helpers for subclasses (Note [Optimizer updates]) -----------------------------------
     @staticmethod
-    def _grad(p, maximize: bool):
-        g = p.grad.array
-        if g.shape != p.array.shape:
-            raise RuntimeError(f"optimizer: a parameter of shape {list(p.array.shape)} has a "
-                               f"gradient of shape {list(g.shape)}; they must match.")
-        return -g if maximize else g
+    def _check_non_negative(*named_values) -> None:
+        """Raise ValueError for the first (name, value) pair whose value is negative."""
+        for name, v in named_values:
+            if v < 0.0:
+                raise ValueError(f"Invalid {name}: {v}; expected a value >= 0.")
+
+    def _params_with_grad(self, group: dict, weight_decay: float = 0.0):
+        """Yield (p, x, g) for each parameter of group that has a gradient.
+
+        x is p.array, to update in place; g is the gradient array, negated when
+        group['maximize'], plus weight_decay * x (an L2 penalty) when weight_decay != 0.
+        When the caller's loop body is done with p, p's version is bumped, so a graph that
+        saved the old value refuses to backpropagate through it.
+        """
+        maximize = group["maximize"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            x, g = p.array, p.grad.array
+            if g.shape != x.shape:
+                raise RuntimeError(f"optimizer: a parameter of shape {list(x.shape)} has a "
+                                   f"gradient of shape {list(g.shape)}; they must match.")
+            if maximize:
+                g = -g
+            if weight_decay != 0:
+                g = g + weight_decay * x
+            yield p, x, g
+            p._vbox[0] += 1
+
+    def _count_step(self, p, x, names=()) -> dict:
+        """p's state after counting one more step in its 'step'. On p's first step the state is
+        made (lazily, as PyTorch): 'step', then a zero array like x for each of `names`."""
+        st = self.state[p]
+        if not st:
+            st["step"] = self._step_tensor()
+            for name in names:
+                st[name] = self._zeros_like(x)
+        st["step"].array += 1
+        return st
 
     @staticmethod
     def _zeros_like(a) -> Tensor:

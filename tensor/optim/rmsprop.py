@@ -21,39 +21,20 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
                  maximize: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if alpha < 0.0:
-            raise ValueError(f"Invalid alpha value: {alpha}")
+        self._check_non_negative(("learning rate", lr), ("epsilon value", eps),
+                                 ("momentum value", momentum),
+                                 ("weight_decay value", weight_decay), ("alpha value", alpha))
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize))
 
     def _update_group(self, group: dict) -> None:
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-        wd, mom, centered = group["weight_decay"], group["momentum"], group["centered"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            x = p.array
+        mom, centered = group["momentum"], group["centered"]
+        names = ("square_avg",) + (("momentum_buffer",) if mom > 0 else ()) + \
+            (("grad_avg",) if centered else ())
+        for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             xp = get_array_module(x)
-            g = self._grad(p, group["maximize"])
-            st = self.state[p]
-            if not st:
-                st["step"] = self._step_tensor()
-                st["square_avg"] = self._zeros_like(x)
-                if mom > 0:
-                    st["momentum_buffer"] = self._zeros_like(x)
-                if centered:
-                    st["grad_avg"] = self._zeros_like(x)
-            st["step"].array += 1
-            if wd != 0:
-                g = g + wd * x
+            st = self._count_step(p, x, names)
             s = st["square_avg"].array
             s *= alpha
             s += (1 - alpha) * (g * g)
@@ -75,4 +56,3 @@ class RMSprop(Optimizer):
                 xp.divide(g, denom, out=denom)
                 denom *= lr
                 x -= denom
-            p._vbox[0] += 1

@@ -18,28 +18,20 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self._check_non_negative(("learning rate", lr), ("momentum value", momentum),
+                                 ("weight_decay value", weight_decay))
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening, got "
+                             f"momentum={momentum}, dampening={dampening}; set momentum > 0 "
+                             f"and dampening=0, or nesterov=False.")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
     def _update_group(self, group: dict) -> None:
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
-        wd, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            x = p.array
-            g = self._grad(p, maximize)
-            if wd != 0:
-                g = g + wd * x
+        nesterov = group["nesterov"]
+        for p, x, g in self._params_with_grad(group, group["weight_decay"]):
             if mom != 0:
                 st = self.state[p]
                 buf = st.get("momentum_buffer")
@@ -52,4 +44,3 @@ class SGD(Optimizer):
                     buf._vbox[0] += 1
                 g = g + mom * buf.array if nesterov else buf.array
             x -= lr * g
-            p._vbox[0] += 1

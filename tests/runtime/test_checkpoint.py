@@ -311,15 +311,6 @@ def _zero_rank(rank, world_size, directory):
         dist.destroy_process_group()
 
 
-def _has_zero() -> bool:
-    try:
-        from runtime.distributed.optim import ZeroRedundancyOptimizer  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _has_zero(), reason="needs runtime.distributed.optim's ZeRO")
 def test_zero_optimizer_shards_are_saved_per_rank(tmp_path):
     out = spawn(_zero_rank, 2, str(tmp_path), timeout_s=60)
     assert "optim.safetensors" not in os.listdir(tmp_path / "step_000002")

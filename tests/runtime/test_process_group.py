@@ -2,7 +2,6 @@
 clear error on every rank (desync, timeout, a dying rank, a peer without the secret)."""
 import datetime
 import hashlib
-import logging
 import os
 import threading
 import time
@@ -10,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.helpers import grab_log
 from tests.runtime.test_collectives import spawn
 
 
@@ -319,23 +319,13 @@ def test_rank_dying_mid_collective_is_reported(tcp):
         assert "timed out" not in msg, msg
 
 
-class _Grab(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _secret(rank, ws):
     import zmq
     import runtime.distributed as dist
     from runtime.distributed import wire
     from runtime.distributed.store import StoreAuthError, StoreClient
     _layout(rank, True)               # the TCP path reads the mesh socket
-    grab = _Grab()
-    logging.getLogger("runtime.distributed").addHandler(grab)
+    grab = grab_log()
     dist.init_process_group(timeout=20)
     pg = dist.api._state.world
     if rank == 0:
@@ -406,8 +396,7 @@ def _data_channel_handshake(rank, ws):
     import socket
 
     from runtime.distributed import data_channel, transport, wire
-    grab = _Grab()
-    logging.getLogger("runtime.distributed").addHandler(grab)
+    grab = grab_log()
     auth = wire.Auth(b"data-channel-test-secret")
     meshes = [transport.PeerMesh(2, r, [0, 1], auth, "127.0.0.1", "group t") for r in range(2)]
     stray = None

@@ -1,7 +1,6 @@
 """The wire and the store under a hostile or unlucky neighbour, with real processes and sockets
 on 127.0.0.1: floods without the secret, replayed frames and store requests, idle
 connections to the data port, a second job on the same port, a fake store, torchrun."""
-import logging
 import multiprocessing as mp
 import os
 import socket
@@ -14,25 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, grab_log
 from tests.runtime.test_collectives import spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _Grab(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def _grab() -> _Grab:
-    grab = _Grab()
-    logging.getLogger("runtime.distributed").addHandler(grab)
-    return grab
 
 
 def _rss_bytes() -> int:
@@ -74,7 +58,7 @@ STRANGER = textwrap.dedent("""
 def _flood(rank, ws):
     os.environ["ZGRAD_HOST_ID"] = f"host{rank}"      # the TCP path: collectives read the mesh
     import runtime.distributed as dist
-    grab = _grab()
+    grab = grab_log()
     dist.init_process_group(timeout=60)
     st = dist.api._state
     dist.barrier()
@@ -126,7 +110,7 @@ def _replay_into_subgroup(rank, ws):
     import zmq
     import runtime.distributed as dist
     from runtime.distributed import wire, zap
-    grab = _grab()
+    grab = grab_log()
     captured, send_msg = [], wire.send_msg
     if rank == 1:
         def spy(sock, auth, header, payload=None, track=False, flags=0, ctx=b""):

@@ -27,6 +27,47 @@ def _check_state(zm, tm):
         np.testing.assert_allclose(v.numpy(), ts[k].numpy(), rtol=1e-12, atol=1e-12, err_msg=k)
 
 
+def _torch_pair(cls, n, kw):
+    """The zgrad and torch layers `cls`(n, **kw) in float64, with the same non-trivial state."""
+    zm = getattr(nn, cls)(n, **kw).double()
+    tm = getattr(torch.nn, cls)(n, **kw).double()
+    assert repr(zm) == repr(tm)
+    if zm.affine:  # non-trivial affine parameters
+        with tensor.no_grad():
+            zm.weight.copy_(tensor.tensor(_rand(n, seed=10)))
+            if zm.bias is not None:
+                zm.bias.copy_(tensor.tensor(_rand(n, seed=11)))
+    _load_into_torch(zm, tm)
+    return zm, tm
+
+
+def _check_train_step(zm, tm, shape, step):
+    """One forward and backward of both layers on the same batch: outputs, input and parameter
+    gradients and state (running statistics) agree."""
+    x = _rand(*shape, seed=step)
+    xz, xt = tensor.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yz, yt = zm(xz), tm(xt)
+    np.testing.assert_allclose(yz.detach().numpy(), yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    gy = _rand(*shape, seed=100 + step)
+    yz.backward(tensor.tensor(gy))
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(xz.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-10)
+    if zm.affine:
+        np.testing.assert_allclose(zm.weight.grad.numpy(), tm.weight.grad.numpy(), rtol=1e-9)
+        if zm.bias is not None:
+            np.testing.assert_allclose(zm.bias.grad.numpy(), tm.bias.grad.numpy(), rtol=1e-9)
+    _check_state(zm, tm)
+
+
+def _check_eval(zm, tm, shape):
+    """In eval mode both layers give the same output."""
+    zm.eval()
+    tm.eval()
+    x = _rand(*shape, seed=50)
+    np.testing.assert_allclose(zm(tensor.tensor(x)).detach().numpy(),
+                               tm(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("cls,shape,kw", [
     ("BatchNorm1d", (8, 5), {}),
     ("BatchNorm1d", (4, 5, 3), dict(momentum=0.3)),
@@ -38,36 +79,10 @@ def _check_state(zm, tm):
     ("BatchNorm3d", (2, 5, 3, 2, 2), {}),
 ])
 def test_batchnorm_steps_and_eval_match_torch(cls, shape, kw):
-    zm = getattr(nn, cls)(5, **kw).double()
-    tm = getattr(torch.nn, cls)(5, **kw).double()
-    assert repr(zm) == repr(tm)
-    if zm.affine:  # non-trivial affine parameters
-        with tensor.no_grad():
-            zm.weight.copy_(tensor.tensor(_rand(5, seed=10)))
-            if zm.bias is not None:
-                zm.bias.copy_(tensor.tensor(_rand(5, seed=11)))
-    _load_into_torch(zm, tm)
+    zm, tm = _torch_pair(cls, 5, kw)
     for step in range(4):  # running statistics over several training steps
-        x = _rand(*shape, seed=step)
-        xz, xt = tensor.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-        yz, yt = zm(xz), tm(xt)
-        np.testing.assert_allclose(yz.detach().numpy(), yt.detach().numpy(), rtol=1e-10,
-                                   atol=1e-10)
-        gy = _rand(*shape, seed=100 + step)
-        yz.backward(tensor.tensor(gy))
-        yt.backward(torch.tensor(gy))
-        np.testing.assert_allclose(xz.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-10)
-        if zm.affine:
-            np.testing.assert_allclose(zm.weight.grad.numpy(), tm.weight.grad.numpy(), rtol=1e-9)
-            if zm.bias is not None:
-                np.testing.assert_allclose(zm.bias.grad.numpy(), tm.bias.grad.numpy(),
-                                           rtol=1e-9)
-        _check_state(zm, tm)
-    zm.eval()
-    tm.eval()
-    x = _rand(*shape, seed=50)
-    np.testing.assert_allclose(zm(tensor.tensor(x)).detach().numpy(),
-                               tm(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-10)
+        _check_train_step(zm, tm, shape, step)
+    _check_eval(zm, tm, shape)
     _check_state(zm, tm)  # eval does not touch the running statistics
 
 
@@ -180,30 +195,10 @@ def test_statistics_hook_for_sync_subclass():
     ("InstanceNorm3d", (2, 4, 3, 3, 2), dict(track_running_stats=True, momentum=0.3)),
 ])
 def test_instance_norm_matches_torch(cls, shape, kw):
-    zm = getattr(nn, cls)(4, **kw).double()
-    tm = getattr(torch.nn, cls)(4, **kw).double()
-    assert repr(zm) == repr(tm)
-    if zm.affine:
-        with tensor.no_grad():
-            zm.weight.copy_(tensor.tensor(_rand(4, seed=10)))
-            zm.bias.copy_(tensor.tensor(_rand(4, seed=11)))
-    _load_into_torch(zm, tm)
+    zm, tm = _torch_pair(cls, 4, kw)
     for step in range(3):
-        x = _rand(*shape, seed=step)
-        xz, xt = tensor.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-        yz, yt = zm(xz), tm(xt)
-        np.testing.assert_allclose(yz.detach().numpy(), yt.detach().numpy(), rtol=1e-10,
-                                   atol=1e-10)
-        gy = _rand(*shape, seed=100 + step)
-        yz.backward(tensor.tensor(gy))
-        yt.backward(torch.tensor(gy))
-        np.testing.assert_allclose(xz.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-10)
-        _check_state(zm, tm)
-    zm.eval()
-    tm.eval()
-    x = _rand(*shape, seed=50)
-    np.testing.assert_allclose(zm(tensor.tensor(x)).detach().numpy(),
-                               tm(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-10)
+        _check_train_step(zm, tm, shape, step)
+    _check_eval(zm, tm, shape)
 
 
 def test_instance_norm_gradcheck():

@@ -1,19 +1,14 @@
 """examples/cnn_digits.py (runtime/models/cnn.py's CNN) reaches >= 95% test accuracy on
 scikit-learn's digits."""
-import importlib.util
-import os
-
 import pytest
+
+from tests.helpers import load_example
 
 pytest.importorskip("sklearn", reason="scikit-learn ships the digits data set")
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "cnn_digits.py")
-
 
 def test_cnn_digits_reaches_95_percent(capsys):
-    spec = importlib.util.spec_from_file_location("cnn_digits", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("cnn_digits")
     acc = mod.main(["--seed", "0"])
     out = capsys.readouterr().out
     assert "test accuracy" in out

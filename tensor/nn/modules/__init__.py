@@ -12,7 +12,7 @@ from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .pooling import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, MaxPool1d,
                       MaxPool2d)
 from .spatial import (CircularPad1d, CircularPad2d, ConstantPad1d, ConstantPad2d, Dropout1d,
-                      Dropout2d, ReflectionPad1d, ReflectionPad2d, ReplicationPad1d,
+                      Dropout2d, PixelShuffle, PixelUnshuffle, ReflectionPad1d, ReflectionPad2d, ReplicationPad1d,
                       ReplicationPad2d, Unflatten, Upsample, ZeroPad1d, ZeroPad2d)
 # sequence models (normalization, recurrent, attention, transformer)
 from .activation import MultiheadAttention
@@ -34,5 +34,6 @@ __all__ += ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool1d
             "BatchNorm2d", "BatchNorm3d", "Unflatten", "Dropout1d", "Dropout2d", "Upsample",
             "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "ZeroPad1d", "ZeroPad2d",
             "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
-            "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d"]
+            "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d",
+            "PixelShuffle", "PixelUnshuffle"]
 __all__ += ["SyncBatchNorm"]

@@ -31,7 +31,9 @@ class MultiheadAttention(Module):
             raise ValueError(f"embed_dim and num_heads must be greater than 0, got "
                              f"embed_dim={embed_dim} and num_heads={num_heads} instead")
         if embed_dim % num_heads:
-            raise AssertionError("embed_dim must be divisible by num_heads")
+            # AssertionError: what PyTorch raises here, so scripts that catch it still do
+            raise AssertionError(f"embed_dim must be divisible by num_heads, got "
+                                 f"embed_dim={embed_dim} and num_heads={num_heads}")
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim

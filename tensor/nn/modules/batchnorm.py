@@ -66,11 +66,14 @@ class _BatchNorm(Module):
             if self.bias is not None:
                 init.zeros_(self.bias)
 
-    def _check_input_dim(self, input: Tensor) -> None:
+    def _check_ndim(self, input: Tensor) -> None:
         if input.dim() not in self._dims_ok:
             want = " or ".join(f"{d}D" for d in self._dims_ok)
             raise ValueError(f"{type(self).__name__}: expected {want} input (got "
                              f"{input.dim()}D input)")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_ndim(input)
         if input.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels in "
                              f"dim 1, got input of shape {list(input.shape)}.")
@@ -125,14 +128,8 @@ class _InstanceNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
                          dtype, bias=bias)
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in self._dims_ok:
-            want = " or ".join(f"{d}D" for d in self._dims_ok)
-            raise ValueError(f"{type(self).__name__}: expected {want} input (got "
-                             f"{input.dim()}D input)")
-
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
+        self._check_ndim(input)  # the channel count matters only with affine, checked below
         unbatched = input.dim() == self._dims_ok[0]
         if unbatched:
             input = input.unsqueeze(0)

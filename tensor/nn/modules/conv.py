@@ -104,10 +104,9 @@ class _ConvNd(Module):
         return fn(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class Conv1d(_ConvNd):
-    """1-D convolution: (N, C_in, L) -> (N, C_out, L_out); weight (C_out, C_in/groups, k)."""
-
-    _n = 1
+class _Conv(_ConvNd):
+    """Conv1d/Conv2d: PyTorch's constructor (no output_padding) and forward; a subclass sets
+    the dimension ``_n`` and the functional ``_fn``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -116,36 +115,44 @@ class Conv1d(_ConvNd):
                          groups, bias, padding_mode, 0, device, dtype)
 
     def forward(self, input: Tensor) -> Tensor:
-        return self._conv(F.conv1d, input, self.weight, self.bias)
+        return self._conv(type(self)._fn, input, self.weight, self.bias)
 
 
-class Conv2d(_ConvNd):
+class Conv1d(_Conv):
+    """1-D convolution: (N, C_in, L) -> (N, C_out, L_out); weight (C_out, C_in/groups, k)."""
+
+    _n, _fn = 1, F.conv1d
+
+
+class Conv2d(_Conv):
     """2-D convolution: (N, C_in, H, W) -> (N, C_out, H_out, W_out);
     weight (C_out, C_in/groups, kh, kw). padding: int, pair, 'valid' or 'same'."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, 0, device, dtype)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self._conv(F.conv2d, input, self.weight, self.bias)
+    _n, _fn = 2, F.conv2d
 
 
 class _ConvTransposeNd(_ConvNd):
+    """ConvTranspose1d/2d: PyTorch's constructor and forward(input, output_size=None); a
+    subclass sets the dimension ``_n`` and the functional ``_fn``."""
+
     transposed = True
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                 groups, bias, dilation, padding_mode, device, dtype):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
+                 padding_mode: str = "zeros", device=None, dtype=None):
         if padding_mode != "zeros":
             raise ValueError(f"Only \"zeros\" padding mode is supported for "
-                             f"{type(self).__name__}")
+                             f"{type(self).__name__}, got padding_mode={padding_mode!r}")
         if isinstance(padding, str):
             raise ValueError(f"{type(self).__name__}: padding must be an int or a tuple, got "
                              f"{padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, output_padding, device, dtype)
+
+    def forward(self, input: Tensor, output_size=None) -> Tensor:
+        return type(self)._fn(input, self.weight, self.bias, self.stride, self.padding,
+                              self._output_padding(input, output_size), self.groups,
+                              self.dilation)
 
     def _output_padding(self, input, output_size):
         """output_padding that makes the output `output_size` (PyTorch's rule)."""
@@ -170,31 +177,11 @@ class _ConvTransposeNd(_ConvNd):
 class ConvTranspose1d(_ConvTransposeNd):
     """Transposed 1-D convolution; weight (C_in, C_out/groups, k)."""
 
-    _n = 1
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
-                 padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
-                         output_padding, groups, bias, dilation, padding_mode, device, dtype)
-
-    def forward(self, input: Tensor, output_size=None) -> Tensor:
-        return F.conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding,
-                                  self._output_padding(input, output_size), self.groups,
-                                  self.dilation)
+    _n, _fn = 1, F.conv_transpose1d
 
 
 class ConvTranspose2d(_ConvTransposeNd):
     """Transposed 2-D convolution (the adjoint of Conv2d); weight (C_in, C_out/groups, kh, kw).
     forward(input, output_size=None) picks output_padding to reach output_size."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
-                 padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
-                         output_padding, groups, bias, dilation, padding_mode, device, dtype)
-
-    def forward(self, input: Tensor, output_size=None) -> Tensor:
-        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
-                                  self._output_padding(input, output_size), self.groups,
-                                  self.dilation)
+    _n, _fn = 2, F.conv_transpose2d

@@ -114,9 +114,8 @@ class Embedding(Module):
         return s
 
 
-class Dropout(Module):
-    """Zero each element with probability p in training (scaling the rest by 1/(1-p));
-    the identity in eval mode. Masks come from the default generator (tensor.manual_seed)."""
+class _DropoutNd(Module):
+    """The constructor and repr of Dropout and Dropout1d/2d (PyTorch's base of the same name)."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
@@ -124,11 +123,16 @@ class Dropout(Module):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p, self.inplace = p, inplace
 
-    def forward(self, input: Tensor) -> Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace)
-
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout(_DropoutNd):
+    """Zero each element with probability p in training (scaling the rest by 1/(1-p));
+    the identity in eval mode. Masks come from the default generator (tensor.manual_seed)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace)
 
 
 class Flatten(Module):

@@ -28,6 +28,14 @@ from .module import Module
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
+def _elman_mode(cls: str, nonlinearity: str) -> str:
+    """The recurrence mode of an Elman RNN/RNNCell with this nonlinearity."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{cls}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                         "'relu'.")
+    return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+
+
 class RNNBase(Module):
     """The multi-layer, optionally bidirectional recurrent layer behind RNN, LSTM and GRU."""
 
@@ -95,6 +103,7 @@ class RNNBase(Module):
                 get("weight_hr"))
 
     def forward(self, input, hx=None):
+        """output, h_n (LSTM: output, (h_n, c_n)); see the subclasses for the shapes."""
         packed = isinstance(input, PackedSequence)
         x, mask, unbatched = self._time_major(input)
         B = x.shape[1]
@@ -168,7 +177,9 @@ class RNNBase(Module):
             return h0, (c0 if lstm else None)
         if lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of Tensors")
+                got = (f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list))
+                       else type(hx).__name__)
+                raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of Tensors, got {got}.")
             states = list(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -227,13 +238,10 @@ class RNN(RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
-                             "'relu'.")
+        mode = _elman_mode(type(self).__name__, nonlinearity)
         self.nonlinearity = nonlinearity
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
-                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -317,11 +325,9 @@ class RNNCell(RNNCellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        mode = _elman_mode(type(self).__name__, nonlinearity)
         self.nonlinearity = nonlinearity
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
-                         hidden_size, bias, device, dtype)
+        super().__init__(mode, input_size, hidden_size, bias, device, dtype)
 
     def forward(self, input: Tensor, hx=None) -> Tensor:
         return self._step(input, None if hx is None else [hx])[0]

@@ -20,7 +20,7 @@ from tensor.futures import Future
 
 from ... import api
 from ...collectives import all_reduce
-from ...process_group import ReduceOp
+from ...work import ReduceOp
 
 __all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook",
            "fp16_compress_wrapper", "bf16_compress_wrapper"]
