@@ -128,18 +128,25 @@ def summary(cfg) -> str:
             f"{length}, device {t.device}")
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """Raises UsageError instead of printing usage and exiting (one paragraph, exit 2)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def _run_args(args):
     """Split ``run``'s REMAINDER: a config takes overrides and flags, a script its own args."""
     if args.target.endswith(".py"):
         return args, [], list(args.rest)
-    p = argparse.ArgumentParser(prog="zgrad run CONFIG", add_help=False)
+    p = _QuietParser(prog="zgrad run CONFIG", add_help=False)
     _add_run_flags(p)
     p.add_argument("overrides", nargs="*")
     try:
         more = p.parse_intermixed_args(args.rest)
-    except SystemExit:
-        raise UsageError(f"cannot read the arguments after {args.target}: {args.rest}; "
-                         "expected key=value overrides and zgrad run's flags") from None
+    except UsageError as e:
+        raise UsageError(f"cannot read the arguments after {args.target}: {e}; expected "
+                         "key=value overrides and zgrad run's flags (zgrad run --help)") from None
     for k, v in vars(more).items():
         if k != "overrides" and v is not None:
             setattr(args, k, v)

@@ -22,6 +22,12 @@ def test_help_states_the_precedence(tmp_path):
         assert flag in r.stdout
 
 
+def test_unknown_run_flag_after_a_config_is_one_paragraph_exit_2(tmp_path):
+    r = zgrad("run", DIGITS, "optim.lr=0.1", "--bogus", "1", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "unrecognized arguments: --bogus" in r.stderr and not (tmp_path / "runs").exists()
+
+
 def test_config_prints_the_resolved_yaml_with_overrides(tmp_path):
     import yaml
     r = zgrad("config", DIGITS, "optim.lr=0.05", "train.epochs=2", cwd=tmp_path)
