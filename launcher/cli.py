@@ -177,9 +177,10 @@ def _placement(args, dist):
                               dist.master_addr, dist.master_port)
 
 
-def _run_dir(args, name: str, placement, job_id: str) -> str:
-    if args.run_dir:
-        path = args.run_dir
+def _run_dir(given, name: str, placement, job_id: str) -> str:
+    """--run-dir, else the config's logging.run_dir, else runs/<name>-<time> (or -<job id>)."""
+    if given:
+        path = os.path.expanduser(given)
     elif placement.multi_launcher:   # every launcher of the job must agree on the name
         path = os.path.join("runs", f"{name}-{job_id}")
     else:
@@ -225,11 +226,13 @@ def cmd_run(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     name = os.path.splitext(os.path.basename(args.target))[0]
-    run_dir = _run_dir(args, name, placement, job_id)
+    run_dir = _run_dir(args.run_dir or (cfg.logging.run_dir if cfg else None), name,
+                       placement, job_id)
     gpus = cluster.gpu_count() if device != "cpu" else 0
     where = (f"rank {placement.ranks[0]} of {placement.world_size} (placed by "
              f"{placement.scheduler})" if placement.scheduler else
-             f"{len(placement.ranks)} workers on node {placement.node_rank} of "
+             f"{len(placement.ranks)} worker{'s' * (len(placement.ranks) > 1)} on node "
+             f"{placement.node_rank} of "
              f"{placement.nnodes} (world {placement.world_size})")
     if not placement.master_port and not placement.multi_launcher:
         placement.master_port = free_port(placement.master_addr)
