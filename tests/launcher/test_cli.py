@@ -204,10 +204,12 @@ def test_restart_after_a_sigkill_finishes_bitwise_like_an_uninterrupted_run(tmp_
             os.kill(json.load(f)["workers"]["1"], signal.SIGKILL)
         out, err = killed.communicate(timeout=120)
         assert killed.returncode == 0, out[-4000:] + err[-3000:]
-        assert full.wait(timeout=120) == 0, full.communicate()[1][-3000:]
+        full_out, full_err = full.communicate(timeout=120)
+        assert full.returncode == 0, full_out[-3000:] + full_err[-3000:]
     finally:
-        full.kill()
-        killed.kill()
+        for p in (full, killed):
+            p.kill()
+            p.communicate()
     assert "rank 1 (pid" in err and "was killed by SIGKILL" in err
     assert "restarting the group (1/1)" in err and "resumed from" in out
     with open(b / "launcher.json") as f:
