@@ -3,11 +3,12 @@
 Note [Autocast]
 ~~~~~~~~~~~~~~~
 Inside ``amp.autocast(device_type, dtype)`` an op that consults the policy casts its floating
-inputs first: ops in ``LOWER_PRECISION`` (matmul, linear, and convolutions when they join) run
-in the autocast dtype, ops in ``FLOAT32`` (softmax, reductions, losses) run in float32. The
-table is keyed by op name, so an op joins by calling ``cast_inputs("its_name", *tensors)``
-and adding its name here. Casts are differentiable (gradients come back in the input's dtype,
-as in PyTorch).
+inputs first: ops in ``LOWER_PRECISION`` (matmul, linear, attention, and convolutions when they
+join) run in the autocast dtype, ops in ``FLOAT32[device_type]`` run in float32: the losses on
+both devices, and on CUDA also softmax, normalisation and logsumexp (PyTorch's CPU autocast
+leaves those in the input's dtype, and so does zgrad's). The tables are keyed by op name, so
+an op joins by decorating itself with ``@policy("its_name")`` and adding the name here. Casts
+are differentiable (gradients come back in the input's dtype, as in PyTorch).
 
 bfloat16 is *emulated*: numpy has no native bfloat16 (ml_dtypes' bfloat16 is a numpy
 "void"-kind dtype, so every floating-point check in zgrad would need to learn it, and CuPy
@@ -23,12 +24,13 @@ import threading
 
 import numpy as np
 
-LOWER_PRECISION = {"matmul", "linear", "conv1d", "conv2d", "conv_transpose2d", "bmm", "mm",
-                   "scaled_dot_product_attention"}
-FLOAT32 = {"softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss", "l1_loss",
-           "smooth_l1_loss", "huber_loss", "binary_cross_entropy_with_logits",
-           "binary_cross_entropy", "sum", "mean", "logsumexp", "norm", "layer_norm",
-           "group_norm", "batch_norm"}
+LOWER_PRECISION = {"matmul", "linear", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
+                   "bmm", "mm", "scaled_dot_product_attention"}
+_LOSSES = {"nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+           "binary_cross_entropy_with_logits", "binary_cross_entropy"}
+FLOAT32 = {"cpu": _LOSSES,
+           "cuda": _LOSSES | {"softmax", "log_softmax", "logsumexp", "layer_norm", "group_norm",
+                              "norm", "sum", "prod", "cumsum"}}
 
 BFLOAT16 = "bfloat16"  # the marker tensor.bfloat16 stands for (see the Note)
 
@@ -76,7 +78,7 @@ def cast_inputs(op: str, *tensors):
         return tensors
     if op in LOWER_PRECISION:
         return tuple(_cast(t, dt) for t in tensors)
-    if op in FLOAT32:
+    if op in FLOAT32[state.device_type]:
         return tuple(_cast(t, np.dtype(np.float32)) for t in tensors)
     return tensors
 

@@ -41,6 +41,7 @@ import struct
 import tempfile
 
 import numpy as np
+from shm import pid_alive
 
 from . import backend
 from ._tensor import Tensor, _new
@@ -197,29 +198,20 @@ def save(obj, f) -> None:
 def _remove_stale_temporaries(d: str, base: str) -> None:
     """Unlink ``<base>.<pid>.<random>.tmp`` files of earlier saves to this path whose writer
     is dead (a save killed mid-write leaves one, up to the checkpoint's size)."""
-    pat = re.compile(re.escape(base) + r"\.([0-9]+)\.[A-Za-z0-9_]+\.tmp$")
+    pat = re.compile(re.escape(base) + r"\.([0-9]{1,9})\.[A-Za-z0-9_]+\.tmp$")  # pids fit 9 digits
     try:
         names = os.listdir(d)
     except OSError:
         return
     for n in names:
         m = pat.match(n)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         try:
             os.unlink(os.path.join(d, n))
         except OSError:
             pass
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 # -- load ------------------------------------------------------------------------------------

@@ -25,9 +25,14 @@ from .p2p import P2POp, batch_isend_irecv, irecv, isend, recv, send
 from .process_group import ProcessGroup
 from .work import ReduceOp, Work
 from .transport import AbortedError, DesyncError, PeerLostError
-from ._reducer import GradBucket
+from ._grad_bucket import GradBucket
 from .ddp import DistributedDataParallel
 from . import algorithms  # noqa: E402,F401  (Join, ddp_comm_hooks)
+from . import _sync_bn
+from tensor.nn import _dist as _nn_dist
+
+# SyncBatchNorm's cross-rank sums (tensor cannot import runtime: see tensor/nn/_dist.py)
+_nn_dist.register(_sync_bn.all_reduce_sum, _sync_bn.world_size)
 
 __all__ = [
     "init_process_group", "destroy_process_group", "is_available", "is_initialized",

@@ -6,20 +6,24 @@ Parameters are grouped into buckets in reverse registration order (roughly the o
 backward produces their gradients), one dtype and device per bucket; a bucket closes once it
 holds at least its limit, 1 MiB for the first (so the first reduction starts early in backward)
 and ``bucket_cap_mb`` after. Each bucket is one flat array allocated once, at construction, and
-reused every step; ``views[i]`` is parameter i's gradient shaped as the parameter, inside it.
+reused every step; ``views[j]`` is its j-th parameter's gradient shaped as the parameter, inside
+it. On one host the arrays live in shared memory, in two sets that alternate (Note [DDP shared
+buckets] in _shared_buckets.py); ``.grad`` as a bucket view follows the set holding the result.
 
 Every step (an iteration whose forward ran through DDP with grad enabled and outside
 ``no_sync``):
   1. ``prepare_for_backward`` (end of forward) resets the counters; with
-     ``find_unused_parameters`` it walks the autograd graph from the outputs to find the
-     parameters that cannot get a gradient.
-  2. A parameter's post-accumulate-grad hook copies its final ``.grad`` into its view (nothing
-     to copy when ``.grad`` already is the view: ``gradient_as_bucket_view``), and counts the
-     bucket down. The first hook of the step also marks the unused parameters ready (their
+     ``find_unused_parameters`` (every step) or ``static_graph`` (the first step) it walks the
+     autograd graph from the outputs to find the parameters that cannot get a gradient; an
+     all-reduce of the used-parameter map then tells which got one on no rank at all (their
+     .grad is left alone, as in PyTorch).
+  2. A parameter's post-accumulate-grad hook writes its final ``.grad`` divided by the world
+     size into its view (divided in place when ``.grad`` already is the view:
+     ``gradient_as_bucket_view``; as is, for a comm hook), and counts the bucket down. The first hook of the step also marks the unused parameters ready (their
      views hold their current ``.grad`` or zeros).
-  3. A bucket whose count reaches zero is launched: an async all_reduce(AVG) of its array on
+  3. A bucket whose count reaches zero is launched: an async all_reduce(SUM) of its array on
      the group's communication thread (or the registered comm hook's Future), so it runs while
-     backward computes the rest. Buckets launch strictly in index order, as every rank must
+     backward computes the rest (dividing first, as PyTorch does, saves a pass over the bucket). Buckets launch strictly in index order, as every rank must
      issue the same collectives in the same order; a bucket ready early waits for the ones
      before it.
   4. When the last bucket is launched, ``finalize`` is queued on the autograd engine
@@ -40,79 +44,38 @@ from tensor._tensor import Tensor, _new
 from tensor.autograd.engine import queue_callback
 from tensor.futures import Future
 
+from . import _shared_buckets
+from ._grad_bucket import GradBucket
 from .collectives import all_reduce
 from .process_group import ReduceOp
 
-DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
-
-
-def compute_bucket_assignment_by_size(tensors, bucket_size_limits, order=None):
-    """Group tensor indices into buckets of one dtype/device, as c10d's function of that name.
-
-    `order` is the order to fill buckets in (default: as given). A bucket closes once its size
-    reaches its limit; the limits are used in turn, the last one repeatedly.
-    Returns (bucket index lists, per-bucket size limits), in fill order.
-    """
-    order = list(range(len(tensors))) if order is None else list(order)
-    open_: dict = {}   # (dtype, device) -> [indices, bytes, limit index]
-    result = []
-    for i in order:
-        a = tensors[i]
-        key = (str(a.dtype), str(backend.device_of(a)))
-        b = open_.setdefault(key, [[], 0, 0])
-        b[0].append(i)
-        b[1] += a.size * a.dtype.itemsize
-        limit = bucket_size_limits[b[2]]
-        if b[1] >= limit:
-            result.append((b[0], limit))
-            open_[key] = [[], 0, min(b[2] + 1, len(bucket_size_limits) - 1)]
-    for b in open_.values():
-        if b[0]:
-            result.append((b[0], bucket_size_limits[b[2]]))
-    # buckets of several dtypes interleave: keep them in the order their first gradient comes
-    pos = {i: k for k, i in enumerate(order)}
-    result.sort(key=lambda r: pos[r[0][0]])
-    return [r[0] for r in result], [r[1] for r in result]
-
-
-class GradBucket:
-    """What a comm hook receives (as torch.distributed.GradBucket): one flat bucket of grads."""
-
-    def __init__(self, index: int, buffer: Tensor, params: list, views: list, is_last: bool):
-        self._index, self._buffer, self._params = index, buffer, params
-        self._views, self._is_last = views, is_last
-
-    def index(self) -> int:
-        """The bucket's position in launch order (0 is reduced first)."""
-        return self._index
-
-    def buffer(self) -> Tensor:
-        """The flat gradients of the bucket (a Tensor over the bucket's array)."""
-        return self._buffer
-
-    def gradients(self) -> list:
-        """Each parameter's gradient as a view into buffer()."""
-        return [_new(v) for v in self._views]
-
-    def parameters(self) -> list:
-        return list(self._params)
-
-    def is_last(self) -> bool:
-        """True for the last bucket of the step."""
-        return self._is_last
-
-    def set_buffer(self, buffer: Tensor) -> None:
-        """Replace the bucket's contents with `buffer` (same number of elements)."""
-        self._buffer.array[...] = buffer.array.reshape(self._buffer.array.shape)
-
-
 class _Bucket:
-    __slots__ = ("index", "pids", "buffer", "tensor", "views", "work", "future", "grad_bucket")
+    """One bucket: its flat array(s) (two sets with shared buckets, see Note [DDP shared
+    buckets]), each parameter's view and a Tensor on each view (what ``.grad`` becomes with
+    gradient_as_bucket_view), all made once."""
 
-    def __init__(self, index, pids, buffer, views):
-        self.index, self.pids, self.buffer, self.views = index, pids, buffer, views
-        self.tensor = _new(buffer)
+    __slots__ = ("index", "pids", "sets", "cur", "buffer", "tensor", "views", "grads", "work",
+                 "future", "grad_bucket", "swap")
+
+    def __init__(self, index, pids, buffers, shapes):
+        self.index, self.pids = index, pids
+        self.sets = []
+        for buf in buffers:
+            views, off = [], 0
+            for shape in shapes:
+                n = int(np.prod(shape, dtype=np.int64))
+                views.append(buf[off:off + n].reshape(shape))
+                off += n
+            self.sets.append((buf, _new(buf), views, [_new(v) for v in views]))
+        self.cur = 0
+        self.buffer, self.tensor, self.views, self.grads = self.sets[0]
         self.work = self.future = self.grad_bucket = None
+        self.swap = False   # the running reduction writes its result into the other set
+
+    def flip(self):
+        """The other set holds the result: it becomes the current one."""
+        self.cur ^= 1
+        self.buffer, self.tensor, self.views, self.grads = self.sets[self.cur]
 
 
 def _unused_message(names: list, indices: list, rank: int) -> str:
@@ -143,15 +106,17 @@ class Reducer:
         self.expect_hooks = False        # a synced backward is expected (set by forward)
         self.require_finalize = False    # hooks fired this step; finalize must follow
         self.unused: list = []           # parameter indices to mark ready at the first hook
-        self.static_unused = None        # static_graph: the unused set found in step 1
+        self.static_used = None          # static_graph: which parameters got a gradient on
+        self.static_unused = None        # some rank in step 1, and which did not here (found
+        self.track_used = False          # once, then reused)
         self.marked_unused = False
         self.local_used = np.zeros(len(params), np.int32)
         self.used_work = None
         self.ready = bytearray(len(params))
-        self.ready_order: list = []      # first synced step: the order gradients came in
-        self.steps = 0
+        self._solo = world_size == 1
         self.div_count = None            # (Work, array) of Join's count of active ranks
-        self.div_factor = None
+        self.div = world_size            # this step's divisor (see _divisor)
+        self.xp = backend.get_array_module(params[0].array)
         self._build(bucket_indices)
         self._handles = []
         ref = weakref.ref(self)
@@ -161,30 +126,36 @@ class Reducer:
     def _build(self, bucket_indices: list):
         """Allocate the bucket arrays (once) and point every parameter at its view."""
         self.buckets, self.loc = [], [None] * len(self.params)
+        sizes = [(sum(self.params[i].array.size for i in pids), self.params[pids[0]].array.dtype)
+                 for pids in bucket_indices]
+        self.shared = None
+        if _shared_buckets.usable(self.group, [p.array for p in self.params]):
+            self.shared = _shared_buckets.SharedBuckets(self.group, sizes)
         for k, pids in enumerate(bucket_indices):
-            arrays = [self.params[i].array for i in pids]
-            xp = backend.get_array_module(arrays[0])
-            n = sum(a.size for a in arrays)
-            buf = xp.zeros(n, arrays[0].dtype)
-            views, off = [], 0
-            for a in arrays:
-                views.append(buf[off:off + a.size].reshape(a.shape))
-                off += a.size
-            b = _Bucket(k, list(pids), buf, views)
+            shapes = [self.params[i].array.shape for i in pids]
+            if self.shared is not None:
+                bufs = [self.shared.buffer(k, 0), self.shared.buffer(k, 1)]
+            else:
+                a = self.params[pids[0]].array
+                bufs = [backend.get_array_module(a).zeros(sizes[k][0], sizes[k][1])]
+            b = _Bucket(k, list(pids), bufs, shapes)
             self.buckets.append(b)
-            for i, v in zip(pids, views):
-                self.loc[i] = (b, v)
-            if self.as_view:
-                # keep an existing gradient: it becomes the view's initial value
-                for i, v in zip(pids, views):
-                    p = self.params[i]
-                    if p.grad is not None:
-                        v[...] = p.grad.array
-                        p.grad = _new(v)
+            for j, i in enumerate(pids):
+                self.loc[i] = (b, j)
+                p = self.params[i]
+                if self.as_view and p.grad is not None:
+                    # keep an existing gradient: it becomes the view's initial value
+                    b.views[j][...] = p.grad.array
+                    p.grad = b.grads[j]
         self.pending = [len(b.pids) for b in self.buckets]
         self.counts = list(self.pending)
         self.bucket_ready = [False] * len(self.buckets)
         self.next_bucket = len(self.buckets)
+
+    @property
+    def solo(self) -> bool:
+        """One rank, no comm hook: no reduction and, without bucket views, no copies."""
+        return self._solo and self.comm_hook is None
 
     def remove_hooks(self):
         for h in self._handles:
@@ -201,12 +172,13 @@ class Reducer:
         self.next_bucket = 0
         self.ready[:] = bytes(len(self.params))
         self.marked_unused = False
-        if self.find_unused or (self.static_graph and self.static_unused is None):
+        # find_unused_parameters: every step; static_graph: the first step only, then reused
+        self.track_used = self.find_unused or (self.static_graph and self.static_used is None)
+        if self.track_used:
             self.unused = self._search_unused(outputs)
+            self.local_used[:] = 0
             if self.static_graph:
-                self.static_unused = self.unused
-            if self.find_unused:
-                self.local_used[:] = 0
+                self.static_unused = self.unused   # this rank's, reused every step
         elif self.static_graph:
             self.unused = self.static_unused
 
@@ -250,10 +222,16 @@ class Reducer:
             try:
                 if b.work is not None:
                     b.work.wait()
+                    if b.swap:   # the next inputs go where this result went (see the Note)
+                        b.flip()
                 elif b.future is not None:
                     b.future.wait()
             finally:
                 b.work = b.future = None
+                b.swap = False
+        if self.used_work is not None:
+            w, self.used_work = self.used_work, None
+            w.wait()
 
     def mark_ready(self, i: int, p, used: bool = True):
         """Parameter i's gradient is final: into its bucket, and launch what is complete."""
@@ -266,24 +244,27 @@ class Reducer:
                 "forward; use static_graph=True or call forward again before each backward.")
         if not self.require_finalize:
             self.require_finalize = True
+            self.div = self._divisor() if self.comm_hook is None else 1
             if not self.marked_unused:
                 self.marked_unused = True
                 for j in self.unused:
                     if j != i:
                         self.mark_ready(j, self.params[j], used=False)
         self.ready[i] = 1
-        if self.steps == 0:
-            self.ready_order.append(i)
-        if used and self.find_unused:
+        if used and self.track_used:
             self.local_used[i] = 1
-        b, view = self.loc[i]
+        b, j = self.loc[i]
         g = p.grad
-        if g is None:
-            view[...] = 0
-        elif g.array is not view:
-            view[...] = g.array
+        if self.solo and not self.as_view:
+            pass       # one rank: .grad is already the result (see finalize)
+        elif g is None:
+            b.views[j][...] = 0
+        elif g.array is not b.views[j]:
+            self.xp.divide(g.array, self.div, out=b.views[j])
             if self.as_view:
-                p.grad = _new(view)
+                p.grad = b.grads[j]
+        elif self.div != 1:
+            b.views[j] /= self.div
         k = b.index
         self.pending[k] -= 1
         if self.pending[k] == 0:
@@ -296,9 +277,20 @@ class Reducer:
             self._launch(self.buckets[self.next_bucket])
             self.next_bucket += 1
         if self.next_bucket == nb:
-            if self.find_unused:
+            if self.track_used:
                 self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
             queue_callback(self.finalize)
+
+    def shadow_backward(self):
+        """A rank joined under Join: all-reduce zeros for every bucket (and the used map), as
+        the others' backward does, and take the results into .grad."""
+        for b in self.buckets:
+            b.buffer[...] = 0
+            self._launch(b)
+        if self.find_unused or (self.static_graph and self.static_used is None):
+            self.local_used[:] = 0
+            self.used_work = all_reduce(self.local_used, group=self.group, async_op=True)
+        self.finalize()
 
     def _launch(self, b: _Bucket):
         if self.comm_hook is not None:
@@ -311,57 +303,63 @@ class Reducer:
                                 f"(e.g. from allreduce_hook), got {type(fut).__name__}")
             b.future = fut
             return
-        count = self._effective_world_size()
-        if count is None:
-            b.work = all_reduce(b.buffer, ReduceOp.AVG, group=self.group, async_op=True)
+        if self.solo:
+            return   # one rank: the gradients are their own average
+        # the gradients were divided on their way into the bucket (mark_ready), as PyTorch
+        # divides before summing: no division pass over the bucket here
+        if self.shared is not None:
+            b.work = self.shared.all_reduce(b.index, b.cur, "SUM")
+            b.swap = self.shared.swap[b.index]
         else:
-            # Join with divide_by_initial_world_size=False: divide by the active ranks
-            b.buffer /= count
             b.work = all_reduce(b.buffer, ReduceOp.SUM, group=self.group, async_op=True)
 
-    def _effective_world_size(self):
-        if self.div_count is None:
-            return None
-        work, arr = self.div_count
-        work.wait()
-        self.div_count = None
-        self.div_factor = max(1, int(arr[0]))
-        return self.div_factor if self.div_factor != self.world_size else None
+    def _divisor(self):
+        """What this step's gradients are divided by before they are summed: the world size,
+        or under Join with divide_by_initial_world_size=False the count of active ranks."""
+        if self.div_count is not None:
+            work, arr = self.div_count
+            self.div_count = None
+            work.wait()
+            return max(1, int(arr[0]))
+        return self.world_size
 
     def finalize(self):
         """At the end of backward: wait for every bucket and write the averages into .grad."""
         self.expect_hooks = False
         self.require_finalize = False
-        self.div_factor = None
         for b in self.buckets:
             if b.work is not None:
                 w, b.work = b.work, None
                 w.wait()
-            else:
+                if b.swap:
+                    b.swap = False
+                    b.flip()
+            elif b.future is not None:
                 fut, b.future = b.future, None
                 _take_result(b, fut.wait())
-        if self.steps == 0 and self.ready_order:
-            self.first_order = list(self.ready_order)
-        self.steps += 1
         used = None
-        if self.find_unused:
+        if self.used_work is not None:
             self.used_work.wait()
             self.used_work = None
             used = self.local_used
-        if self.as_view and used is None:
+            if self.static_graph and self.static_used is None:
+                self.static_used = used.copy()
+        elif self.static_graph and self.static_used is not None:
+            used = self.static_used
+        if self.solo and not self.as_view:
             return
         for i, p in enumerate(self.params):
             if used is not None and not used[i]:
                 continue   # unused on every rank: .grad stays as it is, as in PyTorch
-            view = self.loc[i][1]
+            b, j = self.loc[i]
             g = p.grad
             if self.as_view:
-                if g is None or g.array is not view:
-                    p.grad = _new(view)
+                if g is not b.grads[j]:
+                    p.grad = b.grads[j]
             elif g is None:
-                p.grad = _new(view.copy())
+                p.grad = _new(b.views[j].copy())
             else:
-                g.array[...] = view
+                g.array[...] = b.views[j]
                 g._vbox[0] += 1
 
 

@@ -19,8 +19,9 @@ from tensor._tensor import Tensor
 from tensor.nn import Module
 
 from . import api
-from ._reducer import (DEFAULT_FIRST_BUCKET_BYTES, GradBucket, Reducer,
-                       compute_bucket_assignment_by_size)
+from ._grad_bucket import (DEFAULT_FIRST_BUCKET_BYTES, GradBucket,
+                           compute_bucket_assignment_by_size)
+from ._reducer import Reducer
 from .algorithms.join import Join, Joinable, JoinHook
 from .collectives import all_reduce, broadcast
 from .objects import all_gather_object
@@ -83,7 +84,9 @@ class _DDPJoinHook(JoinHook):
     def main_hook(self):
         ddp = self.ddp
         should_sync = ddp._check_global_requires_backward_grad_sync(is_joined_rank=True)
-        ddp._sync_buffers(is_joined_rank=True)
+        if ddp.require_forward_param_sync:   # as the active ranks decide (see forward)
+            ddp._sync_buffers(is_joined_rank=True)
+        ddp.require_forward_param_sync = should_sync
         if should_sync:
             ddp._match_all_reduce_for_bwd_pass()
 
@@ -99,7 +102,7 @@ class DistributedDataParallel(Module, Joinable):
         device_ids, output_device, dim: accepted for compatibility; inputs are not moved or
             scattered (one device per process, as PyTorch recommends).
         broadcast_buffers: broadcast buffers (e.g. BatchNorm's running stats) from rank 0 at
-            the start of every forward.
+            the start of every forward that follows a synced (training) one.
         process_group: the group to average over (default: the world).
         bucket_cap_mb: bucket size limit in MiB (default 25); the first bucket is 1 MiB.
         find_unused_parameters: find, after each forward, the parameters the output does not
@@ -200,7 +203,7 @@ class DistributedDataParallel(Module, Joinable):
             self._check_global_requires_backward_grad_sync(is_joined_rank=False)
         if sync:
             self.reducer.ensure_prior_reduction_finished()
-        if self.broadcast_buffers:
+        if self.require_forward_param_sync:   # the previous forward was a synced one
             self._sync_buffers(is_joined_rank=False)
         out = self.module(*inputs, **kwargs)
         if sync:
@@ -213,7 +216,10 @@ class DistributedDataParallel(Module, Joinable):
         return out
 
     def _sync_buffers(self, is_joined_rank: bool):
-        """Broadcast the buffers from rank 0 (from the highest active rank under Join)."""
+        """Broadcast the buffers from rank 0 (from the highest active rank under Join).
+
+        As in PyTorch this happens at the start of a forward that follows a synced one
+        (training, outside no_sync): an eval loop syncs once, then runs without collectives."""
         if not self.broadcast_buffers:
             return
         bufs = self._module_buffers()
@@ -285,24 +291,10 @@ class DistributedDataParallel(Module, Joinable):
         return bool(x[0] > 0)
 
     def _match_all_reduce_for_bwd_pass(self):
-        """A joined rank's side of one backward: every bucket all-reduced with zeros."""
-        r = self.reducer
-        pending = []
-        for b in r.buckets:
-            b.buffer[...] = 0
-            if r.comm_hook is not None:
-                r._launch(b)
-                pending.append(b.future)
-                b.future = None
-            else:
-                op = ReduceOp.AVG if self._divide_by_initial_world_size else ReduceOp.SUM
-                pending.append(all_reduce(b.buffer, op, group=self.process_group,
-                                          async_op=True))
-        if self.find_unused_parameters:
-            r.local_used[:] = 0
-            pending.append(all_reduce(r.local_used, group=self.process_group, async_op=True))
-        for w in pending:
-            w.wait()
+        """A joined rank's side of one backward: every bucket all-reduced with zeros. Unlike
+        PyTorch the averages land in this rank's .grad, so a ZeroRedundancyOptimizer shard
+        owned by a joined rank still steps with the right gradients."""
+        self.reducer.shadow_backward()
 
     def _sync_final_model(self, is_last_joiner: bool):
         """After Join: every rank takes the model of the last rank to join."""

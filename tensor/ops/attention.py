@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .._autocast import policy as _policy
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _xp, sum_to
@@ -127,6 +128,7 @@ def _attention_backward_graph(go, q, k, v, bt, p, keep, scale):
     return gq, gk, gv, gb
 
 
+@_policy("scaled_dot_product_attention")  # lower precision under autocast
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale=None, enable_gqa: bool = False):
     """softmax(query @ key^T * scale + mask) @ value, as torch's.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from .._autocast import policy as _policy
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _xp
@@ -182,6 +183,7 @@ def _gemm(a, b):
     return a @ b
 
 
+@_policy("conv2d")  # lower precision under autocast (Note [Autocast])
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (NCHW; weight (C_out, C/g, kh, kw)).
 
@@ -275,6 +277,7 @@ def _conv2d_graph_backward(gy, input, weight, bias, g, G):
     return gx, gw, gb
 
 
+@_policy("conv_transpose2d")  # lower precision under autocast (Note [Autocast])
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
                      groups=1, dilation=1):
     """The transpose (adjoint) of conv2d, as torch.nn.functional.conv_transpose2d.
@@ -356,6 +359,7 @@ def _to_2d(op, name, v, fill):
     return (fill, a)
 
 
+@_policy("conv1d")  # lower precision under autocast (Note [Autocast])
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation (N, C, L), as torch.nn.functional.conv1d: conv2d over height 1."""
     op = "conv1d"
@@ -404,6 +408,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     return _fold(input.permute(1, 0, 2).reshape(K, N * L), g, N)
 
 
+@_policy("conv_transpose1d")  # lower precision under autocast (Note [Autocast])
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
                      groups=1, dilation=1):
     """Transposed 1-D convolution, as torch.nn.functional.conv_transpose1d (height-1 2-d)."""

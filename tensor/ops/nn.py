@@ -195,6 +195,7 @@ def backend_to_scalar(x):
     return x.item() if hasattr(x, "item") else x
 
 
+@_policy("cross_entropy")  # cast before log_softmax, not after (PyTorch's order)
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0):
     """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""

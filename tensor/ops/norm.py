@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from .._autocast import policy as _policy
 from .._grad_mode import state as _grad_state
 from .._tensor import _new, from_op
 from .elementwise import _xp
@@ -30,6 +31,7 @@ def _normalized_axes(op, x, normalized_shape):
     return shape, tuple(range(x.array.ndim - k, x.array.ndim))
 
 
+@_policy("layer_norm")  # float32 under autocast (Note [Autocast])
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias over the trailing normalized_shape dims.
 
@@ -94,6 +96,7 @@ def _layer_norm_backward_graph(gy, x, weight, bias, axes, lead, eps):
     return gx, gw, gb
 
 
+@_policy("group_norm")
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """Normalise (N, C, *) over each group of C // num_groups channels and the spatial dims,
     then scale and shift per channel by weight and bias (shape (C,))."""

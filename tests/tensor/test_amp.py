@@ -69,16 +69,60 @@ def test_autocast_is_off_outside_and_when_disabled_and_as_decorator():
     np.testing.assert_array_equal(m(x).detach().numpy(), plain)
 
 
-def test_autocast_float16_casts_for_real_and_reductions_stay_float32():
+POLICY_CASES = {
+    "linear": lambda lib, F, x, t: F.linear(x, x[:3]),
+    "matmul": lambda lib, F, x, t: x @ x.T,
+    "softmax": lambda lib, F, x, t: F.softmax(x, 1),
+    "log_softmax": lambda lib, F, x, t: F.log_softmax(x, 1),
+    "cross_entropy": lambda lib, F, x, t: F.cross_entropy(x, t),
+    "nll_loss": lambda lib, F, x, t: F.nll_loss(x, t),
+    "mse_loss": lambda lib, F, x, t: F.mse_loss(x, x * 0.5),
+    "l1_loss": lambda lib, F, x, t: F.l1_loss(x, x * 0.5),
+    "smooth_l1_loss": lambda lib, F, x, t: F.smooth_l1_loss(x, x * 0.5),
+    "huber_loss": lambda lib, F, x, t: F.huber_loss(x, x * 0.5),
+    "bce_with_logits": lambda lib, F, x, t: F.binary_cross_entropy_with_logits(x, x.sigmoid()),
+    "sum": lambda lib, F, x, t: x.sum(),
+    "logsumexp": lambda lib, F, x, t: x.logsumexp(1),
+    "layer_norm": lambda lib, F, x, t: F.layer_norm(x, (5,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_CASES))
+def test_autocast_float16_cpu_policy_matches_torch(name):
+    """Under CPU float16 autocast each op's output dtype is PyTorch's (float16 inputs)."""
+    x = np.random.default_rng(1).normal(size=(4, 5))
+    fn = POLICY_CASES[name]
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        ours = fn(tensor, F, tensor.tensor(x, dtype=tensor.float16), tensor.tensor([0, 1, 2, 3]))
+    with torch.amp.autocast("cpu", dtype=torch.float16):
+        theirs = fn(torch, torch.nn.functional, torch.tensor(x, dtype=torch.float16),
+                    torch.tensor([0, 1, 2, 3]))
+    assert ours.dtype.name == str(theirs.dtype).split(".")[1]
+    np.testing.assert_allclose(ours.float().detach().numpy(), theirs.float().detach().numpy(),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_autocast_float16_backward_gives_float32_grads():
     m, _, x, _ = _linear_pair()
     with tensor.amp.autocast("cpu", dtype=tensor.float16):
         y = m(x)
         assert y.dtype == tensor.float16
-        p = F.softmax(y, dim=1)
-        assert p.dtype == tensor.float32
-        assert (x @ x.T).dtype == tensor.float16
-    y.float().sum().backward()
+        loss = F.cross_entropy(y, tensor.tensor([0, 1, 2]))
+        assert loss.dtype == tensor.float32
+    loss.backward()
     assert m.weight.grad.dtype == tensor.float32
+
+
+def test_autocast_joins_layer_norm_and_attention_by_name():
+    x = tensor.randn(2, 5, 8)
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        assert F.scaled_dot_product_attention(x, x, x).dtype == tensor.float16
+        assert F.layer_norm(x.half(), (8,)).dtype == tensor.float16  # CPU: left alone
+    with torch.amp.autocast("cpu", dtype=torch.float16):
+        tx = torch.randn(2, 5, 8)
+        assert torch.nn.functional.scaled_dot_product_attention(tx, tx, tx).dtype == torch.float16
+    from tensor._autocast import FLOAT32
+    assert "layer_norm" in FLOAT32["cuda"] and "layer_norm" not in FLOAT32["cpu"]
 
 
 def test_bfloat16_is_a_clear_error_as_a_tensor_dtype():
@@ -138,3 +182,17 @@ def test_grad_scaler_protocol_errors_and_disabled_passthrough():
     if not tensor.cuda.is_available():
         with pytest.warns(UserWarning, match="CUDA is not available"):
             assert not tensor.amp.GradScaler().is_enabled()
+
+
+def test_convolutions_run_in_the_autocast_dtype():
+    import tensor.nn as nn
+    conv = nn.Conv2d(2, 3, 3)
+    x = tensor.randn(1, 2, 6, 6)
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        y = conv(x)
+    assert y.dtype == tensor.float16
+    y.float().sum().backward()
+    assert conv.weight.grad.dtype == tensor.float32   # gradients in the parameter's dtype
+    with tensor.amp.autocast("cpu", dtype=tensor.float16):
+        assert nn.ConvTranspose2d(3, 2, 3)(y.float()).dtype == tensor.float16
+        assert nn.Conv1d(2, 3, 3)(tensor.randn(1, 2, 7)).dtype == tensor.float16

@@ -96,9 +96,7 @@ class Join:
     def _set_joinable_configs(self, enable=None):
         enable = self._enable if enable is None else enable
         for i, j in enumerate(self._joinables):
-            j._join_config = _JoinConfig(enable=enable,
-                                         throw_on_early_termination=self._throw_on_early_termination,
-                                         is_first_joinable=i == 0)
+            j._join_config = _JoinConfig(enable, self._throw_on_early_termination, i == 0)
 
     def _extract_dist_info(self):
         groups = {id(j.join_process_group) for j in self._joinables}
