@@ -5,7 +5,7 @@ conv 6@5x5 -> relu -> maxpool 2 -> conv 16@5x5 -> relu -> maxpool 2 -> fc 120 ->
 interleaved with a rotating order, the same weights and the same thread count; medians and
 the zgrad/torch ratio. --profile also prints where zgrad's step spends its time.
 
-    python benchmarks/bench_cnn_step.py [--threads N] [--repeats R] [--steps S] [--profile]
+    python benchmarks/bench_cnn_step.py [--threads N] [--repeats R] [--steps S] [--profile] [--cpu-time]
 """
 from __future__ import annotations
 

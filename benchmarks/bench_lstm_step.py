@@ -5,7 +5,7 @@ every step and cross-entropy over all steps, float32. Both start from the same w
 state_dict loaded into zgrad), so the first-step losses agree. Run interleaved with the same
 thread count; medians and the ratio zgrad / torch.
 
-    python benchmarks/bench_lstm_step.py [--threads N] [--repeats R] [--steps S]
+    python benchmarks/bench_lstm_step.py [--threads N] [--repeats R] [--steps S] [--cpu-time]
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Three implementations in one run, interleaved, with the same thread count:
   torch     PyTorch CPU eager (when installed)
 plus the per-op overhead: a tiny elementwise op with grad (forward + backward), zgrad vs torch.
 
-    python benchmarks/bench_mlp_step.py [--threads N] [--repeats R]
+    python benchmarks/bench_mlp_step.py [--threads N] [--repeats R] [--cpu-time]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ start from the same weights (PyTorch's state_dict loaded into zgrad); their drop
 differ, so the first-step losses agree only roughly. Run interleaved with the same thread
 count; medians and the ratio zgrad / torch.
 
-    python benchmarks/bench_transformer_step.py [--threads N] [--repeats R] [--steps S]
+    python benchmarks/bench_transformer_step.py [--threads N] [--repeats R] [--steps S] [--cpu-time]
 """
 from __future__ import annotations
 
