@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from . import _hostmem  # noqa: F401  (tunes glibc's allocator on import: Note [Host allocator])
 from . import backend, dtypes
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tensor import Size, Tensor

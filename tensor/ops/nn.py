@@ -6,6 +6,8 @@ Losses that are cheap compositions (mse, l1, bce-with-logits) are built from pri
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._autocast import policy as _policy
@@ -27,19 +29,22 @@ def linear(x, weight, bias=None):
         raise RuntimeError(f"linear: input has {xd.shape[-1]} features (shape {list(xd.shape)}) "
                            f"but weight is {list(wd.shape)}; expected input.shape[-1] == "
                            f"weight.shape[1]. Check the layer sizes.")
-    y = xd @ wd.T
+    n_in, n_out = wd.shape[1], wd.shape[0]
+    # (..., n_in) as one 2-D GEMM: numpy's matmul on a 3-D x runs one small GEMM per leading
+    # index (an LSTM's (T, B, I) input: T GEMMs of B rows), several times slower in OpenBLAS
+    rows = math.prod(xd.shape[:-1])
+    xr = xd.reshape(rows, n_in)
+    y = (xr @ wd.T).reshape(xd.shape[:-1] + (n_out,))
     if bias is not None:
         y += bias.array
-    n_in, n_out = wd.shape[1], wd.shape[0]
     bias_grad = bias is not None and bias.requires_grad  # a flag: bias values aren't read
 
     def backward(gy):
         if not _grad_state.enabled:
             # first-order fast path on raw arrays: the hottest backward in training
-            g = gy.array
-            gx = _new(g @ wd) if x.requires_grad else None
-            g2 = g.reshape(-1, n_out)
-            gw = _new(g2.T @ xd.reshape(-1, n_in)) if weight.requires_grad else None
+            g2 = gy.array.reshape(rows, n_out)
+            gx = _new((g2 @ wd).reshape(xd.shape)) if x.requires_grad else None
+            gw = _new(g2.T @ xr) if weight.requires_grad else None
             gb = _new(g2.sum(0)) if bias_grad else None
             return gx, gw, gb
         gx = gy @ weight if x.requires_grad else None

@@ -31,6 +31,7 @@ CONV2D_CASES = [  # (x shape, weight shape, stride, padding, dilation, groups)
     ((2, 2, 5, 5), (2, 2, 4, 2), 1, "same", 1, 1),        # even kernel: asymmetric 'same'
     ((2, 3, 7, 5), (4, 3, 3, 3), 2, 0, 1, 1),             # stride that doesn't divide
     ((1, 2, 6, 6), (2, 2, 2, 3), (3, 1), "valid", 1, 1),  # strided height, unit-stride width
+    ((2, 4, 6, 7), (4, 2, 2, 3), 1, (1, 2), (1, 2), 2),   # unit stride, width dilation, padding
 ]
 
 
