@@ -85,6 +85,11 @@ def worker_env(placement, index: int, *, secret: str, job_id: str, run_dir: str,
         "TORCHELASTIC_MAX_RESTARTS": str(max_restarts),
         "PYTHONUNBUFFERED": "1",     # lines reach the log as they are printed
     })
+    # the TORCHELASTIC_*/GROUP_RANK names above are for scripts that read them; they would
+    # also make rendezvous take this for torchrun, whose agent keeps a store on MASTER_PORT and
+    # pushes zgrad's to the port beside it. No launcher process holds MASTER_PORT here, so the
+    # store is on it, as users and firewalls expect (unless the user set it explicitly)
+    env.setdefault("ZGRAD_STORE_PORT", str(placement.master_port))
     if _terminal_columns():
         # the workers write into a pipe, but the launcher shows rank 0's lines on a terminal:
         # a progress bar may draw (the launcher redraws it in place) at the terminal's width

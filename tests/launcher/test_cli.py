@@ -133,6 +133,12 @@ def test_worker_env_is_torchrun_compatible():
         "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
         "TORCHELASTIC_RESTART_COUNT": "2", "ZGRAD_DEVICE": "cuda:1"}
     assert env["ZGRAD_JOB_ROOT_PID"] == str(os.getpid()) and env["ZGRAD_SECRET"] == "abc"
+    # TORCHELASTIC_* must not push zgrad's store off MASTER_PORT (nothing holds it under zgrad)
+    from runtime.distributed.rendezvous import master
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert master(None) == ("10.0.0.1", 29500)
     with pytest.raises(ValueError, match="ZGRAD_SECRET"):
         job_identity(p, {})
     standalone = cluster.from_flags(2, 1, 0, "127.0.0.1", 0)
