@@ -364,6 +364,20 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _free_port_pair() -> int:
+    """A port P with P + 1 free too: under torchrun zgrad's store takes MASTER_PORT + 1."""
+    import socket
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no pair of free ports on 127.0.0.1")
+
+
 def test_script_runs_under_torchrun(tmp_path):
     pytest.importorskip("torch")
     script = tmp_path / "train.py"
@@ -373,7 +387,7 @@ def test_script_runs_under_torchrun(tmp_path):
            k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")}
     env["PYTHONPATH"] = ROOT
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port_pair()),
                           str(script)], env=env, capture_output=True, text=True, timeout=120)
     lines = sorted(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
     assert out.returncode == 0 and lines == ["RESULT 0 2 3.0", "RESULT 1 2 3.0"], \
