@@ -21,4 +21,11 @@ python3 -m pytest -q -rfEs -p no:cacheprovider --timeout 120 tests 2>&1 \
     | tee ${OUT:-/tmp}/gpu_tests.log | grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" | tail -40
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 python3 benchmarks/bench_mlp_step.py --device cuda --repeats 5 --steps 20 || rc=1
+# the trainer on the GPU through the launcher: the digits MLP and CNN, one worker each
+# (needs omegaconf, PyYAML, tqdm, pyzmq, msgpack, safetensors there: carry them as wheels)
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+for cfg in digits_mlp digits_cnn; do
+    python3 -m launcher run configs/$cfg.yaml --nproc-per-node 1 train.device=cuda \
+        --run-dir ${OUT:-/tmp}/gpu_$cfg || rc=1
+done
 exit $rc
