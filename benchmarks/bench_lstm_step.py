@@ -9,23 +9,18 @@ thread count; medians and the ratio zgrad / torch.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensor  # noqa: E402
+from benchmarks._step_harness import parse_args, run  # noqa: E402
 
 INPUT, HIDDEN, LAYERS, SEQ, BATCH, CLASSES, LR = 32, 128, 2, 35, 32, 64, 0.1
 
-
-# wall time by default; --cpu-time switches to process CPU time (see main)
-_clock = time.perf_counter
 
 
 def make_models(torch):
@@ -69,60 +64,18 @@ def make_step(model, lib, F):
     return step
 
 
-def time_steps(step, args, n):
-    t0 = _clock()
-    for _ in range(n):
-        step(*args)
-    return (_clock() - t0) / n
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="process CPU time instead of wall time: leaves out waiting for a "
-                         "core on a loaded machine (with threads > 1 it sums the threads)")
-    args = ap.parse_args()
-    if args.cpu_time:
-        global _clock
-        _clock = time.process_time
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(args.threads)
+    args = parse_args(__doc__, steps=5)
     import torch
-    torch.set_num_threads(args.threads)
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(SEQ, BATCH, INPUT)).astype(np.float32)
     y = rng.integers(0, CLASSES, (SEQ, BATCH))
     zm, tm = make_models(torch)
-    impls = {"zgrad": (make_step(zm, tensor, tensor.nn.functional),
-                       (tensor.tensor(x), tensor.tensor(y))),
-             "torch": (make_step(tm, torch, torch.nn.functional),
-                       (torch.tensor(x), torch.tensor(y)))}
-    losses = {k: float(f(*a)) for k, (f, a) in impls.items()}
-    for _ in range(2):  # warm up
-        for f, a in impls.values():
-            f(*a)
-    times = {k: [] for k in impls}
-    names = list(impls)
-    for r in range(args.repeats):
-        # interleaved so drift hits both alike; the order rotates, and a pause lets the other
-        # library's spinning worker threads go to sleep first
-        for k in names[r % 2:] + names[:r % 2]:
-            f, a = impls[k]
-            time.sleep(0.2)
-            times[k].append(time_steps(f, a, args.steps))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best = {k: min(v) for k, v in times.items()}  # less sensitive to a busy machine
-    print(f"LSTM {LAYERS}x{HIDDEN} (input {INPUT}), seq {SEQ}, batch {BATCH}, head {CLASSES}, "
-          f"float32, {args.threads} threads, median (and best) of {args.repeats} x {args.steps} steps"
-          + (", cpu time" if args.cpu_time else ""))
-    print("first-step loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
-    for k, v in med.items():
-        print(f"{k:6s} {v * 1e3:8.2f} ms/step  {v / med['torch']:6.2f}x torch   best "
-              f"{best[k] * 1e3:8.2f} ms  {best[k] / best['torch']:6.2f}x")
+    zstep = make_step(zm, tensor, tensor.nn.functional)
+    tstep = make_step(tm, torch, torch.nn.functional)
+    zx, zy, tx, ty = tensor.tensor(x), tensor.tensor(y), torch.tensor(x), torch.tensor(y)
+    run(f"LSTM {LAYERS}x{HIDDEN} (input {INPUT}), seq {SEQ}, batch {BATCH}, head {CLASSES}",
+        {"zgrad": lambda: zstep(zx, zy), "torch": lambda: tstep(tx, ty)}, args)
 
 
 if __name__ == "__main__":
