@@ -69,3 +69,24 @@ def run(title: str, steps: dict, args) -> None:
         time_steps(steps["zgrad"], 20)
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(15)
+
+
+def sequence_steps(zmodel, tmodel, x, y, classes: int, lr: float) -> dict:
+    """{"zgrad": step, "torch": step}: SGD on cross-entropy over every position's logits
+    (the LSTM and transformer benchmarks); x, y are numpy arrays."""
+    import tensor
+    import torch
+
+    def make(model, lib, xs, ys):
+        opt = lib.optim.SGD(model.parameters(), lr=lr)
+        F = lib.nn.functional
+
+        def step():
+            loss = F.cross_entropy(model(xs).reshape(-1, classes), ys.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
+    return {"zgrad": make(zmodel, tensor, tensor.tensor(x), tensor.tensor(y)),
+            "torch": make(tmodel, torch, torch.tensor(x), torch.tensor(y))}

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensor  # noqa: E402
-from benchmarks._step_harness import parse_args, run  # noqa: E402
+from benchmarks._step_harness import parse_args, run, sequence_steps  # noqa: E402
 
 D_MODEL, HEADS, FF, LAYERS, SEQ, BATCH, CLASSES, LR = 128, 4, 512, 2, 64, 16, 64, 0.01
 
@@ -48,18 +48,6 @@ def make_models(torch):
     return zm, tm
 
 
-def make_step(model, lib, F):
-    opt = lib.optim.SGD(model.parameters(), lr=LR)
-
-    def step(x, y):
-        loss = F.cross_entropy(model(x).reshape(-1, CLASSES), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-    return step
-
-
 def main():
     args = parse_args(__doc__, steps=5)
     import torch
@@ -67,13 +55,10 @@ def main():
     x = rng.normal(size=(BATCH, SEQ, D_MODEL)).astype(np.float32)
     y = rng.integers(0, CLASSES, (BATCH, SEQ))
     zm, tm = make_models(torch)
-    zstep = make_step(zm, tensor, tensor.nn.functional)
-    tstep = make_step(tm, torch, torch.nn.functional)
-    zx, zy, tx, ty = tensor.tensor(x), tensor.tensor(y), torch.tensor(x), torch.tensor(y)
     # dropout draws differ between the libraries, so the first losses agree only roughly
     run(f"TransformerEncoder {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, ff {FF}, "
         f"seq {SEQ}, batch {BATCH}, head {CLASSES}",
-        {"zgrad": lambda: zstep(zx, zy), "torch": lambda: tstep(tx, ty)}, args)
+        sequence_steps(zm, tm, x, y, CLASSES, LR), args)
 
 
 if __name__ == "__main__":
