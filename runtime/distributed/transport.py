@@ -96,6 +96,11 @@ class PeerMesh:
         self._scratch: dict = {}
 
     @property
+    def pending(self) -> list:
+        """Per sender, the verified messages not yet taken by recv (the control link's)."""
+        return self.control.pending
+
+    @property
     def raw(self) -> bool:
         """Whether large payloads travel on the data channel."""
         return self.data is not None
