@@ -168,6 +168,31 @@ class PeerMesh:
                     self._poll(call, [dst], deadline, block_ms=0)
         self.control.trackers.clear()
 
+    def sent(self) -> bool:
+        """Push queued payloads without waiting; True once every payload sent so far has left
+        our buffers (``flush`` would return at once). For sends that complete later (isend)."""
+        data, ctl = self.data, self.control
+        if data is not None:
+            data.push_all()
+            for dst, q in data.outq.items():
+                if q and dst in data.send_failed:
+                    data.closed.setdefault(dst, (time.monotonic(), data.send_failed[dst]))
+            if any(data.outq.values()):
+                return False
+        ctl.trackers = [(d, t) for d, t in ctl.trackers if not t.done]
+        return not ctl.trackers
+
+    def heads(self) -> dict:
+        """{src: header} of the next message of every sender that has one, not consumed (for
+        receives that pick among senders and tags, and collectives that step over them)."""
+        return {s: q[0][0] for s, q in enumerate(self.control.pending) if q}
+
+    def poll(self, call: list, waiting: list[int], deadline: float, block_ms: int = 0):
+        """Take what arrived, waiting up to `block_ms` for traffic (pushing queued sends
+        meanwhile); the deadline, ABORTs and lost peers among `waiting` are checked as in
+        recv."""
+        self._poll(call, waiting, deadline, block_ms=block_ms)
+
     def abort(self, message: str):
         """Tell every other member that this group failed, and why (best effort)."""
         self.control.abort(message)
