@@ -377,6 +377,15 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def test_script_runs_under_torchrun(tmp_path):
     pytest.importorskip("torch")
     script = tmp_path / "train.py"
@@ -385,8 +394,11 @@ def test_script_runs_under_torchrun(tmp_path):
            if not k.startswith(("ZGRAD_", "MASTER_", "TORCHELASTIC_")) and
            k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")}
     env["PYTHONPATH"] = ROOT
+    port = free_port()
+    while not _free(port + 1):       # torchrun's store takes port; zgrad's takes port + 1
+        port = free_port()
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                          "--master-addr", "127.0.0.1", "--master-port", str(port),
                           str(script)], env=env, capture_output=True, text=True, timeout=120)
     lines = sorted(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
     assert out.returncode == 0 and lines == ["RESULT 0 2 3.0", "RESULT 1 2 3.0"], \
