@@ -43,13 +43,13 @@ class ControlLink:
         _heartbeat(self.pull)
         # a client without a login (ZeroMQ's NULL mechanism) fails before the gate's check
         self.pull_monitor = self.pull.get_monitor_socket(_NO_LOGIN)
+        self._next_login_check = 0.0
         port = self.pull.bind_to_random_port(f"tcp://{bind_host}")
         self.endpoint = f"tcp://{bind_host}:{port}"
         self.push: dict[int, zmq.Socket] = {}
         self.monitors: dict[zmq.Socket, int] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
-        self.poller.register(self.pull_monitor, zmq.POLLIN)
         self.pending = [collections.deque() for _ in range(size)]
         self.send_count = [0] * size
         self.recv_count = [0] * size
@@ -100,14 +100,15 @@ class ControlLink:
         """Wait up to timeout_ms for a message, a monitor event or one of `fds` ((fd, event)
         pairs); take the messages and events that arrived."""
         if fds:
-            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in
-                                        [self.pull, self.pull_monitor, *self.monitors]]
+            events = dict(zmq.zmq_poll([(s, zmq.POLLIN) for s in [self.pull, *self.monitors]]
                                        + fds, timeout_ms))
         else:
             events = dict(self.poller.poll(timeout_ms))
         if self.pull in events:
             self.drain()
-        if self.pull_monitor in events:
+        now = time.monotonic()
+        if now > self._next_login_check:    # not polled with the rest: it costs every wait
+            self._next_login_check = now + 1.0
             self._count_no_login()
         for mon, peer in self.monitors.items():
             if mon in events:

@@ -61,8 +61,10 @@ class StoreServer:
         except zmq.ZMQError as e:
             self.sock.close(0)
             raise RuntimeError(f"init_process_group: rank 0 cannot host the store at "
-                               f"{host}:{port} ({e}). Is another job using MASTER_PORT={port}? "
-                               "Pick a free port.") from e
+                               f"{host}:{port} ({e}). Another process holds that port: another "
+                               "job on the same MASTER_PORT, or, under torchrun, something on "
+                               "MASTER_PORT + 1. Pick a free MASTER_PORT, or set "
+                               "ZGRAD_STORE_PORT.") from e
         self.data: dict[str, bytes] = {}
         self.waiters: list[tuple[bytes, bytes, int, list[str]]] = []
         self.last_n: dict[bytes, int] = {}      # cid -> the highest counter served

@@ -6,8 +6,10 @@ Note [Peer mesh]
 ~~~~~~~~~~~~~~~~
 Each member binds one PULL socket (loopback, or the interface that reaches MASTER_ADDR) and
 publishes its endpoint in the store (with its data channel's port, see Note [Data channel]);
-it connects one PUSH socket to every other member. Only
-the group's communication thread touches these sockets. Per (sender, receiver) pair messages
+it connects one PUSH socket to every other member, through the connection gate (Note
+[Connection gate]). Only the group's communication thread touches these sockets (the
+ControlLink holds them, the DataChannel the raw TCP connections; the mesh composes the two
+and owns the waiting, the desync check and dead-peer detection). Per (sender, receiver) pair messages
 arrive in order, and every algorithm is deterministic, so the next message from `src` is
 exactly the one the receiver expects next; messages from other senders are parked per sender.
 
@@ -27,6 +29,7 @@ checked by pid. A rank waiting on a message from a peer lost for over ``_LOST_GR
 peer that exits normally may still have messages in flight on its other connection) raises
 ``PeerLostError`` and ABORTs the others. Every wait has a deadline; the TimeoutError names the
 ranks whose messages did not arrive.
+
 Sends never block (see Note [Data channel]); ``flush`` (end of every collective) waits
 until every queued byte is in the kernel and ZeroMQ let go of every zero-copy frame, so the
 caller may reuse its tensor. Waits keep the ZeroMQ poll: deadlines, ABORTs and dead-peer
