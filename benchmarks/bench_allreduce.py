@@ -76,30 +76,34 @@ def _worker(kind, rank, ws, port, sizes, q):
         q.put(out)
 
 
-def run_backend(kind: str, ws: int, sizes) -> dict:
+def run_ranks(worker, kind: str, ws: int, *args, who: str = "bench_allreduce"):
+    """Run ``worker(kind, rank, ws, port, *args, q)`` in `ws` forked processes and return what
+    rank 0 puts on q; workers that fail or take over 600 s raise (also for bench_collectives)."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(kind, r, ws, port, sizes, q)) for r in range(ws)]
+    procs = [ctx.Process(target=worker, args=(kind, r, ws, port, *args, q)) for r in range(ws)]
     for p in procs:
         p.start()
     try:
         deadline = time.monotonic() + 600
         while True:
             try:
-                res = q.get(timeout=1)
-                break
+                return q.get(timeout=1)
             except Exception:
                 dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if dead or time.monotonic() > deadline:
-                    raise RuntimeError(f"bench_allreduce: {kind} workers failed (exit codes "
-                                       f"{dead}) or took over 600 s; see their output above")
+                    raise RuntimeError(f"{who}: {kind} workers failed (exit codes {dead}) or "
+                                       "took over 600 s; see their output above")
     finally:
         for p in procs:
             p.join(60)
             if p.is_alive():
                 p.kill()
-    return res
+
+
+def run_backend(kind: str, ws: int, sizes) -> dict:
+    return run_ranks(_worker, kind, ws, sizes)
 
 
 def _fmt_size(n: int) -> str:

@@ -17,7 +17,6 @@ the median over rounds of each round's median time.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_allreduce import _free_port  # noqa: E402
+from benchmarks.bench_allreduce import run_ranks  # noqa: E402
 
 COLLECTIVES = ("all_gather", "reduce_scatter", "send_recv")
 
@@ -74,28 +73,7 @@ def _worker(kind, rank, ws, port, nbytes, iters, q):
 
 
 def run_backend(kind: str, ws: int, nbytes: int, iters: int) -> dict:
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(kind, r, ws, port, nbytes, iters, q))
-             for r in range(ws)]
-    for p in procs:
-        p.start()
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                return q.get(timeout=1)
-            except Exception:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead or time.monotonic() > deadline:
-                    raise RuntimeError(f"bench_collectives: {kind} workers failed (exit codes "
-                                       f"{dead}) or took over 600 s; see their output above")
-    finally:
-        for p in procs:
-            p.join(60)
-            if p.is_alive():
-                p.kill()
+    return run_ranks(_worker, kind, ws, nbytes, iters, who="bench_collectives")
 
 
 def main():
