@@ -41,7 +41,7 @@ import numpy as np
 
 from tensor import backend
 from tensor._tensor import Tensor, _new
-from tensor.autograd.engine import queue_callback
+from tensor.autograd.engine import _graph, queue_callback
 from tensor.futures import Future
 
 from . import _shared_buckets
@@ -183,27 +183,12 @@ class Reducer:
             self.unused = self.static_unused
 
     def _search_unused(self, outputs) -> list:
-        """Indices of parameters the autograd graph of `outputs` does not reach."""
-        seen, stack, leaves = set(), [], set()
-        for t in outputs:
-            if t.requires_grad:
-                if t._node is None:
-                    leaves.add(id(t))
-                else:
-                    stack.append(t._node)
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            for e in node.edges:
-                if e is None:
-                    continue
-                if isinstance(e[0], Tensor):
-                    leaves.add(id(e[0]))
-                else:
-                    stack.append(e[0])
-        return [i for i, p in enumerate(self.params) if id(p) not in leaves]
+        """Indices of parameters the autograd graph of `outputs` does not reach (the engine's
+        own graph walk: its keys are the ids of every node and leaf reached)."""
+        grads = [t for t in outputs if t.requires_grad]
+        reached = set(_graph([t._node for t in grads if t._node is not None]))
+        reached.update(id(t) for t in grads if t._node is None)
+        return [i for i, p in enumerate(self.params) if id(p) not in reached]
 
     def ensure_prior_reduction_finished(self):
         """The check at each forward: the previous synced backward must have finished."""
