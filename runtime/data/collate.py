@@ -93,7 +93,6 @@ def _collate(batch, leaf):
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
         return type(elem)(*(_collate(list(s), leaf) for s in zip(*batch)))
     if isinstance(elem, cabc.Sequence):
-        n = len(elem)
         if len(set(map(len, batch))) != 1:
             raise RuntimeError("default_collate: each element in list of batch should be of "
                                f"equal size; got sizes {sorted({len(x) for x in batch})}")
