@@ -74,31 +74,11 @@ def is_floating_point(t) -> bool:
     return t.is_floating_point()
 
 
-class cuda:  # noqa: N801 - mirrors torch.cuda's namespace
-    """``tensor.cuda.is_available()`` and friends."""
-
-    is_available = staticmethod(backend.cuda_is_available)
-
-    @staticmethod
-    def device_count() -> int:
-        if not backend.cuda_is_available():
-            return 0
-        return backend.cupy.cuda.runtime.getDeviceCount()
-
-    @staticmethod
-    def synchronize() -> None:
-        if backend.cuda_is_available():
-            backend.cupy.cuda.Device().synchronize()
-
-    @staticmethod
-    def manual_seed(s: int) -> None:
-        manual_seed(s)
-
-
 def __getattr__(name):
     # nn, optim and serialization load lazily so `import tensor` stays quick
     import importlib
-    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends", "distributions"):
+    if name in ("nn", "optim", "futures", "amp", "accelerator", "backends", "distributions",
+                "cuda"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.serialization"), name)
