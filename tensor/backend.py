@@ -113,26 +113,41 @@ def is_array(x) -> bool:
     return isinstance(x, numpy.ndarray) or (cupy is not None and isinstance(x, cupy.ndarray))
 
 
-def to_device(x, dev: device):
-    """Move an array to `dev` (a no-op when it is already there)."""
+def to_device(x, dev: device, non_blocking: bool = False):
+    """Move an array to `dev` (a no-op when it is already there).
+
+    With ``non_blocking``, a copy from pinned host memory to a GPU is queued on the current
+    stream and returns at once; other copies are ordinary ones (see Note [Async copies]).
+    """
     dev = device(dev)
     src = device_of(x)
     if src == dev:
         return x
     if dev.type == "cpu":
-        return cupy.asnumpy(x)
-    xp = xp_for(dev)
+        if non_blocking:
+            with x.device:
+                return to_host_async(x)
+        return to_numpy(x)  # a host sync: pending device asserts are raised first
+    xp_for(dev)  # the clear "CuPy is not installed" error
+    if not isinstance(x, numpy.ndarray):  # another GPU: CuPy's peer copy
+        with cupy.cuda.Device(dev.index if dev.index is not None else x.device.id):
+            return cupy.asarray(x)
     if dev.index is not None:
         with cupy.cuda.Device(dev.index):
-            return xp.asarray(x)
-    return xp.asarray(x)
+            return _to_gpu(x, non_blocking)
+    return _to_gpu(x, non_blocking)
 
 
 def to_numpy(x) -> numpy.ndarray:
-    """The array as a numpy array (a copy only when it lives on a GPU)."""
+    """The array as a numpy array (a copy only when it lives on a GPU).
+
+    A GPU array's copy waits for the device, so this is where pending device asserts are
+    raised (see Note [Device asserts]); every host read of a tensor goes through here.
+    """
     if isinstance(x, numpy.ndarray):
         return x
     if cupy is not None and isinstance(x, cupy.ndarray):
+        check_device_errors()
         return cupy.asnumpy(x)
     return numpy.asarray(x)
 
@@ -204,3 +219,227 @@ def view_positions(base, view):
         raise RuntimeError("in-place op on a view: the view's elements are not all inside its "
                            "base's memory; call .clone() on the view first.")
     return order[k]
+
+
+# -- deferred device asserts -------------------------------------------------------------------
+# Note [Device asserts]
+# ~~~~~~~~~~~~~~~~~~~~~
+# An op that validates its inputs' *values* (a target class, an embedding index) must not read
+# them back to the host on a GPU: that read waits for the device and stalls the launch queue
+# every step. PyTorch asserts inside its CUDA kernels and reports at the next synchronisation;
+# zgrad does the same with one tiny kernel per check: ``device_assert(xp, bad, message)`` (or
+# ``assert_in_range``) writes 1 into a slot of a per-device int32 flag buffer where ``bad`` is
+# true, without any host read. The slot stands for (exception type, message).
+# ``check_device_errors()`` reads the flag buffers back (one small device->host copy per
+# device), clears them, and raises the first set slot's exception. Every host read of device
+# data calls it first: ``to_numpy`` (so .item(), .tolist(), .numpy(), bool/float/int of a
+# tensor, printing) and ``to_device(..., "cpu")``; ``tensor.cuda.synchronize()`` calls it too.
+# On numpy the check is immediate and the message exactly as before (``host_message`` may
+# build a more precise one, e.g. naming the bad value, which the device cannot know).
+#
+# Deferring is memory-safe only because CuPy's integer-array indexing (getitem, setitem,
+# take_along_axis, scatter_add) wraps out-of-range indices instead of reading or writing out
+# of bounds (CuPy's documented difference from NumPy): a bad index computes garbage until the
+# next sync raises, it never faults. Flags written during a CUDA-graph capture are written
+# again on every replay, so captured steps keep their checks; the flag buffer is allocated at
+# the first check, which must therefore happen before capture (warm-up steps do that).
+
+_N_SLOTS = 256                  # distinct (exception, message) pairs a process can assert
+_slots: dict = {}               # (exc type, message) -> slot index
+_slot_info: list = []           # slot index -> (exc type, message)
+_flag_bufs: dict = {}           # device id -> cupy int32 array of _N_SLOTS flags
+_pending: dict = {}             # device id -> {stream ptr: stream} written since the last check
+_kernels: dict = {}
+
+
+def _kernel(name):
+    k = _kernels.get(name)
+    if k is None:
+        if name == "mask":
+            k = cupy.ElementwiseKernel("T bad, int32 slot", "raw int32 flags",
+                                       "if (bad) flags[slot] = 1", "zgrad_device_assert")
+        elif name == "unscale":  # torch's _amp_non_finite_check_and_unscale_, one pass
+            k = cupy.ElementwiseKernel(
+                "T x, float64 inv", "T g, raw int32 found",
+                "g = (T)((double)x * inv); if (!isfinite((double)g)) found[0] = 1",
+                "zgrad_unscale_check")
+        else:  # "range": low <= x < high, without a mask array in between
+            k = cupy.ElementwiseKernel(
+                "T x, int64 low, int64 high, int32 slot", "raw int32 flags",
+                "if ((long long)x < low || (long long)x >= high) flags[slot] = 1",
+                "zgrad_assert_range")
+        _kernels[name] = k
+    return k
+
+
+def _slot(exc, message) -> int:
+    key = (exc, message)
+    s = _slots.get(key)
+    if s is None:
+        if len(_slot_info) >= _N_SLOTS:  # a message with a value in it, per call: our bug
+            raise RuntimeError(f"device_assert: more than {_N_SLOTS} distinct messages; "
+                               "device assert messages must not embed per-call values.")
+        s = _slots[key] = len(_slot_info)
+        _slot_info.append(key)
+    return s
+
+
+def _flags_for_launch():
+    """The current device's flag buffer, noting the current stream as one that wrote to it."""
+    dev = cupy.cuda.runtime.getDevice()
+    buf = _flag_bufs.get(dev)
+    if buf is None:
+        buf = _flag_bufs[dev] = cupy.zeros(_N_SLOTS, numpy.int32)
+    stream = cupy.cuda.get_current_stream()
+    _pending.setdefault(dev, {})[stream.ptr] = stream
+    return buf
+
+
+def device_assert(xp, bad, message: str, exc=IndexError, host_message=None) -> None:
+    """Raise ``exc(message)`` if any element of `bad` is true: at once on numpy, at the next
+    host sync on CuPy (see Note [Device asserts]). `host_message()`, if given, builds the
+    message of the immediate (numpy) error instead."""
+    if xp is numpy or not isinstance(bad, cupy.ndarray):
+        if bool(numpy.asarray(bad).any()):
+            raise exc(host_message() if host_message is not None else message)
+        return
+    if bad.size:
+        _kernel("mask")(bad, _slot(exc, message), _flags_for_launch())
+
+
+def assert_in_range(xp, x, low: int, high: int, message: str, exc=IndexError,
+                    host_message=None) -> None:
+    """device_assert that every element of integer array `x` lies in [low, high)."""
+    if not x.size:
+        return
+    if xp is numpy:
+        if int(x.min()) < low or int(x.max()) >= high:
+            raise exc(host_message() if host_message is not None else message)
+        return
+    _kernel("range")(x, int(low), int(high), _slot(exc, message), _flags_for_launch())
+
+
+def assert_index_on_device(xp, idx, n: int, message: str) -> None:
+    """On CuPy, device_assert that integer indices lie in [-n, n) (numpy's bounds): CuPy's
+    indexing would wrap them silently. On numpy nothing: its indexing raises by itself."""
+    if xp is not numpy:
+        assert_in_range(xp, idx, -n, n, message)
+
+
+def unscale_and_check_(xp, g, inv_scale: float, found) -> None:
+    """g *= inv_scale in place; found[0] = 1 if a result is inf or NaN. `found` is a 1-element
+    int32 array on g's device: the answer stays there (GradScaler reads it once, in step)."""
+    if xp is numpy:
+        g *= inv_scale
+        if not numpy.isfinite(g).all():
+            found[0] = 1
+        return
+    _kernel("unscale")(g, float(inv_scale), g, found)
+
+
+def host_reads_free(xp) -> bool:
+    """True when reading array values on the host costs no device sync (numpy). An op with a
+    data-dependent fast path (max_pool2d's NaN-free argmax) takes the always-right path on a
+    GPU instead of waiting for the device to decide (Note [Device asserts])."""
+    return xp is numpy
+
+
+def check_device_errors() -> None:
+    """Raise the first pending device assert (one device->host read per device with checks
+    since the last call); a no-op when none ran or without CuPy."""
+    if not _pending:
+        return
+    first = None
+    for dev in list(_pending):
+        with cupy.cuda.Device(dev):
+            cur = cupy.cuda.get_current_stream()
+            if cur.is_capturing():  # no host reads during capture: check after it
+                continue
+            streams = _pending.pop(dev)
+            for ptr, s in streams.items():  # checks queued on other streams come first
+                if ptr != cur.ptr:
+                    cur.wait_event(s.record())
+            buf = _flag_bufs[dev]
+            flags = buf.get()
+            if flags.any():
+                buf.fill(0)
+                hit = int(numpy.flatnonzero(flags)[0])
+                first = hit if first is None else min(first, hit)
+    if first is not None:
+        exc, message = _slot_info[first]
+        raise exc(message + " (detected on the GPU at this sync; the op that failed ran "
+                            "earlier)")
+
+
+# -- pinned host memory and asynchronous copies ------------------------------------------------
+# Note [Async copies]
+# ~~~~~~~~~~~~~~~~~~~
+# A host->GPU copy from page-locked (pinned) memory is a DMA the GPU runs on its own: queued
+# on the current stream with ``ndarray.set(x, stream=...)`` (cudaMemcpyAsync), it returns at
+# once and later kernels on that stream see the data. From ordinary (pageable) memory the
+# driver stages it and the call returns only once the host buffer was read, so
+# ``non_blocking=True`` quietly degrades to an ordinary copy there, as in PyTorch. While an
+# async copy is in flight its source must stay alive and unchanged: `_in_flight` holds the
+# host array until an event recorded after the copy reports done (pruned at each new copy).
+# A GPU->host copy with ``non_blocking=True`` lands in freshly pinned memory and returns
+# before the data is there; as in PyTorch the caller synchronises (the stream, or
+# tensor.cuda.synchronize()) before reading it.
+
+_in_flight: list = []   # (event, host array) of copies that may still read the array
+
+
+def _require_cuda(what: str):
+    if not cuda_is_available():
+        raise RuntimeError(f"{what}: cannot access an accelerator device when none is "
+                           f"available (expected CuPy and a CUDA GPU, got "
+                           f"{'no CuPy' if cupy is None else 'no GPU'}). Pinned memory only "
+                           "speeds up copies to a GPU; drop the call on CPU-only machines.")
+
+
+def is_pinned(x) -> bool:
+    """True when numpy array `x` lives in page-locked host memory (False without CUDA)."""
+    if not isinstance(x, numpy.ndarray) or x.size == 0 or not cuda_is_available():
+        return False
+    try:
+        return bool(cupy.cuda.pinned_memory.is_memory_pinned(_data_ptr(x)))
+    except Exception:  # a pointer the driver does not know: ordinary memory
+        return False
+
+
+def pin_array(x: numpy.ndarray) -> numpy.ndarray:
+    """A copy of numpy array `x` in page-locked host memory (CuPy's pinned memory pool);
+    the returned array keeps that memory alive."""
+    _require_cuda("pin_memory")
+    mem = cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1))
+    out = numpy.frombuffer(mem, x.dtype, x.size).reshape(x.shape)
+    numpy.copyto(out, x)
+    return out
+
+
+def _keep_until_done(stream, obj):
+    while _in_flight and _in_flight[0][0].done:
+        _in_flight.pop(0)
+    _in_flight.append((stream.record(), obj))
+
+
+def _to_gpu(x, non_blocking: bool):
+    """x on the current GPU; an async copy on the current stream when non_blocking and x is
+    pinned (Note [Async copies])."""
+    if non_blocking and isinstance(x, numpy.ndarray) and x.flags.c_contiguous and is_pinned(x):
+        y = cupy.empty(x.shape, x.dtype)
+        stream = cupy.cuda.get_current_stream()
+        y.set(x, stream=stream)
+        _keep_until_done(stream, x)
+        return y
+    return cupy.asarray(x)
+
+
+def to_host_async(x):
+    """GPU array `x` copied into new pinned host memory on the current stream, without waiting
+    (Note [Async copies]); the caller synchronises before reading the result."""
+    out = numpy.frombuffer(cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1)), x.dtype,
+                           x.size).reshape(x.shape)
+    if x.size:
+        cupy.ascontiguousarray(x).get(stream=cupy.cuda.get_current_stream(), out=out,
+                                      blocking=False)
+    return out
