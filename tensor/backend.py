@@ -144,11 +144,11 @@ def to_numpy(x) -> numpy.ndarray:
     A GPU array's copy waits for the device, so this is where pending device asserts are
     raised (see Note [Device asserts]); every host read of a tensor goes through here.
     """
-    if isinstance(x, numpy.ndarray):
-        return x
     if cupy is not None and isinstance(x, cupy.ndarray):
         check_device_errors()
         return cupy.asnumpy(x)
+    if isinstance(x, numpy.ndarray):
+        return x
     return numpy.asarray(x)
 
 
@@ -276,23 +276,29 @@ def _slot(exc, message) -> int:
     key = (exc, message)
     s = _slots.get(key)
     if s is None:
-        if len(_slot_info) >= _N_SLOTS:  # a message with a value in it, per call: our bug
-            raise RuntimeError(f"device_assert: more than {_N_SLOTS} distinct messages; "
-                               "device assert messages must not embed per-call values.")
+        if len(_slot_info) >= _N_SLOTS - 1:  # the last slot is the shared overflow one
+            return _N_SLOTS - 1
         s = _slots[key] = len(_slot_info)
         _slot_info.append(key)
     return s
 
 
-def _flags_for_launch():
-    """The current device's flag buffer, noting the current stream as one that wrote to it."""
-    dev = cupy.cuda.runtime.getDevice()
+def _launch(name, x, *args):
+    """Run check kernel `name` over array x on x's device, setting flags in its buffer and
+    noting the current stream as one that wrote to it."""
+    dev = x.device.id
+    if dev != cupy.cuda.runtime.getDevice():
+        with cupy.cuda.Device(dev):
+            return _launch(name, x, *args)
     buf = _flag_bufs.get(dev)
-    if buf is None:
-        buf = _flag_bufs[dev] = cupy.zeros(_N_SLOTS, numpy.int32)
     stream = cupy.cuda.get_current_stream()
+    if buf is None:
+        if stream.is_capturing():
+            raise RuntimeError("device_assert: the first device-side check ran inside a CUDA "
+                               "graph capture; run the step once before capturing it (warm-up).")
+        buf = _flag_bufs[dev] = cupy.zeros(_N_SLOTS, numpy.int32)
     _pending.setdefault(dev, {})[stream.ptr] = stream
-    return buf
+    _kernel(name)(x, *args, buf)
 
 
 def device_assert(xp, bad, message: str, exc=IndexError, host_message=None) -> None:
@@ -304,7 +310,7 @@ def device_assert(xp, bad, message: str, exc=IndexError, host_message=None) -> N
             raise exc(host_message() if host_message is not None else message)
         return
     if bad.size:
-        _kernel("mask")(bad, _slot(exc, message), _flags_for_launch())
+        _launch("mask", bad, _slot(exc, message))
 
 
 def assert_in_range(xp, x, low: int, high: int, message: str, exc=IndexError,
@@ -316,7 +322,7 @@ def assert_in_range(xp, x, low: int, high: int, message: str, exc=IndexError,
         if int(x.min()) < low or int(x.max()) >= high:
             raise exc(host_message() if host_message is not None else message)
         return
-    _kernel("range")(x, int(low), int(high), _slot(exc, message), _flags_for_launch())
+    _launch("range", x, int(low), int(high), _slot(exc, message))
 
 
 def assert_index_on_device(xp, idx, n: int, message: str) -> None:
@@ -366,7 +372,9 @@ def check_device_errors() -> None:
                 hit = int(numpy.flatnonzero(flags)[0])
                 first = hit if first is None else min(first, hit)
     if first is not None:
-        exc, message = _slot_info[first]
+        exc, message = _slot_info[first] if first < len(_slot_info) else (
+            RuntimeError, f"a device-side check failed (one of more than {_N_SLOTS - 1} "
+                          "distinct checks; their messages are not kept)")
         raise exc(message + " (detected on the GPU at this sync; the op that failed ran "
                             "earlier)")
 
