@@ -273,7 +273,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
     n = weight.array.shape[0]
     ix = input.array
     backend.assert_in_range(
-        _xp(weight), ix, 0, n, f"embedding: index out of range; the table has {n} rows.",
+        _xp(input), ix, 0, n, f"embedding: index out of range; the table has {n} rows.",
         host_message=lambda: f"embedding: index out of range; indices span "
         f"[{int(ix.min())}, {int(ix.max())}] but the table has {n} rows.")
     if max_norm is not None:

@@ -322,7 +322,7 @@ def _check_index(op, index, dim, a):
         raise TypeError(f"{op}: index must be an integer tensor, got {index.array.dtype}")
     (d,) = _dims(dim, a.array.ndim, op)
     n = a.array.shape[d]
-    backend.assert_index_on_device(_xp(a), index.array, n, f"{op}: index out of bounds for "
+    backend.assert_index_on_device(_xp(index), index.array, n, f"{op}: index out of bounds for "
                                    f"dim {d} with size {n}; expected indices in [{-n}, {n - 1}].")
 
 
@@ -416,7 +416,7 @@ def index_select(a, dim, index):
     (d,) = _dims(dim, a.array.ndim, "index_select")
     if isinstance(index, Tensor):
         n = a.array.shape[d]
-        backend.assert_index_on_device(_xp(a), index.array, n, f"index_select: index out of "
+        backend.assert_index_on_device(_xp(index), index.array, n, f"index_select: index out of "
                                        f"bounds for dim {d} with size {n}.")
     return a[(slice(None),) * d + (index,)]
 
