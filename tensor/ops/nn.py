@@ -143,7 +143,7 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     C = lp.shape[1]
     valid = t != ignore_index
     tc = xp.where(valid, t, 0)
-    # checked on the device, without a host sync (Note [Device asserts] in tensor/backend.py)
+    # checked on the device, no host sync (Note [Device asserts] in tensor/_device_checks.py)
     backend.assert_in_range(
         xp, tc, 0, C, f"nll_loss: a target is out of bounds for {C} classes; expected targets "
         f"in [0, {C - 1}] or ignore_index={ignore_index}.",

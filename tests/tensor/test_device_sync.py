@@ -112,11 +112,12 @@ class _NullCtx:
 
 @pytest.fixture
 def fake_cupy(monkeypatch):
+    from tensor import _device_checks
     fake = _FakeCupy()
     monkeypatch.setattr(backend, "cupy", fake)
     for name, value in (("_slots", {}), ("_slot_info", []), ("_flag_bufs", {}),
                         ("_pending", {}), ("_kernels", {})):
-        monkeypatch.setattr(backend, name, value)
+        monkeypatch.setattr(_device_checks, name, value)
     return fake
 
 
@@ -147,7 +148,8 @@ def test_deferred_checks_on_another_stream_are_waited_for(fake_cupy):
 
 
 def test_deferred_checks_past_the_slot_limit_share_one_generic_slot(fake_cupy, monkeypatch):
-    monkeypatch.setattr(backend, "_N_SLOTS", 3)
+    from tensor import _device_checks
+    monkeypatch.setattr(_device_checks, "_N_SLOTS", 3)
     xp = fake_cupy
     for k in range(4):
         backend.device_assert(xp, xp.asarray([k == 3]), f"check {k}")
