@@ -146,7 +146,9 @@ def check_device_errors() -> None:
             cur = backend.cupy.cuda.get_current_stream()
             if cur.is_capturing():  # no host reads during capture: check after it
                 continue
-            streams = _pending.pop(dev)
+            streams = _pending.pop(dev, None)
+            if streams is None:  # another thread checked it meanwhile
+                continue
             for ptr, s in streams.items():  # checks queued on other streams come first
                 if ptr != cur.ptr:
                     cur.wait_event(s.record())

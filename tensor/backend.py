@@ -5,6 +5,8 @@ the "mixed devices" error live here too, so no other module has an ``if cupy`` b
 """
 from __future__ import annotations
 
+import threading
+
 import numpy
 
 try:  # CPU-only installs have no cupy; everything on the CPU still works.
@@ -237,6 +239,7 @@ def view_positions(base, view):
 # tensor.cuda.synchronize()) before reading it.
 
 _in_flight: list = []   # (event, host array) of copies that may still read the array
+_in_flight_lock = threading.Lock()
 
 
 def _require_cuda(what: str):
@@ -268,9 +271,11 @@ def pin_array(x: numpy.ndarray) -> numpy.ndarray:
 
 
 def _keep_until_done(stream, obj):
-    while _in_flight and _in_flight[0][0].done:
-        _in_flight.pop(0)
-    _in_flight.append((stream.record(), obj))
+    event = stream.record()
+    with _in_flight_lock:  # copies may be queued from several threads
+        while _in_flight and _in_flight[0][0].done:
+            _in_flight.pop(0)
+        _in_flight.append((event, obj))
 
 
 def _to_gpu(x, non_blocking: bool):
