@@ -201,6 +201,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.array.__class__ is not np.ndarray:  # fused CUDA kernels, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_cross_entropy(input, target, weight, reduction):
+            return _fused.cross_entropy(input, target, weight, ignore_index, reduction,
+                                        label_smoothing)
     cdim = 1 if input.array.ndim > 1 else 0
     logp = log_softmax(input, cdim)
     if isinstance(target, Tensor) and target.array.dtype.kind == "f":

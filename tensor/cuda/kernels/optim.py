@@ -1,0 +1,185 @@
+"""Multi-tensor Adam / AdamW / SGD: every parameter of a group updated by one kernel launch.
+
+Note [Multi-tensor table]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+The kernels (adam_mt, sgd_mt in _sources.py) take one int64 device array ``tab``:
+
+    tab[0 : n+1]            cumulative element counts (offs[k] = first flat index of tensor k)
+    tab[n+1 + k*ncol + c]   column c of tensor k: a device pointer (param, grad, state...) or a
+                            flag (SGD's 'first momentum step')
+
+A grid-stride loop walks the flat index space 0 .. offs[n]; each thread finds its tensor by a
+binary search once, then by walking forward. The table is built on the host into pinned memory
+and copied with cudaMemcpyAsync on the current stream, so building it never syncs the device.
+It is cached by its content (the tuple of sizes and pointers): gradients are often
+re-allocated each step, but CuPy's pool hands back the same blocks, so a steady loop hits the
+cache and launches exactly one kernel (two for a device 'step', counted by zg_inc_steps).
+
+Lifetime: the pinned buffer must outlive its asynchronous copy, and a CUDA graph that captured
+the copy reads the pinned buffer again at every replay. So an entry made outside a capture
+records an event after its copy and, when evicted (least recently used beyond
+``MAX_ENTRIES``), waits for that event first; an entry made while the stream is capturing is
+never evicted: it lives as long as the optimizer (and is handed to tensor.cuda.graphs'
+keep-alive hook when that module offers one). A captured graph normally finds its tables
+already cached by the warm-up steps, so it captures no copy at all.
+"""
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
+from ... import backend
+from . import grid_1d, kernel
+
+MAX_ENTRIES = 16
+_BLOCK = 256
+
+
+class _Entry:
+    __slots__ = ("dev", "host", "event", "pinned_forever")
+
+    def __init__(self, dev, host, event, pinned_forever):
+        self.dev, self.host, self.event, self.pinned_forever = dev, host, event, pinned_forever
+
+
+def _capturing(stream) -> bool:
+    try:
+        return bool(stream.is_capturing())
+    except Exception:  # querying may be illegal in some capture modes: assume capturing
+        return True
+
+
+def _keep_alive(obj) -> None:
+    """Hand obj to the capturing graph's keep-alive list, when tensor.cuda.graphs has one."""
+    graphs = sys.modules.get("tensor.cuda.graphs")
+    for name in ("keep_alive", "_keep_alive", "register_keep_alive"):
+        hook = getattr(graphs, name, None)
+        if callable(hook):
+            hook(obj)
+            return
+
+
+class TableCache:
+    """Device tables of one optimizer, keyed by content (Note [Multi-tensor table])."""
+
+    def __init__(self):
+        self._entries = OrderedDict()
+
+    def __len__(self):
+        return len(self._entries)
+
+    def get(self, sizes: list, cells: list):
+        key = (tuple(sizes), tuple(cells))
+        ent = self._entries.get(key)
+        if ent is not None:
+            self._entries.move_to_end(key)
+            return ent.dev
+        cp = backend.cupy
+        n, count = len(sizes), len(sizes) + 1 + len(cells)
+        mem = cp.cuda.alloc_pinned_memory(count * 8)
+        host = np.ndarray((count,), np.int64, buffer=mem)
+        host[0] = 0
+        np.cumsum(np.asarray(sizes, np.int64), out=host[1:n + 1])
+        host[n + 1:] = cells
+        dev = cp.empty(count, np.int64)
+        stream = cp.cuda.get_current_stream()
+        dev.data.copy_from_host_async(host.ctypes.data, count * 8, stream)
+        forever = _capturing(stream)
+        event = None
+        if forever:
+            _keep_alive((dev, host))
+        else:
+            event = cp.cuda.Event(disable_timing=True)
+            event.record(stream)
+        self._entries[key] = _Entry(dev, host, event, forever)
+        self._evict()
+        return dev
+
+    def _evict(self):
+        evictable = [k for k, e in self._entries.items() if not e.pinned_forever]
+        for k in evictable[:max(0, len(evictable) - MAX_ENTRIES)]:
+            ent = self._entries.pop(k)
+            ent.event.synchronize()  # its copy read the pinned buffer; long done in practice
+
+
+def _lr_args(lr):
+    """(lr_dev array, has_lr_dev, lr_host) for a float lr or a 1-element (device) Tensor."""
+    cp = backend.cupy
+    a = getattr(lr, "array", None)
+    if a is None:
+        return _dummy_f64(), np.int32(0), np.float64(lr)
+    if isinstance(a, cp.ndarray):
+        a = a.reshape(1)
+        if a.dtype != np.float64:
+            a = a.astype(np.float64)  # a device cast: still nothing synced or baked in
+        return cp.ascontiguousarray(a), np.int32(1), np.float64(0.0)
+    return _dummy_f64(), np.int32(0), np.float64(float(a))
+
+
+_DUMMY = {}
+
+
+def _dummy_f64():
+    cp = backend.cupy
+    dev = cp.cuda.Device().id
+    d = _DUMMY.get(dev)
+    if d is None:
+        d = _DUMMY[dev] = cp.zeros(1, np.float64)
+    return d
+
+
+def _ptr(a) -> int:
+    return a.data.ptr
+
+
+def adam_step(cache: TableCache, dtype, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq,
+              steps, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled,
+              host_step=None):
+    """One Adam/AdamW update of every (param, grad, state) array of the lists, in one launch.
+
+    steps: the 0-d float32 device 'step' arrays (incremented here on the device, and the bias
+    corrections computed from them there), or None with host_step the (shared) step count
+    already incremented on the host.
+    """
+    sizes = [p.size for p in params]
+    cells = []
+    for k, (p, g, m, v) in enumerate(zip(params, grads, exp_avg, exp_avg_sq)):
+        vm = max_exp_avg_sq[k] if amsgrad else v
+        cells += (_ptr(p), _ptr(g), _ptr(m), _ptr(v), _ptr(vm),
+                  _ptr(steps[k]) if steps is not None else 0)
+    tab = cache.get(sizes, cells)
+    n, total = len(params), sum(sizes)
+    if steps is not None:
+        kernel("optim", "zg_inc_steps")(grid_1d(n, 128), (128,),
+                                        (tab, np.int32(n), np.int32(6), np.int32(5)))
+        bc1 = bc2s = 1.0
+    else:
+        bc1, bc2s = 1 - beta1 ** host_step, (1 - beta2 ** host_step) ** 0.5
+    lr_dev, has_lr_dev, lr_host = _lr_args(lr)
+    kernel("optim", "adam_mt", dtype)(
+        grid_1d(total, _BLOCK, 2048), (_BLOCK,),
+        (tab, np.int32(n), np.int64(total), lr_dev, has_lr_dev, lr_host, np.float64(beta1),
+         np.float64(beta2), np.float64(eps), np.float64(weight_decay), np.int32(amsgrad),
+         np.int32(maximize), np.int32(decoupled), np.int32(steps is not None),
+         np.float64(bc1), np.float64(bc2s)))
+
+
+def sgd_step(cache: TableCache, dtype, params, grads, bufs, first, *, lr, momentum, dampening,
+             weight_decay, nesterov, maximize):
+    """One SGD update of every param in one launch. bufs: the momentum buffers (ignored when
+    momentum == 0); first[k]: bufs[k] is new and takes the gradient as it is."""
+    sizes = [p.size for p in params]
+    cells = []
+    for k, (p, g) in enumerate(zip(params, grads)):
+        b = bufs[k] if momentum != 0 else p
+        cells += (_ptr(p), _ptr(g), _ptr(b), int(bool(first[k])) if momentum != 0 else 0)
+    tab = cache.get(sizes, cells)
+    n, total = len(params), sum(sizes)
+    lr_dev, has_lr_dev, lr_host = _lr_args(lr)
+    kernel("optim", "sgd_mt", dtype)(
+        grid_1d(total, _BLOCK, 2048), (_BLOCK,),
+        (tab, np.int32(n), np.int64(total), lr_dev, has_lr_dev, lr_host, np.float64(momentum),
+         np.float64(dampening), np.float64(weight_decay), np.int32(nesterov),
+         np.int32(maximize)))
