@@ -43,11 +43,10 @@ class Adam(Optimizer):
                                       foreach=foreach, maximize=maximize, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
-        for g in self.param_groups:
-            self._check_fused_params(g)
 
     def _update_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
+        self._check_fused_params(group, params)
         self._check_capturable(group, params)
         parts, rest = self._multi_tensor_partitions(group, params)
         for dtype, ps in parts.items():

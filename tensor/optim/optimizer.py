@@ -156,14 +156,14 @@ class Optimizer:
                 raise ValueError("Tensor lr must be 1-element")
 
     @staticmethod
-    def _check_fused_params(group: dict) -> None:
-        """fused=True needs floating-point parameters (PyTorch raises the same)."""
+    def _check_fused_params(group: dict, params) -> None:
+        """fused=True needs floating-point parameters (PyTorch raises the same, at step)."""
         if group.get("fused"):
-            for p in group["params"]:
+            for p in params:
                 if p.array.dtype.kind != "f":
                     raise RuntimeError("`fused=True` requires all the params to be floating "
-                                       f"point Tensors of supported devices: ['cpu', 'cuda'] "
-                                       f"but got {p.array.dtype}; pass fused=False.")
+                                       "point Tensors of supported devices: ['cpu', 'cuda'] "
+                                       f"but {p.array.dtype} and {p.device}; pass fused=False.")
 
     @staticmethod
     def _check_capturable(group: dict, params) -> None:

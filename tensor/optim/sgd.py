@@ -39,11 +39,10 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
-        for g in self.param_groups:
-            self._check_fused_params(g)
 
     def _update_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
+        self._check_fused_params(group, params)
         parts, rest = self._multi_tensor_partitions(group, params)
         for dtype, ps in parts.items():
             self._update_multi_tensor(group, dtype, ps)

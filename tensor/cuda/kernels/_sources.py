@@ -301,6 +301,11 @@ __device__ __forceinline__ int zg_find(const long long* offs, int ntens, long lo
     return k;
 }
 
+template <typename T>
+__device__ __forceinline__ T zg_lr(const void* dev, int kind, double host) {
+    return kind == 1 ? T(*(const float*)dev) : kind == 2 ? T(*(const double*)dev) : T(host);
+}
+
 // steps += 1 for every tensor's 'step' (a float32 0-d device tensor, column `col`)
 __global__ void zg_inc_steps(const long long* __restrict__ tab, int ntens, int ncol, int col) {
     const int k = blockIdx.x * blockDim.x + threadIdx.x;
@@ -313,16 +318,16 @@ __global__ void zg_inc_steps(const long long* __restrict__ tab, int ntens, int n
 // Adam / AdamW over every tensor of the table: rows [param, grad, exp_avg, exp_avg_sq,
 // max_exp_avg_sq, step]. The bias corrections come from the device step (dev_step, the
 // capturable / fused case) or from the host (bc1 = 1 - beta1^t, bc2s = sqrt(1 - beta2^t)).
-// lr is lr_dev[0] when has_lr_dev (a 0-d device Tensor lr), else lr_host.
+// lr is lr_host, or read from a 1-element device Tensor: float (lr_kind 1) or double (2).
 template <typename T>
 __global__ void adam_mt(const long long* __restrict__ tab, int ntens, long long total,
-                        const double* __restrict__ lr_dev, int has_lr_dev, double lr_host,
+                        const void* __restrict__ lr_dev, int lr_kind, double lr_host,
                         double beta1, double beta2, double eps, double wd,
                         int amsgrad, int maximize, int decoupled,
                         int dev_step, double bc1_host, double bc2s_host) {
     const long long* offs = tab;
     const T b1 = T(beta1), b2 = T(beta2), ep = T(eps), wdt = T(wd);
-    const T lr = has_lr_dev ? T(lr_dev[0]) : T(lr_host);
+    const T lr = zg_lr<T>(lr_dev, lr_kind, lr_host);
     int k = -1, cur = -1;
     T *p = 0, *m = 0, *v = 0, *vm = 0;
     const T* g = 0;
@@ -346,7 +351,7 @@ __global__ void adam_mt(const long long* __restrict__ tab, int ntens, long long 
         if (decoupled) pv *= T(1) - lr * wdt;
         else if (wdt != T(0)) gv += wdt * pv;
         const T mv = b1 * m[i] + (T(1) - b1) * gv;
-        T vv = b2 * v[i] + (T(1) - b2) * gv * gv;
+        T vv = b2 * v[i] + (T(1) - b2) * (gv * gv);
         m[i] = mv;
         v[i] = vv;
         if (amsgrad) { vv = fmax(vm[i], vv); vm[i] = vv; }
@@ -359,11 +364,11 @@ __global__ void adam_mt(const long long* __restrict__ tab, int ntens, long long 
 // the buffer is new and takes the gradient (PyTorch's first momentum step).
 template <typename T>
 __global__ void sgd_mt(const long long* __restrict__ tab, int ntens, long long total,
-                       const double* __restrict__ lr_dev, int has_lr_dev, double lr_host,
+                       const void* __restrict__ lr_dev, int lr_kind, double lr_host,
                        double momentum, double dampening, double wd, int nesterov, int maximize) {
     const long long* offs = tab;
     const T mom = T(momentum), damp = T(dampening), wdt = T(wd);
-    const T lr = has_lr_dev ? T(lr_dev[0]) : T(lr_host);
+    const T lr = zg_lr<T>(lr_dev, lr_kind, lr_host);
     int k = -1, cur = -1, first = 0;
     T *p = 0, *b = 0;
     const T* g = 0;

@@ -70,6 +70,9 @@ class TableCache:
     def __len__(self):
         return len(self._entries)
 
+    def __reduce__(self):  # copies and pickles of an optimizer start with an empty cache
+        return (TableCache, ())
+
     def get(self, sizes: list, cells: list):
         key = (tuple(sizes), tuple(cells))
         ent = self._entries.get(key)
@@ -94,7 +97,8 @@ class TableCache:
             event = cp.cuda.Event(disable_timing=True)
             event.record(stream)
         self._entries[key] = _Entry(dev, host, event, forever)
-        self._evict()
+        if not forever:  # waiting on an event is not allowed while capturing
+            self._evict()
         return dev
 
     def _evict(self):
@@ -105,16 +109,16 @@ class TableCache:
 
 
 def _lr_args(lr):
-    """(lr_dev array, has_lr_dev, lr_host) for a float lr or a 1-element (device) Tensor."""
+    """(device array, lr_kind, lr_host) for a float lr or a 1-element Tensor lr: a CUDA one is
+    read by the kernel (lr_kind 1: float32, 2: float64), so a captured graph sees its changes."""
     cp = backend.cupy
     a = getattr(lr, "array", None)
     if a is None:
         return _dummy_f64(), np.int32(0), np.float64(lr)
     if isinstance(a, cp.ndarray):
-        a = a.reshape(1)
-        if a.dtype != np.float64:
-            a = a.astype(np.float64)  # a device cast: still nothing synced or baked in
-        return cp.ascontiguousarray(a), np.int32(1), np.float64(0.0)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)  # a device cast: nothing synced or baked in
+        return a, np.int32(1 if a.dtype == np.float32 else 2), np.float64(0.0)
     return _dummy_f64(), np.int32(0), np.float64(float(a))
 
 
@@ -157,10 +161,10 @@ def adam_step(cache: TableCache, dtype, params, grads, exp_avg, exp_avg_sq, max_
         bc1 = bc2s = 1.0
     else:
         bc1, bc2s = 1 - beta1 ** host_step, (1 - beta2 ** host_step) ** 0.5
-    lr_dev, has_lr_dev, lr_host = _lr_args(lr)
+    lr_dev, lr_kind, lr_host = _lr_args(lr)
     kernel("optim", "adam_mt", dtype)(
         grid_1d(total, _BLOCK, 2048), (_BLOCK,),
-        (tab, np.int32(n), np.int64(total), lr_dev, has_lr_dev, lr_host, np.float64(beta1),
+        (tab, np.int32(n), np.int64(total), lr_dev, lr_kind, lr_host, np.float64(beta1),
          np.float64(beta2), np.float64(eps), np.float64(weight_decay), np.int32(amsgrad),
          np.int32(maximize), np.int32(decoupled), np.int32(steps is not None),
          np.float64(bc1), np.float64(bc2s)))
@@ -177,9 +181,9 @@ def sgd_step(cache: TableCache, dtype, params, grads, bufs, first, *, lr, moment
         cells += (_ptr(p), _ptr(g), _ptr(b), int(bool(first[k])) if momentum != 0 else 0)
     tab = cache.get(sizes, cells)
     n, total = len(params), sum(sizes)
-    lr_dev, has_lr_dev, lr_host = _lr_args(lr)
+    lr_dev, lr_kind, lr_host = _lr_args(lr)
     kernel("optim", "sgd_mt", dtype)(
         grid_1d(total, _BLOCK, 2048), (_BLOCK,),
-        (tab, np.int32(n), np.int64(total), lr_dev, has_lr_dev, lr_host, np.float64(momentum),
+        (tab, np.int32(n), np.int64(total), lr_dev, lr_kind, lr_host, np.float64(momentum),
          np.float64(dampening), np.float64(weight_decay), np.int32(nesterov),
          np.int32(maximize)))

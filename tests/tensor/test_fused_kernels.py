@@ -1,0 +1,360 @@
+"""Fused CUDA kernels (tensor/cuda/kernels) and the optimizers' foreach / fused / capturable.
+
+Three layers: every kernel source compiles offline with NVRTC for compute_90 (needs CuPy's
+NVRTC bindings, not a GPU); the optimizer flags on the CPU (PyTorch's checks, identical
+updates); and on a GPU each fused op against its eager path on the same device, float64
+directional-derivative checks, and the multi-tensor optimizers against the per-parameter loop,
+including a capturable Adam replayed from a CUDA graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tensor
+import tensor.nn as nn
+import tensor.nn.functional as F
+from tensor import optim
+from tests.helpers import requires_cupy
+
+try:
+    from cupy_backends.cuda.libs import nvrtc
+except Exception:  # CI has no CuPy
+    nvrtc = None
+
+
+# -- offline compile ----------------------------------------------------------------------------
+@pytest.mark.skipif(nvrtc is None, reason="needs CuPy's NVRTC bindings (cupy_backends); "
+                                          "no GPU needed")
+@pytest.mark.parametrize("module", ["gelu", "layer_norm", "softmax_xent", "optim"])
+def test_kernel_source_compiles_for_compute_90(module):
+    from tensor.cuda.kernels._sources import MODULES, name_expressions
+    prog = nvrtc.createProgram(MODULES[module][0], f"{module}.cu", [], [])
+    names = name_expressions(module)
+    for ne in names:
+        nvrtc.addNameExpression(prog, ne)
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_90", "-std=c++14"])
+    except Exception as e:
+        raise AssertionError(f"{module}: {e}\n{nvrtc.getProgramLog(prog)}") from e
+    for ne in names:  # every instance the Python side asks for exists
+        assert nvrtc.getLoweredName(prog, ne)
+
+
+# -- CPU: dispatch stays eager, the create_graph helper, the env switch -------------------------
+def test_env_switch_and_cpu_arrays_never_fuse(monkeypatch):
+    from tensor.cuda import kernels
+    assert not kernels.fusable(np.zeros(3, np.float32))
+
+    class FakeCupy:  # enabled() only asks whether CuPy exists
+        pass
+    monkeypatch.setattr(kernels.backend, "cupy", FakeCupy)
+    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    assert kernels.enabled()
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert not kernels.enabled()
+
+
+def test_graph_backward_gives_differentiable_gradients():
+    # the create_graph path of a fused op: rerun eagerly and differentiate (CPU-checkable)
+    from tensor.cuda import kernels
+    from tensor._tensor import from_op
+    rng = np.random.default_rng(0)
+    a = tensor.tensor(rng.normal(size=(4, 5)), requires_grad=True)
+
+    def fake_fused_gelu(t):
+        y = F.gelu(t).detach().array
+        return from_op(y, (t,), lambda gy: kernels._graph_backward(lambda: F.gelu(t), (t,), gy),
+                       "gelu")
+    g1, = tensor.autograd.grad(fake_fused_gelu(a).sum(), [a], create_graph=True)
+    g2, = tensor.autograd.grad(F.gelu(a).sum(), [a], create_graph=True)
+    np.testing.assert_allclose(g1.detach().numpy(), g2.detach().numpy(), rtol=1e-12)
+    h1, = tensor.autograd.grad((g1 * g1).sum(), [a])
+    h2, = tensor.autograd.grad((g2 * g2).sum(), [a])
+    np.testing.assert_allclose(h1.numpy(), h2.numpy(), rtol=1e-12)
+
+
+# -- CPU: optimizer flags -----------------------------------------------------------------------
+def _params(seed=0, n=3):
+    rng = np.random.default_rng(seed)
+    return [nn.Parameter(tensor.tensor(rng.normal(size=s))) for s in [(4, 3), (3,), (2, 2)][:n]]
+
+
+def _run(make, steps=4, seed=0, params=None):
+    ps = params if params is not None else _params(seed)
+    opt = make(ps)
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(steps):
+        for p in ps:
+            g = rng.normal(size=tuple(p.shape)).astype(p.array.dtype)
+            p.grad = tensor.tensor(g, device=p.device)
+        opt.step()
+    return ps, opt
+
+
+ADAM_KW = [dict(), dict(weight_decay=0.1), dict(amsgrad=True, maximize=True),
+           dict(weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True)]
+SGD_KW = [dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.3, weight_decay=0.05),
+          dict(momentum=0.9, nesterov=True, maximize=True)]
+OPTS = [("Adam", kw) for kw in ADAM_KW] + [("AdamW", dict(amsgrad=True))] + \
+       [("SGD", kw) for kw in SGD_KW]
+
+
+@pytest.mark.parametrize("name,kw", OPTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTS)])
+@pytest.mark.parametrize("flags", [dict(fused=True), dict(foreach=True),
+                                   dict(foreach=False, fused=False)])
+def test_flags_on_cpu_match_the_plain_update_exactly(name, kw, flags):
+    cls = getattr(optim, name)
+    plain, _ = _run(lambda ps: cls(ps, lr=0.05, **kw))
+    flagged, opt = _run(lambda ps: cls(ps, lr=0.05, **kw, **flags))
+    for a, b in zip(plain, flagged):
+        np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
+    group = opt.state_dict()["param_groups"][0]
+    assert group["fused"] == flags.get("fused") and group["foreach"] == flags.get("foreach")
+    if name != "SGD":
+        st = opt.state[flagged[0]]["step"]
+        assert st.device.type == "cpu" and st.dtype == tensor.float32 and float(st) == 4.0
+
+
+def test_tensor_lr_on_cpu_matches_a_float_lr():
+    a, _ = _run(lambda ps: optim.Adam(ps, lr=0.05, fused=True))
+    b, _ = _run(lambda ps: optim.Adam(ps, lr=tensor.tensor(0.05, dtype=tensor.float64),
+                                      fused=True))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.detach().numpy(), y.detach().numpy())
+
+
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW, optim.SGD])
+def test_bad_flag_combinations_raise_like_torch(cls):
+    ps = _params()
+    with pytest.raises(RuntimeError, match="cannot be `True` together"):
+        cls(ps, foreach=True, fused=True)
+    with pytest.raises(ValueError, match="1-element"):
+        cls(ps, lr=tensor.tensor([0.1, 0.2]))
+    with pytest.raises(RuntimeError, match="does not support `differentiable`"):
+        cls(ps, fused=True, differentiable=True)
+    if cls is not optim.SGD:
+        with pytest.raises(ValueError, match="lr as a Tensor"):
+            cls(ps, lr=tensor.tensor(0.1), foreach=True)
+        opt = cls(ps, capturable=True)  # accepted; the CPU step refuses, as torch's
+        for p in ps:
+            p.grad = tensor.zeros_like(p)
+        with pytest.raises(AssertionError, match="capturable=True"):
+            opt.step()
+    else:
+        cls(ps, lr=tensor.tensor(0.1), foreach=True)  # SGD allows it
+        with pytest.raises(TypeError):
+            cls(ps, capturable=True)  # SGD has no capturable in PyTorch either
+
+
+def test_fused_needs_float_params_at_step():
+    p = tensor.zeros(3, dtype=tensor.int64)
+    p.grad = tensor.zeros(3, dtype=tensor.int64)
+    opt = optim.SGD([p], fused=True)
+    with pytest.raises(RuntimeError, match="floating point"):
+        opt.step()
+
+
+# -- GPU ----------------------------------------------------------------------------------------
+def _cuda(a, requires_grad=True):
+    return tensor.tensor(a, device="cuda", requires_grad=requires_grad)
+
+
+def _fused_and_eager(monkeypatch, fn, *arrays):
+    """(outputs, grads) of fn on fresh CUDA leaves, fused and with ZGRAD_FUSED_KERNELS=0."""
+    from tensor.cuda import kernels
+    res = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.ENV_SWITCH, switch)
+        leaves = [_cuda(a) for a in arrays]
+        y = fn(*leaves)
+        rng = np.random.default_rng(7)
+        gy = np.asarray(rng.normal(size=tuple(y.shape)), arrays[0].dtype)
+        gy = tensor.tensor(gy, device="cuda")
+        gs = tensor.autograd.grad([y], leaves, [gy])
+        res.append((y.detach().cpu().numpy(), [g.cpu().numpy() for g in gs]))
+    monkeypatch.delenv(kernels.ENV_SWITCH)
+    return res
+
+
+def _assert_close_pairs(res, rtol=2e-5, atol=2e-6):
+    (yf, gf), (ye, ge) = res
+    np.testing.assert_allclose(yf, ye, rtol=rtol, atol=atol)
+    for a, b in zip(gf, ge):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def _directional_check(fn, *arrays, eps=1e-6, rtol=1e-6):
+    """float64: d/dt f(x + t d) at 0 by central differences vs <grad f, d>, 3 directions."""
+    leaves = [_cuda(a) for a in arrays]
+    gs = tensor.autograd.grad([fn(*leaves)], leaves)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        ds = [rng.normal(size=a.shape) for a in arrays]
+        f = [float(fn(*[_cuda(a + s * eps * d, False) for a, d in zip(arrays, ds)]).cpu())
+             for s in (1, -1)]
+        num = (f[0] - f[1]) / (2 * eps)
+        ana = sum(float((g.cpu().numpy() * d).sum()) for g, d in zip(gs, ds))
+        assert abs(num - ana) <= rtol * max(1.0, abs(ana)) * 10, (num, ana)
+
+
+def _fused_ran(module):
+    from tensor.cuda import kernels
+    return any(k[1] == module for k in kernels._kernels)
+
+
+@requires_cupy
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_fused_matches_eager(monkeypatch, approximate):
+    x = np.random.default_rng(0).normal(size=(33, 257)).astype(np.float32) * 3
+    _assert_close_pairs(_fused_and_eager(monkeypatch, lambda t: F.gelu(t, approximate=approximate),
+                                         x))
+    assert _fused_ran("gelu")
+    x64 = np.random.default_rng(1).normal(size=(5, 7)) * 2
+    _directional_check(lambda t: (F.gelu(t, approximate=approximate) ** 2).sum(), x64)
+
+
+@requires_cupy
+def test_gelu_fused_double_backward_matches_eager(monkeypatch):
+    from tensor.cuda import kernels
+    x = np.random.default_rng(2).normal(size=(4, 6))
+    out = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.ENV_SWITCH, switch)
+        a = _cuda(x)
+        g, = tensor.autograd.grad(F.gelu(a).sum(), [a], create_graph=True)
+        h, = tensor.autograd.grad((g * g).sum(), [a])
+        out.append(h.cpu().numpy())
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-10)
+
+
+LN_CASES = [((8, 16, 128), (128,), True, True), ((6, 5, 7), (5, 7), True, False),
+            ((300, 33), (33,), False, True), ((4, 2000), (2000,), False, False)]
+
+
+@requires_cupy
+@pytest.mark.parametrize("xshape,nshape,has_w,has_b", LN_CASES)
+def test_layer_norm_fused_matches_eager(monkeypatch, xshape, nshape, has_w, has_b):
+    rng = np.random.default_rng(0)
+    arrays = [(rng.normal(size=xshape) * 2 + 1).astype(np.float32)]
+    if has_w:
+        arrays.append((rng.normal(size=nshape) + 1).astype(np.float32))
+    if has_b:
+        arrays.append(rng.normal(size=nshape).astype(np.float32))
+
+    def fn(x, *wb):
+        w = wb[0] if has_w else None
+        b = wb[-1] if has_b else None
+        return F.layer_norm(x, nshape, w, b)
+    _assert_close_pairs(_fused_and_eager(monkeypatch, fn, *arrays), rtol=1e-4, atol=2e-5)
+    assert _fused_ran("layer_norm")
+    arrays64 = [a.astype(np.float64) for a in arrays]
+    _directional_check(lambda *t: (fn(*t) * tensor.tensor(
+        np.random.default_rng(9).normal(size=xshape), device="cuda")).sum(), *arrays64)
+
+
+XENT_CASES = [dict(), dict(reduction="sum"), dict(reduction="none"),
+              dict(weight=True), dict(weight=True, label_smoothing=0.1),
+              dict(ignore_index=2, label_smoothing=0.2), dict(weight=True, reduction="none",
+                                                             ignore_index=1)]
+
+
+@requires_cupy
+@pytest.mark.parametrize("kw", XENT_CASES, ids=[str(i) for i in range(len(XENT_CASES))])
+@pytest.mark.parametrize("N,C", [(64, 10), (5, 3000)])
+def test_cross_entropy_fused_matches_eager(monkeypatch, kw, N, C):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(N, C)) * 3).astype(np.float32)
+    t_np = rng.integers(0, C, size=N)
+    if "ignore_index" in kw:
+        t_np[::4] = kw["ignore_index"]
+    kw = dict(kw)
+    w_np = rng.uniform(0.5, 2.0, size=C) if kw.pop("weight", False) else None
+
+    def fn(logits):
+        t = tensor.tensor(t_np, device="cuda")
+        w = tensor.tensor(w_np.astype(logits.array.dtype), device="cuda") if w_np is not None \
+            else None
+        return F.cross_entropy(logits, t, weight=w, **kw)
+    _assert_close_pairs(_fused_and_eager(monkeypatch, fn, x), rtol=1e-4, atol=1e-6)
+    assert _fused_ran("softmax_xent")
+    _directional_check(lambda t: fn(t).sum(), x.astype(np.float64))
+
+
+@requires_cupy
+def test_cross_entropy_out_of_range_target_is_nan_without_sync():
+    x = _cuda(np.zeros((3, 4), np.float32))
+    loss = F.cross_entropy(x, tensor.tensor([0, 9, 1], device="cuda"))
+    assert np.isnan(float(loss.cpu()))
+
+
+# -- GPU optimizers -----------------------------------------------------------------------------
+def _cuda_params(dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [nn.Parameter(tensor.tensor(rng.normal(size=s).astype(dtype), device="cuda"))
+            for s in [(64, 33), (33,), (7, 5, 3), (1,)]]
+
+
+GPU_OPTS = OPTS + [("Adam", dict(capturable=True, amsgrad=True, weight_decay=0.1))]
+
+
+@requires_cupy
+@pytest.mark.parametrize("name,kw", GPU_OPTS, ids=[f"{n}-{i}" for i, (n, _) in
+                                                   enumerate(GPU_OPTS)])
+@pytest.mark.parametrize("flags", [dict(fused=True), dict(foreach=True), dict()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multi_tensor_optimizers_match_the_loop_on_cuda(name, kw, flags, dtype):
+    cls = getattr(optim, name)
+    ref, _ = _run(lambda ps: cls(ps, lr=0.05, foreach=False, fused=False, **kw),
+                  params=_cuda_params(dtype))
+    got, opt = _run(lambda ps: cls(ps, lr=0.05, **kw, **flags), params=_cuda_params(dtype))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(), **tol)
+    assert len(opt.__dict__.get("_mt_tables", ())) >= 1  # the multi-tensor path ran
+    if name != "SGD":
+        st = opt.state[got[0]]["step"]
+        dev = "cuda" if flags.get("fused") or kw.get("capturable") else "cpu"
+        assert st.device.type == dev and float(st.cpu()) == 4.0
+
+
+@requires_cupy
+def test_capturable_adam_replayed_from_a_cuda_graph_equals_eager_steps():
+    import cupy
+    n_replays = 5
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=s).astype(np.float32) for s in [(64, 33), (33,), (7, 5, 3), (1,)]]
+
+    def setup(**kw):
+        ps = _cuda_params()
+        for p, g in zip(ps, grads):
+            p.grad = tensor.tensor(g, device="cuda")  # static gradients, as in a captured step
+        return ps, optim.Adam(ps, lr=tensor.tensor(0.01, dtype=tensor.float64, device="cuda"),
+                              amsgrad=True, weight_decay=0.01, **kw)
+    ref, ref_opt = setup(foreach=False)
+    for _ in range(1 + n_replays):
+        ref_opt.step()
+    ps, opt = setup(capturable=True)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        opt.step()  # warm-up: state, compiled kernels and the cached table
+        graphs = getattr(tensor.cuda, "CUDAGraph", None)
+        if graphs is not None and hasattr(tensor.cuda, "graph"):
+            g = tensor.cuda.CUDAGraph()
+            with tensor.cuda.graph(g):
+                opt.step()
+            replay = g.replay
+        else:
+            stream.begin_capture()
+            opt.step()
+            g = stream.end_capture()
+            replay = lambda: g.launch(stream)  # noqa: E731
+        for p in ps:  # the capture ran nothing: still one step
+            assert float(opt.state[p]["step"].cpu()) == 1.0
+        for _ in range(n_replays):
+            replay()
+        stream.synchronize()
+    for a, b in zip(ref, ps):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    assert float(opt.state[ps[0]]["step"].cpu()) == 1.0 + n_replays
