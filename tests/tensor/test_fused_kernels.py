@@ -155,6 +155,127 @@ def test_fused_needs_float_params_at_step():
         opt.step()
 
 
+# -- CPU: the fused paths end to end on a fake device (tests/tensor/_fake_cuda.py) -------------
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """backend.cupy -> a numpy stand-in; kernels -> numpy transcriptions that check each launch
+    argument against the kernel's C signature."""
+    from tensor import backend
+    from tensor.cuda import kernels
+    from tensor.cuda.kernels import ops as kops, optim as kopt
+    from tests.tensor import _fake_cuda as fc
+    monkeypatch.setattr(backend, "cupy", fc.FAKE)
+    monkeypatch.setattr(kops, "kernel", fc.fake_kernel)
+    monkeypatch.setattr(kopt, "kernel", fc.fake_kernel)
+    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    calls = []
+    real = fc.FakeKernel.__call__
+    monkeypatch.setattr(fc.FakeKernel, "__call__",
+                        lambda self, *a: (calls.append(self.name), real(self, *a))[1])
+    fc.calls = calls
+    return fc
+
+
+def _fake_vs_cpu(fc, fn, arrays, gy_seed=7):
+    """fn on fake-device leaves (fused) and on CPU leaves (eager): outputs and gradients."""
+    out = []
+    for wrap in (fc.dev, np.array):
+        leaves = [tensor.Tensor(wrap(a.copy())).requires_grad_() for a in arrays]
+        y = fn(*leaves)
+        gy = np.asarray(np.random.default_rng(gy_seed).normal(size=tuple(y.shape)), y.array.dtype)
+        gs = tensor.autograd.grad([y], leaves, [tensor.Tensor(wrap(gy))])
+        out.append((np.asarray(y.array).view(np.ndarray),
+                    [np.asarray(g.array).view(np.ndarray) for g in gs]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fake_device_gelu(fake_gpu, dtype, approximate):
+    x = (np.random.default_rng(0).normal(size=(6, 7)) * 3).astype(dtype)
+    res = _fake_vs_cpu(fake_gpu, lambda t: F.gelu(t, approximate=approximate), [x])
+    assert fake_gpu.calls == ["gelu_fwd", "gelu_bwd"]
+    _assert_close_pairs(res, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("xshape,nshape,has_w,has_b", LN_CASES_CPU := [
+    ((4, 3, 8), (8,), True, True), ((300, 5), (5,), True, False),
+    ((2, 3, 4), (3, 4), False, True), ((3, 6), (6,), False, False)])
+def test_fake_device_layer_norm(fake_gpu, xshape, nshape, has_w, has_b):
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=xshape) * 2 + 1]
+    arrays += [rng.normal(size=nshape) + 1] if has_w else []
+    arrays += [rng.normal(size=nshape)] if has_b else []
+
+    def fn(x, *wb):
+        return F.layer_norm(x, nshape, wb[0] if has_w else None, wb[-1] if has_b else None)
+    res = _fake_vs_cpu(fake_gpu, fn, arrays)
+    assert fake_gpu.calls[:2] == ["ln_fwd", "ln_bwd_dx"]
+    assert ("ln_bwd_dwdb_partial" in fake_gpu.calls) == (has_w or has_b)
+    _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", XENT_CASES_CPU := [
+    dict(), dict(reduction="sum"), dict(reduction="none", ignore_index=1),
+    dict(weight=True, label_smoothing=0.1), dict(weight=True, reduction="none"),
+    dict(ignore_index=2, label_smoothing=0.2, reduction="sum")])
+def test_fake_device_cross_entropy(fake_gpu, kw):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 5)) * 3
+    t = rng.integers(0, 5, size=9)
+    kw = dict(kw)
+    w = rng.uniform(0.5, 2.0, size=5) if kw.pop("weight", False) else None
+    if "ignore_index" in kw:
+        t[::3] = kw["ignore_index"]
+
+    def fn(logits):
+        wrap = fake_gpu.dev if isinstance(logits.array, fake_gpu.DevArray) else np.asarray
+        wt = tensor.Tensor(wrap(w)) if w is not None else None
+        return F.cross_entropy(logits, tensor.Tensor(wrap(t)), weight=wt, **kw)
+    res = _fake_vs_cpu(fake_gpu, fn, [x])
+    assert fake_gpu.calls[0] == "xent_fwd" and fake_gpu.calls[-1] == "xent_bwd"
+    _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
+
+
+FAKE_OPTS = OPTS + [("Adam", dict(capturable=True, amsgrad=True, weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("name,kw", FAKE_OPTS, ids=[f"{n}-{i}" for i, (n, _) in
+                                                    enumerate(FAKE_OPTS)])
+@pytest.mark.parametrize("flags", [dict(fused=True), dict()])
+def test_fake_device_multi_tensor_optimizers(fake_gpu, name, kw, flags):
+    cls = getattr(optim, name)
+    ref, _ = _run(lambda ps: cls(ps, lr=0.05, **{k: v for k, v in kw.items()
+                                                 if k != "capturable"}))
+    fake_params = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy())))
+                   for p in _params()]
+    got, opt = _run(lambda ps: cls(ps, lr=0.05, **kw, **flags), params=fake_params)
+    kname = "sgd_mt" if name == "SGD" else "adam_mt"
+    assert fake_gpu.calls.count(kname) == 4  # one launch per step for all three params
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(np.asarray(b.array), a.detach().numpy(), rtol=1e-12)
+    if name != "SGD":
+        st = opt.state[got[0]]["step"].array
+        on_dev = bool(flags.get("fused") or kw.get("capturable"))
+        assert isinstance(st, fake_gpu.DevArray) == on_dev and float(st) == 4.0
+        assert fake_gpu.calls.count("zg_inc_steps") == (4 if on_dev else 0)
+    n_tables, n_calls = len(opt._mt_tables), fake_gpu.calls.count(kname)
+    assert 1 <= n_tables <= 4  # fresh gradient arrays: a table per distinct set of pointers
+    opt.step()  # the same arrays again: the cached table, still one launch
+    assert len(opt._mt_tables) == n_tables and fake_gpu.calls.count(kname) == n_calls + 1
+
+
+def test_fake_kernel_checks_arguments_against_the_c_signature(fake_gpu):
+    x = fake_gpu.dev(np.zeros(4, np.float32))
+    k = fake_gpu.fake_kernel("gelu", "gelu_fwd", np.float32)
+    k((1,), (256,), (x, x.copy(), np.int64(4), np.int32(0)))
+    for bad in [(x, x, np.int32(4), np.int32(0)),            # long long n given an int32
+                (x, x.astype(np.float64), np.int64(4), np.int32(0)),  # T* of the wrong dtype
+                (x, x, np.int64(4))]:                          # an argument missing
+        with pytest.raises(AssertionError):
+            k((1,), (256,), bad)
+
+
 # -- GPU ----------------------------------------------------------------------------------------
 def _cuda(a, requires_grad=True):
     return tensor.tensor(a, device="cuda", requires_grad=requires_grad)
