@@ -317,3 +317,27 @@ _BODIES = {"gelu_fwd": _gelu_fwd, "gelu_bwd": _gelu_bwd, "ln_fwd": _ln_fwd,
            "ln_bwd_dwdb_final": _ln_bwd_dwdb_final, "xent_fwd": _xent_fwd,
            "xent_reduce": _xent_reduce, "xent_bwd": _xent_bwd, "zg_inc_steps": _zg_inc_steps,
            "adam_mt": _adam_mt, "sgd_mt": _sgd_mt}
+
+
+def install(monkeypatch):
+    """Put the fake in place for one test: backend.cupy -> FAKE, the fused modules' kernel()
+    -> fake_kernel; launches are recorded by name in the returned module's ``calls``."""
+    import sys
+
+    from tensor import backend
+    from tensor.cuda import kernels
+    from tensor.cuda.kernels import ops as kops, optim as kopt
+    monkeypatch.setattr(backend, "cupy", FAKE)
+    monkeypatch.setattr(kops, "kernel", fake_kernel)
+    monkeypatch.setattr(kopt, "kernel", fake_kernel)
+    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    calls = []
+    real = FakeKernel.__call__
+
+    def recording_call(self, *args):
+        calls.append(self.name)
+        return real(self, *args)
+    monkeypatch.setattr(FakeKernel, "__call__", recording_call)
+    mod = sys.modules[__name__]
+    monkeypatch.setattr(mod, "calls", calls, raising=False)
+    return mod
