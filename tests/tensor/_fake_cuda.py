@@ -121,7 +121,8 @@ def _check_args(name, dtype, args):
             assert isinstance(a, DevArray), f"{name}: {decl} got {type(a).__name__}"
             pointee = ctype[:-1].strip()
             want = {"T": tdt, "long long": np.dtype(np.int64), "float": np.dtype(np.float32),
-                    "double": np.dtype(np.float64), "void": a.dtype}[pointee]
+                    "double": np.dtype(np.float64), "void": a.dtype,
+                    "bool": np.dtype(np.bool_)}[pointee]
             assert a.dtype == want, f"{name}: {decl} got a {a.dtype} array"
             assert a.flags.c_contiguous, f"{name}: {decl} is not contiguous"
         else:
@@ -213,7 +214,7 @@ def _softmax_parts(x, C):
     return x2, (m + np.log(np.exp(x2 - m).sum(1, keepdims=True)))[:, 0]
 
 
-def _xent_fwd(grid, x, t, w, loss, wt, lse_out, C, ignore_index, ls, has_w):
+def _xent_fwd(grid, x, t, w, loss, wt, lse_out, bad, C, ignore_index, ls, has_w):
     x2, lse = _softmax_parts(x, C)
     wv = w.reshape(-1) if has_w else np.ones(int(C), x.dtype)
     for i, tg in enumerate(t):
@@ -226,6 +227,7 @@ def _xent_fwd(grid, x, t, w, loss, wt, lse_out, C, ignore_index, ls, has_w):
             wt[i] = wv[tg]
             loss[i] = (1 - ls) * wv[tg] * (lse[i] - x2[i, tg]) + ls / C * smooth
     lse_out[...] = lse
+    bad[...] = (t != ignore_index) & ((t < 0) | (t >= C))
 
 
 def _xent_reduce(grid, loss, wt, out, den, N, mode):

@@ -33,7 +33,9 @@ def test_kernel_source_compiles_for_compute_90(module):
     for ne in names:
         nvrtc.addNameExpression(prog, ne)
     try:
-        nvrtc.compileProgram(prog, ["-arch=compute_90", "-std=c++14"])
+        # the options CuPy 14 adds for a RawModule (cupy/cuda/compiler.py)
+        nvrtc.compileProgram(prog, ["-arch=compute_90", "--device-as-default-execution-space",
+                                    "-ftz=true"])
     except Exception as e:
         raise AssertionError(f"{module}: {e}\n{nvrtc.getProgramLog(prog)}") from e
     for ne in names:  # every instance the Python side asks for exists
@@ -139,6 +141,20 @@ def test_fake_device_cross_entropy(fake_gpu, kw):
     res = _fake_vs_cpu(fake_gpu, fn, [x])
     assert fake_gpu.calls[0] == "xent_fwd" and fake_gpu.calls[-1] == "xent_bwd"
     _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
+
+
+def test_fake_device_cross_entropy_flags_bad_targets_for_the_device_assert(fake_gpu,
+                                                                           monkeypatch):
+    from tensor import backend
+    seen = []
+    monkeypatch.setattr(backend, "device_assert", lambda xp, bad, msg, *a, **k:
+                        seen.append((np.asarray(bad).copy(), msg)), raising=False)
+    x = tensor.Tensor(fake_gpu.dev(np.zeros((4, 3)))).requires_grad_()
+    t = tensor.Tensor(fake_gpu.dev(np.array([0, 3, -100, -1])))
+    loss = F.cross_entropy(x, t)
+    assert np.isnan(float(np.asarray(loss.array)))
+    (bad, msg), = seen
+    assert bad.tolist() == [False, True, False, True] and "out of bounds for 3 classes" in msg
 
 
 def test_fake_kernel_checks_arguments_against_the_c_signature(fake_gpu):
@@ -279,7 +295,13 @@ def test_cross_entropy_fused_matches_eager(monkeypatch, kw, N, C):
 
 
 @requires_cupy
-def test_cross_entropy_out_of_range_target_is_nan_without_sync():
+def test_cross_entropy_out_of_range_target_is_nan_or_a_deferred_index_error():
+    from tensor import backend
     x = _cuda(np.zeros((3, 4), np.float32))
     loss = F.cross_entropy(x, tensor.tensor([0, 9, 1], device="cuda"))
-    assert np.isnan(float(loss.cpu()))
+    if getattr(backend, "check_device_errors", None) is None:
+        assert np.isnan(float(loss.cpu()))
+    else:  # the deferred device assert of tensor.backend raises at the next host read
+        with pytest.raises(IndexError, match="out of bounds"):
+            float(loss.cpu())
+            backend.check_device_errors()

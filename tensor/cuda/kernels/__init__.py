@@ -63,7 +63,7 @@ def kernel(module: str, name: str, dtype=None):
         mod = _modules.get((dev, module))
         if mod is None:
             mod = _modules[(dev, module)] = cp.RawModule(
-                code=MODULES[module][0], options=("-std=c++14",),
+                code=MODULES[module][0],
                 name_expressions=name_expressions(module))
         k = _kernels[(dev, module, expr)] = mod.get_function(expr)
     return k

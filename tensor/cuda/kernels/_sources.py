@@ -195,13 +195,13 @@ SOFTMAX_XENT = COMMON + r"""
 // Cross-entropy of logits x (N, C) against class indices t (N,), one block per row:
 //   loss[i] = valid * ((1 - ls) * w[t] * (lse - x[t]) + ls / C * sum_c w[c] * (lse - x[c]))
 //   wt[i]   = valid * w[t]     (the 'mean' denominator is sum_i wt[i], as PyTorch)
-// A target outside [0, C) that is not ignore_index gives NaN (loss and gradient) instead of
-// a host-side check, which would synchronise the device.
+// A target outside [0, C) that is not ignore_index gives NaN (loss and gradient) and sets
+// bad[i] (for a deferred device assert) instead of a host-side check, which would synchronise.
 template <typename T>
 __global__ void xent_fwd(const T* __restrict__ x, const long long* __restrict__ t,
                          const T* __restrict__ w, T* __restrict__ loss, T* __restrict__ wt,
-                         T* __restrict__ lse_out, int C, long long ignore_index, T ls,
-                         int has_w) {
+                         T* __restrict__ lse_out, bool* __restrict__ bad, int C,
+                         long long ignore_index, T ls, int has_w) {
     __shared__ T shm[32];
     const long long row = blockIdx.x;
     const T* xr = x + row * C;
@@ -232,6 +232,7 @@ __global__ void xent_fwd(const T* __restrict__ x, const long long* __restrict__ 
         loss[row] = l;
         wt[row] = wv;
         lse_out[row] = lse;
+        bad[row] = tg != ignore_index && (tg < 0 || tg >= C);
     }
 }
 

@@ -154,7 +154,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                   label_smoothing=0.0):
     """log-softmax + nll (+ label smoothing) in one row kernel, and a one-block reduction for
     'mean' / 'sum'; backward (softmax - onehot) * scale in one row kernel. Nothing syncs
-    the host: an out-of-range target makes the loss NaN (see xent_fwd)."""
+    the host: an out-of-range target makes the loss NaN and, where tensor.backend has
+    device_assert, raises IndexError at the next host sync, as the eager nll_loss does."""
     cp = backend.cupy
     x = input.array
     N, C = x.shape
@@ -164,8 +165,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     w = cp.ascontiguousarray(weight.array, dtype=x.dtype) if weight is not None else x
     block = row_block(C)
     loss, wt, lse = (cp.empty(N, x.dtype) for _ in range(3))
+    bad = cp.empty(N, np.bool_)
     common = (np.int32(C), np.int64(ignore_index), dt(label_smoothing), has_w)
-    kernel("softmax_xent", "xent_fwd", x.dtype)((N,), (block,), (x, t, w, loss, wt, lse) + common)
+    kernel("softmax_xent", "xent_fwd", x.dtype)((N,), (block,),
+                                                (x, t, w, loss, wt, lse, bad) + common)
+    device_assert = getattr(backend, "device_assert", None)  # the deferred check, when present
+    if device_assert is not None:
+        device_assert(cp, bad, f"cross_entropy: a target is out of bounds for {C} classes; "
+                               f"expected targets in [0, {C - 1}] or ignore_index={ignore_index}.")
     mode = _MODES[reduction]
     if mode == 0:
         y, den = loss, lse  # den: unread placeholder
@@ -186,4 +193,4 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             + (np.int32(mode),))
         return _new(gx), None
     # target is saved (checked) as in the eager nll_loss
-    return from_op(y, (input, target), backward, "cross_entropy", saved=(target,))
+    return from_op(y, (input, target), backward, "nll_loss", saved=(target,))  # torch: NllLossBackward0
