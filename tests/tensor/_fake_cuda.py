@@ -44,8 +44,16 @@ def dev(a) -> DevArray:
 
 
 class _Stream:
+    capturing = False  # tests set it to play a graph capture
+
     def is_capturing(self):
-        return False
+        return _Stream.capturing
+
+
+def _alloc_pinned(nbytes):
+    if _Stream.capturing:  # as tensor.cuda.graphs' guard (and CUDA) refuse it
+        raise RuntimeError("pinned allocation during a capture")
+    return bytearray(nbytes)
 
 
 class _Event:
@@ -77,7 +85,7 @@ class FakeCupy:
     ndarray = DevArray
     cuda = SimpleNamespace(Device=_Device,
                            get_current_stream=lambda: _Stream(), Event=_Event,
-                           alloc_pinned_memory=lambda n: bytearray(n))
+                           alloc_pinned_memory=_alloc_pinned)
 
     @staticmethod
     def get_array_module(*arrays):
@@ -342,4 +350,5 @@ def install(monkeypatch):
     monkeypatch.setattr(FakeKernel, "__call__", recording_call)
     mod = sys.modules[__name__]
     monkeypatch.setattr(mod, "calls", calls, raising=False)
+    monkeypatch.setattr(_Stream, "capturing", False)
     return mod

@@ -135,6 +135,35 @@ def _cuda(a, requires_grad=True):
     return tensor.tensor(a, device="cuda", requires_grad=requires_grad)
 
 
+def test_fake_device_table_miss_during_a_capture_uses_the_spare_pinned_block(fake_gpu):
+    # the graph recipe: warm-up step, zero_grad(set_to_none), capture -> fresh gradient arrays
+    ps = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy()))) for p in _params()]
+    ref = _params()
+    opt = optim.Adam(ps, lr=0.05, capturable=True)
+    ref_opt = optim.Adam(ref, lr=0.05)
+    rng = np.random.default_rng(1)
+    for step in range(2):
+        gs = [rng.normal(size=tuple(p.shape)) for p in ps]
+        for p, q, g in zip(ps, ref, gs):
+            p.grad = tensor.Tensor(fake_gpu.dev(g.copy()))
+            q.grad = tensor.tensor(g.copy())
+        fake_gpu._Stream.capturing = step == 1
+        opt.step()
+        ref_opt.step()
+    fake_gpu._Stream.capturing = False
+    tables = opt._mt_tables
+    assert [e.pinned_forever for e in tables._entries.values()] == [False, True]
+    assert tables._spare[2] > 0  # carved from the block set aside by the warm-up's miss
+    for a, b in zip(ref, ps):
+        np.testing.assert_allclose(np.asarray(b.array), a.detach().numpy(), rtol=1e-12)
+    fake_gpu._Stream.capturing = True
+    for p in ps:  # a second miss in a capture: the spare is used up
+        p.grad = tensor.Tensor(fake_gpu.dev(np.ones(tuple(p.shape))))
+    tables._spare[2] = tables._spare[1]
+    with pytest.raises(RuntimeError, match="warm-up"):
+        opt.step()
+
+
 # -- GPU optimizers -----------------------------------------------------------------------------
 def _cuda_params(dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
@@ -205,3 +234,52 @@ def test_capturable_adam_replayed_from_a_cuda_graph_equals_eager_steps():
         np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(),
                                    rtol=1e-5, atol=1e-6)
     assert float(opt.state[ps[0]]["step"].cpu()) == 1.0 + n_replays
+
+
+@requires_cupy
+def test_graphed_training_step_with_fused_ops_and_capturable_adam():
+    # PyTorch's whole-step recipe (tensor/cuda/graphs.py) on a model whose ops take the fused
+    # kernels; the gradients are re-allocated inside the capture (zero_grad(set_to_none)).
+    if not hasattr(tensor.cuda, "CUDAGraph"):
+        pytest.skip("tensor.cuda.CUDAGraph is not on this branch yet")
+    import tensor.nn.functional as F
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(8, 16)).astype(np.float32) for _ in range(4)]
+    ys = [rng.integers(0, 5, size=8) for _ in range(4)]
+
+    def build():
+        tensor.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 5))
+        model.cuda()
+        return model, optim.Adam(model.parameters(), lr=1e-2, capturable=True)
+
+    def step(model, opt, x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    ref, ref_opt = build()
+    for x, y in zip(xs, ys):
+        step(ref, ref_opt, tensor.tensor(x, device="cuda"), tensor.tensor(y, device="cuda"))
+    model, opt = build()
+    static_x, static_y = tensor.tensor(xs[0], device="cuda"), tensor.tensor(ys[0], device="cuda")
+    s = tensor.cuda.Stream()
+    s.wait_stream(tensor.cuda.current_stream())
+    with tensor.cuda.stream(s):
+        step(model, opt, static_x, static_y)  # the warm-up is the first real step
+    tensor.cuda.current_stream().wait_stream(s)
+    g = tensor.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with tensor.cuda.graph(g):
+        static_loss = F.cross_entropy(model(static_x), static_y)
+        static_loss.backward()
+        opt.step()
+    for x, y in zip(xs[1:], ys[1:]):
+        static_x.array[...] = tensor.tensor(x, device="cuda").array
+        static_y.array[...] = tensor.tensor(y, device="cuda").array
+        g.replay()
+    tensor.cuda.synchronize()
+    for a, b in zip(ref.parameters(), model.parameters()):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(),
+                                   rtol=1e-4, atol=1e-5)

@@ -19,9 +19,16 @@ Lifetime: the pinned buffer must outlive its asynchronous copy, and a CUDA graph
 the copy reads the pinned buffer again at every replay. So an entry made outside a capture
 records an event after its copy and, when evicted (least recently used beyond
 ``MAX_ENTRIES``), waits for that event first; an entry made while the stream is capturing is
-never evicted: it lives as long as the optimizer (and is handed to tensor.cuda.graphs'
-keep-alive hook when that module offers one). A captured graph normally finds its tables
-already cached by the warm-up steps, so it captures no copy at all.
+never evicted: it lives as long as the optimizer (no graph keep-alive hook exists in
+tensor.cuda.graphs yet; one named keep_alive would be called).
+
+Capture: a graph normally finds its tables already cached by the warm-up steps and captures no
+copy at all. But the usual recipe zeroes the gradients with set_to_none before capturing, so
+the captured backward allocates them anew (from the graph's private pool): new pointers, a
+miss while capturing. No pinned memory may be allocated then (tensor.cuda.graphs refuses it,
+and cudaHostAlloc is not capturable), so each miss outside a capture also sets aside a spare
+pinned block (4x the largest table, at least 64 KiB); a miss during a capture carves its host
+table from that block, and the next step outside the capture sets aside a fresh one.
 """
 from __future__ import annotations
 
@@ -66,6 +73,8 @@ class TableCache:
 
     def __init__(self):
         self._entries = OrderedDict()
+        self._spare = None      # [pinned block, size_bytes, used_bytes] for misses in a capture
+        self._largest = 0       # bytes of the largest table made
 
     def __len__(self):
         return len(self._entries)
@@ -81,15 +90,15 @@ class TableCache:
             return ent.dev
         cp = backend.cupy
         n, count = len(sizes), len(sizes) + 1 + len(cells)
-        mem = cp.cuda.alloc_pinned_memory(count * 8)
-        host = np.ndarray((count,), np.int64, buffer=mem)
+        stream = cp.cuda.get_current_stream()
+        forever = _capturing(stream)
+        self._largest = max(self._largest, count * 8)
+        host = self._host_buffer(count, forever)
         host[0] = 0
         np.cumsum(np.asarray(sizes, np.int64), out=host[1:n + 1])
         host[n + 1:] = cells
         dev = cp.empty(count, np.int64)
-        stream = cp.cuda.get_current_stream()
         dev.data.copy_from_host_async(host.ctypes.data, count * 8, stream)
-        forever = _capturing(stream)
         event = None
         if forever:
             _keep_alive((dev, host))
@@ -97,9 +106,32 @@ class TableCache:
             event = cp.cuda.Event(disable_timing=True)
             event.record(stream)
         self._entries[key] = _Entry(dev, host, event, forever)
-        if not forever:  # waiting on an event is not allowed while capturing
+        if not forever:  # neither waiting on an event nor pinning memory is allowed in a capture
             self._evict()
+            self._set_aside_spare()
         return dev
+
+    def _host_buffer(self, count: int, capturing: bool):
+        """A pinned int64 array of count elements: fresh, or carved from the spare in a capture."""
+        if not capturing:
+            return np.ndarray((count,), np.int64, buffer=backend.cupy.cuda.alloc_pinned_memory(
+                count * 8))
+        spare = self._spare
+        if spare is None or spare[1] - spare[2] < count * 8:
+            raise RuntimeError(
+                "multi-tensor optimizer: a new parameter table is needed while a CUDA graph is "
+                "being captured, and the pinned memory set aside for that is used up. Run an "
+                "optimizer step outside the capture first (the warm-up of PyTorch's graph "
+                "recipe), or pass foreach=False.")
+        host = np.ndarray((count,), np.int64, buffer=spare[0], offset=spare[2])
+        spare[2] += (count * 8 + 63) // 64 * 64
+        return host
+
+    def _set_aside_spare(self):
+        want = max(64 << 10, 4 * self._largest)
+        if self._spare is None or self._spare[2] or self._spare[1] < want:
+            # a used block stays alive through the host arrays carved from it
+            self._spare = [backend.cupy.cuda.alloc_pinned_memory(want), want, 0]
 
     def _evict(self):
         evictable = [k for k, e in self._entries.items() if not e.pinned_forever]
