@@ -75,6 +75,10 @@ def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "log_softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=True)
     if d.ndim == 0:
         y = xp.zeros_like(d)
     else:
@@ -94,6 +98,10 @@ def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=False)
     if d.ndim == 0:
         y = xp.ones_like(d)
     else:

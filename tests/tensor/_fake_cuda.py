@@ -259,6 +259,24 @@ def _xent_bwd(grid, x, t, w, lse, gy, den, gx, C, ignore_index, ls, has_w, mode)
         g2[i] = g * ((1 - ls) * wtg * (p - onehot) + ls / C * (W * p - wv))
 
 
+def _softmax_fwd(grid, x, y, C, mode):
+    x2 = _rows(x, C)
+    m = x2.max(1, keepdims=True)
+    if mode == 2:
+        m = np.where(np.isfinite(m), m, 0)
+    s = np.exp(x2 - m).sum(1, keepdims=True)
+    _rows(y, C)[...] = x2 - m - np.log(s) if mode == 1 else \
+        np.exp(x2 - m) / (np.where(s == 0, 1, s) if mode == 2 else s)
+
+
+def _softmax_bwd(grid, y, gy, gx, C, mode):
+    y2, g2 = _rows(y, C), _rows(gy, C)
+    if mode == 1:
+        _rows(gx, C)[...] = g2 - np.exp(y2) * g2.sum(1, keepdims=True)
+    else:
+        _rows(gx, C)[...] = y2 * (g2 - (g2 * y2).sum(1, keepdims=True))
+
+
 def _table(tab, ntens, ncol):
     offs = tab[:ntens + 1]
     rows = tab[ntens + 1:].reshape(int(ntens), ncol)
@@ -325,7 +343,8 @@ def _sgd_mt(grid, tab, ntens, total, lr_dev, lr_kind, lr_host, mom, damp, wd, ne
 _BODIES = {"gelu_fwd": _gelu_fwd, "gelu_bwd": _gelu_bwd, "ln_fwd": _ln_fwd,
            "ln_bwd_dx": _ln_bwd_dx, "ln_bwd_dwdb_partial": _ln_bwd_dwdb_partial,
            "ln_bwd_dwdb_final": _ln_bwd_dwdb_final, "xent_fwd": _xent_fwd,
-           "xent_reduce": _xent_reduce, "xent_bwd": _xent_bwd, "zg_inc_steps": _zg_inc_steps,
+           "xent_reduce": _xent_reduce, "xent_bwd": _xent_bwd, "softmax_fwd": _softmax_fwd,
+           "softmax_bwd": _softmax_bwd, "zg_inc_steps": _zg_inc_steps,
            "adam_mt": _adam_mt, "sgd_mt": _sgd_mt}
 
 

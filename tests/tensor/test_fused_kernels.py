@@ -143,6 +143,16 @@ def test_fake_device_cross_entropy(fake_gpu, kw):
     _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("fn_name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,dim", [((4, 7), -1), ((2, 3, 5), 2), ((3, 4), 0)])
+def test_fake_device_softmax(fake_gpu, fn_name, shape, dim):
+    x = np.random.default_rng(0).normal(size=shape) * 3
+    res = _fake_vs_cpu(fake_gpu, lambda t: getattr(F, fn_name)(t, dim), [x])
+    last = dim in (-1, len(shape) - 1)
+    assert fake_gpu.calls == (["softmax_fwd", "softmax_bwd"] if last else [])
+    _assert_close_pairs(res, rtol=1e-12, atol=1e-14)
+
+
 def test_fake_device_cross_entropy_flags_bad_targets_for_the_device_assert(fake_gpu,
                                                                            monkeypatch):
     from tensor import backend
@@ -292,6 +302,20 @@ def test_cross_entropy_fused_matches_eager(monkeypatch, kw, N, C):
     _assert_close_pairs(_fused_and_eager(monkeypatch, fn, x), rtol=1e-4, atol=1e-6)
     assert _fused_ran("softmax_xent")
     _directional_check(lambda t: fn(t).sum(), x.astype(np.float64))
+
+
+@requires_cupy
+@pytest.mark.parametrize("fn_name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 3000)])
+def test_softmax_fused_matches_eager(monkeypatch, fn_name, shape):
+    x = (np.random.default_rng(0).normal(size=shape) * 3).astype(np.float32)
+    fn = getattr(F, fn_name)
+    _assert_close_pairs(_fused_and_eager(monkeypatch, lambda t: fn(t, -1), x), rtol=1e-5,
+                        atol=1e-6)
+    assert _fused_ran("softmax_xent")
+    w = tensor.tensor(np.random.default_rng(4).normal(size=(4, 6)), device="cuda")
+    _directional_check(lambda t: (fn(t, -1) * w).sum(),
+                       np.random.default_rng(2).normal(size=(4, 6)))
 
 
 @requires_cupy

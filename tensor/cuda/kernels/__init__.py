@@ -2,7 +2,8 @@
 
 Note [Fused kernels]
 ~~~~~~~~~~~~~~~~~~~~
-GELU, LayerNorm and softmax + cross-entropy each run as one or two RawModule kernels per
+GELU, LayerNorm, softmax / log_softmax (over the last axis) and softmax + cross-entropy
+each run as one or two RawModule kernels per
 direction (sources in _sources.py, full CUDA C, compiled once per process by NVRTC), and the
 Adam / AdamW / SGD updates of a whole parameter group as one multi-tensor launch (optim.py).
 
@@ -97,7 +98,7 @@ def _graph_backward(eager, inputs, gy):
 
 
 from .ops import (applies_cross_entropy, applies_gelu, applies_layer_norm,  # noqa: E402
-                  cross_entropy, gelu, layer_norm)
+                  applies_softmax, cross_entropy, gelu, layer_norm, softmax)
 
 __all__ = ["enabled", "fusable", "kernel", "applies_gelu", "gelu", "applies_layer_norm",
-           "layer_norm", "applies_cross_entropy", "cross_entropy"]
+           "layer_norm", "applies_softmax", "softmax", "applies_cross_entropy", "cross_entropy"]

@@ -287,6 +287,49 @@ __global__ void xent_bwd(const T* __restrict__ x, const long long* __restrict__ 
 }
 """
 
+SOFTMAX = r"""
+// softmax (mode 0), log_softmax (1) or "safe" softmax (2: a row of -inf gives zeros, as the
+// attention op's) over rows of C contiguous elements, one block per row.
+template <typename T>
+__global__ void softmax_fwd(const T* __restrict__ x, T* __restrict__ y, int C, int mode) {
+    __shared__ T shm[32];
+    const long long row = blockIdx.x;
+    const T* xr = x + row * C;
+    T* yr = y + row * C;
+    T m = T(ZG_NEG_INF);
+    for (int j = threadIdx.x; j < C; j += blockDim.x) m = fmax(m, xr[j]);
+    m = zg_block_max(m, shm);
+    if (mode == 2 && !isfinite(m)) m = T(0);
+    T s = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) s += exp(xr[j] - m);
+    s = zg_block_sum(s, shm);
+    if (mode == 1) {
+        const T lse = log(s);
+        for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = xr[j] - m - lse;
+    } else {
+        const T inv = T(1) / ((mode == 2 && s == T(0)) ? T(1) : s);
+        for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = exp(xr[j] - m) * inv;
+    }
+}
+
+// From the saved output y: log_softmax gx = gy - exp(y) * sum(gy); softmax
+// gx = y * (gy - sum(gy * y)).
+template <typename T>
+__global__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ gy,
+                            T* __restrict__ gx, int C, int mode) {
+    __shared__ T shm[32];
+    const long long row = blockIdx.x;
+    const T* yr = y + row * C;
+    const T* gr = gy + row * C;
+    T* out = gx + row * C;
+    T a = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) a += mode == 1 ? gr[j] : gr[j] * yr[j];
+    a = zg_block_sum(a, shm);
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        out[j] = mode == 1 ? gr[j] - exp(yr[j]) * a : yr[j] * (gr[j] - a);
+}
+"""
+
 # Note [Multi-tensor table] (optim.py) describes `tab`: offs = tab[0 : n+1] (cumulative element
 # counts), then n rows of `ncol` int64 (pointers, flags).
 OPTIM = r"""
@@ -401,7 +444,8 @@ MODULES = {
     "gelu": (GELU, ("gelu_fwd", "gelu_bwd")),
     "layer_norm": (LAYER_NORM, ("ln_fwd", "ln_bwd_dx", "ln_bwd_dwdb_partial",
                                 "ln_bwd_dwdb_final")),
-    "softmax_xent": (SOFTMAX_XENT, ("xent_fwd", "xent_reduce", "xent_bwd")),
+    "softmax_xent": (SOFTMAX_XENT + SOFTMAX, ("xent_fwd", "xent_reduce", "xent_bwd",
+                                               "softmax_fwd", "softmax_bwd")),
     "optim": (OPTIM, ("adam_mt", "sgd_mt")),
 }
 # non-template kernels, compiled by their plain name

@@ -126,6 +126,35 @@ def _layer_norm_dwdb(x, g, mean, rstd, rows, n):
     return gw, gb
 
 
+# -- softmax / log_softmax ---------------------------------------------------------------------
+def applies_softmax(d, axis) -> bool:
+    """d: the (cast) input array of softmax / log_softmax; fused over a contiguous last axis."""
+    return (d.ndim >= 1 and axis == d.ndim - 1 and fusable(d)
+            and d.size // d.shape[-1] <= _INT32_MAX)
+
+
+def softmax(x, d, log: bool):
+    """softmax or log_softmax of d (x's array, maybe cast by dtype=) over its last axis: one row
+    kernel each way, the backward from the saved output as the eager op's."""
+    cp = backend.cupy
+    C = d.shape[-1]
+    rows, block, mode = d.size // C, row_block(C), np.int32(1 if log else 0)
+    y = cp.empty_like(d)
+    kernel("softmax_xent", "softmax_fwd", d.dtype)((rows,), (block,), (d, y, np.int32(C), mode))
+
+    def backward(gy, out):
+        if _grad_state.enabled:  # create_graph: the eager op's differentiable formulas
+            if log:
+                return (gy - out.exp() * gy.sum(-1, keepdim=True),)
+            return (out * (gy - (gy * out).sum(-1, keepdim=True)),)
+        gx = cp.empty_like(d)
+        kernel("softmax_xent", "softmax_bwd", d.dtype)((rows,), (block,),
+                                                       (out.array, _grad_array(gy, d), gx,
+                                                        np.int32(C), mode))
+        return (_new(gx),)
+    return from_op(y, (x,), backward, "log_softmax" if log else "softmax", save_output=True)
+
+
 # -- softmax + cross-entropy -----------------------------------------------------------------
 _MODES = {"none": 0, "sum": 1, "mean": 2}
 
