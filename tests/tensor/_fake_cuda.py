@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tensor.cuda.kernels._sources import MODULES, OPTIM
+from tensor.cuda.kernels._sources import MODULES
+from tensor.cuda.kernels._sources_optim import OPTIM
 
 _REGISTRY = {}  # data pointer -> the DevArray that owns it (for the optimizer's pointer table)
 

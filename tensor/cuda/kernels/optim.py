@@ -32,6 +32,7 @@ table from that block, and the next step outside the capture sets aside a fresh 
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 
@@ -192,7 +193,7 @@ def adam_step(cache: TableCache, dtype, params, grads, exp_avg, exp_avg_sq, max_
                                         (tab, np.int32(n), np.int32(6), np.int32(5)))
         bc1 = bc2s = 1.0
     else:
-        bc1, bc2s = 1 - beta1 ** host_step, (1 - beta2 ** host_step) ** 0.5
+        bc1, bc2s = 1 - beta1 ** host_step, math.sqrt(1 - beta2 ** host_step)  # as the loop
     lr_dev, lr_kind, lr_host = _lr_args(lr)
     kernel("optim", "adam_mt", dtype)(
         grid_1d(total, _BLOCK, 2048), (_BLOCK,),
