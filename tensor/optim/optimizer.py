@@ -316,6 +316,12 @@ class Optimizer:
         self.state = state
         self.param_groups = [dict(s, params=g["params"])
                              for g, s in zip(self.param_groups, saved_groups)]
+        for g in self.param_groups:  # fused / capturable keep 'step' on the device, as PyTorch
+            if g.get("fused") or g.get("capturable"):
+                for p in g["params"]:
+                    st = state.get(p)
+                    if st and isinstance(st.get("step"), Tensor) and p.device.type == "cuda":
+                        st["step"] = _new(backend.to_device(st["step"].array, p.device))
 
     @staticmethod
     def _cast_state(p, name: str, val):

@@ -164,6 +164,21 @@ def test_fake_device_table_miss_during_a_capture_uses_the_spare_pinned_block(fak
         opt.step()
 
 
+@pytest.mark.parametrize("kw", [dict(fused=True), dict(capturable=True), dict(foreach=True)])
+def test_fake_device_state_dict_round_trip_keeps_step_where_torch_does(fake_gpu, kw):
+    ps = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy()))) for p in _params()]
+    _, opt = _run(lambda ps: optim.Adam(ps, lr=0.05, **kw), steps=2, params=ps)
+    sd = opt.state_dict()
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    opt2 = optim.Adam(ps, lr=0.05, **kw)
+    opt2.load_state_dict(sd)
+    on_dev = "foreach" not in kw
+    for st in opt2.state.values():
+        assert isinstance(st["step"].array, fake_gpu.DevArray) == on_dev
+        assert st["step"].array.dtype == np.float32 and float(st["step"].array) == 2.0
+        assert isinstance(st["exp_avg"].array, fake_gpu.DevArray)
+
+
 # -- GPU optimizers -----------------------------------------------------------------------------
 def _cuda_params(dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
