@@ -92,8 +92,15 @@ class FakeCupy:
     def get_array_module(*arrays):
         return FAKE if any(isinstance(a, DevArray) for a in arrays) else np
 
-    def __getattr__(self, name):  # the rest of cupy's namespace: numpy's
-        return getattr(np, name)
+    def __getattr__(self, name):  # the rest of cupy's namespace: numpy's, arrays on the "device"
+        f = getattr(np, name)
+        if not callable(f) or isinstance(f, type):
+            return f
+
+        def on_device(*args, **kwargs):
+            out = f(*args, **kwargs)
+            return out.view(DevArray) if type(out) is np.ndarray else out
+        return on_device
 
     empty_like = staticmethod(lambda a: dev(np.empty_like(a)))
     zeros_like = staticmethod(lambda a: dev(np.zeros_like(a)))

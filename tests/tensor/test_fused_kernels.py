@@ -178,12 +178,22 @@ def _cuda(a, requires_grad=True):
     return tensor.tensor(a, device="cuda", requires_grad=requires_grad)
 
 
+_LAUNCHED = []  # kernel names the fused paths asked for, per _fused_and_eager call
+
+
 def _fused_and_eager(monkeypatch, fn, *arrays):
-    """(outputs, grads) of fn on fresh CUDA leaves, fused and with ZGRAD_FUSED_KERNELS=0."""
+    """(outputs, grads) of fn on fresh CUDA leaves, fused and with ZGRAD_FUSED_KERNELS=0; the
+    fused run's kernel names land in _LAUNCHED (the eager run must launch none)."""
     from tensor.cuda import kernels
+    from tensor.cuda.kernels import ops as kops
+    real = kops.kernel
+    monkeypatch.setattr(kops, "kernel", lambda m, name, dt=None: (_LAUNCHED.append(name),
+                                                                  real(m, name, dt))[1])
+    _LAUNCHED.clear()
     res = []
     for switch in ("1", "0"):
         monkeypatch.setenv(kernels.ENV_SWITCH, switch)
+        n_before = len(_LAUNCHED)
         leaves = [_cuda(a) for a in arrays]
         y = fn(*leaves)
         rng = np.random.default_rng(7)
@@ -191,6 +201,7 @@ def _fused_and_eager(monkeypatch, fn, *arrays):
         gy = tensor.tensor(gy, device="cuda")
         gs = tensor.autograd.grad([y], leaves, [gy])
         res.append((y.detach().cpu().numpy(), [g.cpu().numpy() for g in gs]))
+        assert switch == "1" or len(_LAUNCHED) == n_before, "ZGRAD_FUSED_KERNELS=0 launched"
     monkeypatch.delenv(kernels.ENV_SWITCH)
     return res
 
@@ -216,9 +227,8 @@ def _directional_check(fn, *arrays, eps=1e-6, rtol=1e-6):
         assert abs(num - ana) <= rtol * max(1.0, abs(ana)) * 10, (num, ana)
 
 
-def _fused_ran(module):
-    from tensor.cuda import kernels
-    return any(k[1] == module for k in kernels._kernels)
+def _fused_ran(*names):
+    return all(n in _LAUNCHED for n in names)
 
 
 @requires_cupy
@@ -227,7 +237,7 @@ def test_gelu_fused_matches_eager(monkeypatch, approximate):
     x = np.random.default_rng(0).normal(size=(33, 257)).astype(np.float32) * 3
     _assert_close_pairs(_fused_and_eager(monkeypatch, lambda t: F.gelu(t, approximate=approximate),
                                          x))
-    assert _fused_ran("gelu")
+    assert _fused_ran("gelu_fwd", "gelu_bwd")
     x64 = np.random.default_rng(1).normal(size=(5, 7)) * 2
     _directional_check(lambda t: (F.gelu(t, approximate=approximate) ** 2).sum(), x64)
 
@@ -265,7 +275,7 @@ def test_layer_norm_fused_matches_eager(monkeypatch, xshape, nshape, has_w, has_
         b = wb[-1] if has_b else None
         return F.layer_norm(x, nshape, w, b)
     _assert_close_pairs(_fused_and_eager(monkeypatch, fn, *arrays), rtol=1e-4, atol=2e-5)
-    assert _fused_ran("layer_norm")
+    assert _fused_ran("ln_fwd", "ln_bwd_dx")
     arrays64 = [a.astype(np.float64) for a in arrays]
     _directional_check(lambda *t: (fn(*t) * tensor.tensor(
         np.random.default_rng(9).normal(size=xshape), device="cuda")).sum(), *arrays64)
@@ -295,7 +305,7 @@ def test_cross_entropy_fused_matches_eager(monkeypatch, kw, N, C):
             else None
         return F.cross_entropy(logits, t, weight=w, **kw)
     _assert_close_pairs(_fused_and_eager(monkeypatch, fn, x), rtol=1e-4, atol=1e-6)
-    assert _fused_ran("softmax_xent")
+    assert _fused_ran("xent_fwd", "xent_bwd")
     _directional_check(lambda t: fn(t).sum(), x.astype(np.float64))
 
 
@@ -307,7 +317,7 @@ def test_softmax_fused_matches_eager(monkeypatch, fn_name, shape):
     fn = getattr(F, fn_name)
     _assert_close_pairs(_fused_and_eager(monkeypatch, lambda t: fn(t, -1), x), rtol=1e-5,
                         atol=1e-6)
-    assert _fused_ran("softmax_xent")
+    assert _fused_ran("softmax_fwd", "softmax_bwd")
     w = tensor.tensor(np.random.default_rng(4).normal(size=(4, 6)), device="cuda")
     _directional_check(lambda t: (fn(t, -1) * w).sum(),
                        np.random.default_rng(2).normal(size=(4, 6)))
