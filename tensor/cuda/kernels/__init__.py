@@ -56,7 +56,7 @@ _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 def kernel(module: str, name: str, dtype=None):
     """The compiled kernel `name` of `module` (its float or double instance for `dtype`)."""
     cp = backend.cupy
-    dev = cp.cuda.Device().id
+    dev = cp.cuda.runtime.getDevice()
     expr = name if dtype is None else f"{name}<{_CTYPES[np.dtype(dtype)]}>"
     k = _kernels.get((dev, module, expr))
     if k is None:
