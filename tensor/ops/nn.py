@@ -75,6 +75,10 @@ def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "log_softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=True)
     if d.ndim == 0:
         y = xp.zeros_like(d)
     else:
@@ -94,6 +98,10 @@ def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=False)
     if d.ndim == 0:
         y = xp.ones_like(d)
     else:
@@ -200,6 +208,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.array.__class__ is not np.ndarray:  # fused CUDA kernels, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_cross_entropy(input, target, weight, reduction):
+            return _fused.cross_entropy(input, target, weight, ignore_index, reduction,
+                                        label_smoothing)
     cdim = 1 if input.array.ndim > 1 else 0
     logp = log_softmax(input, cdim)
     if isinstance(target, Tensor) and target.array.dtype.kind == "f":
