@@ -155,6 +155,16 @@ def softmax(x, d, log: bool):
     return from_op(y, (x,), backward, "log_softmax" if log else "softmax", save_output=True)
 
 
+def softmax_rows_safe(d):
+    """The array softmax of d over its last axis, a row of -inf giving zeros (attention's
+    masked rows): one launch of softmax_fwd in its "safe" mode, no autograd node."""
+    C = d.shape[-1]
+    y = backend.cupy.empty_like(d)
+    kernel("softmax_xent", "softmax_fwd", d.dtype)((d.size // C,), (row_block(C),),
+                                                   (d, y, np.int32(C), np.int32(2)))
+    return y
+
+
 # -- softmax + cross-entropy -----------------------------------------------------------------
 _MODES = {"none": 0, "sum": 1, "mean": 2}
 
