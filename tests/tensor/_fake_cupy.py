@@ -65,31 +65,44 @@ def _unwrap(v, where, allow_numpy=False):
     return v
 
 
-def _wrap(v):
+def _wrap(v, parent=None):
+    """Fakes around the numpy arrays in v; a view of parent's memory gets parent's owner as
+    its ``base`` (CuPy's views keep their owner alive and report it, as numpy's do)."""
     if isinstance(v, np.ndarray):
-        return ndarray(v)
+        w = ndarray(v)
+        if parent is not None and v.base is not None and (v.base is parent._a or
+                                                          v.base is parent._a.base):
+            w._own = parent if parent._own is None else parent._own
+        return w
     if isinstance(v, np.generic):
         return ndarray(np.asarray(v))
     if isinstance(v, tuple):
-        return tuple(_wrap(e) for e in v)
+        return tuple(_wrap(e, parent) for e in v)
     if isinstance(v, list):
-        return [_wrap(e) for e in v]
+        return [_wrap(e, parent) for e in v]
     return v
 
 
-def _call(fn, where, args, kw, allow_numpy=False):
-    return _wrap(fn(*_unwrap(args, where, allow_numpy), **_unwrap(kw, where, allow_numpy)))
+USED = set()  # (where, sorted keyword names) of every call: to check against the real CuPy API
+
+
+def _call(fn, where, args, kw, allow_numpy=False, parent=None):
+    USED.add((where, tuple(sorted(kw))))
+    if parent is None:
+        parent = next((a for a in args if isinstance(a, ndarray)), None)
+    return _wrap(fn(*_unwrap(args, where, allow_numpy), **_unwrap(kw, where, allow_numpy)),
+                 parent)
 
 
 class ndarray:  # noqa: N801 (CuPy's name)
     """A device array stand-in: a numpy array that refuses to mix with numpy arrays."""
 
-    __slots__ = ("_a",)
+    __slots__ = ("_a", "_own")
     __array_priority__ = 100
     device = _Dev()
 
     def __init__(self, a):
-        self._a = a
+        self._a, self._own = a, None
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
@@ -114,21 +127,23 @@ class ndarray:  # noqa: N801 (CuPy's name)
     strides = property(lambda s: s._a.strides)
     itemsize = property(lambda s: s._a.itemsize)
     nbytes = property(lambda s: s._a.nbytes)
-    T = property(lambda s: ndarray(s._a.T))
-    mT = property(lambda s: ndarray(s._a.mT))
+    T = property(lambda s: _wrap(s._a.T, s))
+    mT = property(lambda s: _wrap(s._a.mT, s))
     flags = property(lambda s: types.SimpleNamespace(c_contiguous=s._a.flags.c_contiguous,
                                                      f_contiguous=s._a.flags.f_contiguous,
                                                      owndata=s._a.flags.owndata))
-    base = property(lambda s: None if s._a.base is None else ndarray(s._a.base))
+    base = property(lambda s: s._own if s._own is not None or s._a.base is None
+                    else ndarray(s._a.base))
     data = property(lambda s: types.SimpleNamespace(ptr=s._a.__array_interface__["data"][0]))
 
     def __getattr__(self, name):
         if name in MISSING_ATTR or name.startswith("__"):
             raise AttributeError(f"'cupy.ndarray' object has no attribute '{name}'")
+        USED.add((f"ndarray.{name}", ()))
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)
-        return lambda *a, **k: _call(attr, f"ndarray.{name}", a, k)
+        return lambda *a, **k: _call(attr, f"ndarray.{name}", a, k, parent=self)
 
     def get(self, stream=None, order="C", out=None):
         return self._a.copy()
@@ -169,7 +184,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return "fake_cupy." + repr(self._a)
 
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key, "__getitem__", allow_numpy=True)])
+        return _wrap(self._a[_unwrap(key, "__getitem__", allow_numpy=True)], self)
 
     def __setitem__(self, key, value):
         k = _unwrap(key, "__setitem__", allow_numpy=True)
@@ -222,6 +237,7 @@ class _Ufunc:
         return r
 
     def at(self, a, indices, b=None):
+        USED.add((f"cupy.{self.__name__}.at", ()))
         vals = _unwrap(b, f"{self.__name__}.at")
         dt = np.asarray(vals).dtype if vals is not None else a.dtype
         if self.__name__ not in ("add", "subtract", "maximum", "minimum") or \
@@ -262,6 +278,7 @@ class _Module(types.ModuleType):
         if name.startswith("__") or name in MISSING:
             raise AttributeError(f"module '{self.__name__}' has no attribute '{name}'")
         attr = getattr(self._np, name)
+        USED.add((f"{self.__name__}.{name}", ()))
         if isinstance(attr, np.ufunc):
             return _Ufunc(attr)
         if isinstance(attr, types.ModuleType):

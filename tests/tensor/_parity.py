@@ -106,10 +106,15 @@ def run(fn, m, tensors, seed=1):
     return outs
 
 
-def check_case(target, build, specs, fn=None, train=True, rtol=RTOL, atol=ATOL):
-    """Compare build()'s forward and backward on the CPU and on `target`."""
+def check_case(target, build, specs, fn=None, train=True, rtol=RTOL, atol=ATOL, amp=None):
+    """Compare build()'s forward and backward on the CPU and on `target`.
+
+    With amp (a dtype), the target runs under autocast(target's device type, amp) and its
+    outputs are compared after a cast to the CPU's float32; returns the target's outputs.
+    """
     fn = fn or (lambda m, *xs: m(*xs))
     dev = device_of(target)
+    fn_dev = fn if amp is None else _autocast(fn, dev, amp)
     tensor.manual_seed(0)
     m_cpu = build()
     if isinstance(m_cpu, tensor.nn.Module):
@@ -120,11 +125,11 @@ def check_case(target, build, specs, fn=None, train=True, rtol=RTOL, atol=ATOL):
         m_dev = m_cpu
     arrays = make_inputs(specs)
     x_cpu, x_dev = to_tensors(arrays, "cpu"), to_tensors(arrays, dev)
-    outs_cpu, outs_dev = run(fn, m_cpu, x_cpu), run(fn, m_dev, x_dev)
+    outs_cpu, outs_dev = run(fn, m_cpu, x_cpu), run(fn_dev, m_dev, x_dev)
     assert len(outs_cpu) == len(outs_dev)
     for i, (a, b) in enumerate(zip(outs_dev, outs_cpu)):
         assert str(a.device).split(":")[0] == dev, f"output {i} is on {a.device}, not {dev}"
-        close(a, b, f"output {i}", rtol, atol)
+        close(a if amp is None else a.to(b.dtype), b, f"output {i}", rtol, atol)
     for i, (a, b) in enumerate(zip(x_dev, x_cpu)):
         if b.requires_grad and (a.grad is not None or b.grad is not None):
             close(a.grad, b.grad, f"grad of input {i}", rtol, atol)
@@ -136,6 +141,14 @@ def check_case(target, build, specs, fn=None, train=True, rtol=RTOL, atol=ATOL):
     for name, b in _buffers(m_cpu).items():
         if b is not None:
             close(b_dev[name], b, f"buffer {name}", rtol, atol)
+    return outs_dev
+
+
+def _autocast(fn, dev, dtype):
+    def wrapped(m, *xs):
+        with tensor.amp.autocast(dev, dtype=dtype):
+            return fn(m, *xs)
+    return wrapped
 
 
 def check_optimizer(target, make_opt, steps=3):

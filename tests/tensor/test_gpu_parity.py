@@ -287,3 +287,37 @@ def test_optimizer_table_covers_every_optimizer():
 @pytest.mark.parametrize("case", sorted(OPTIMIZERS))
 def test_optimizer_parity(target, case):
     check_optimizer(target, OPTIMIZERS[case])
+
+
+# autocast: op -> (build, specs, forward fn or None, the op class of the output: "low" for
+# matmul-like ops (the autocast dtype), "f32cuda" for ops CUDA autocast runs in float32
+# (softmax, norms), "f32" for losses (float32 on every device)). See Note [Autocast].
+AUTOCAST_CASES = {
+    "linear": (lambda: nn.Linear(8, 5), [(3, 8)], None, "low"),
+    "conv2d": (lambda: nn.Conv2d(2, 3, 3, padding=1), [(2, 2, 5, 5)], None, "low"),
+    "conv1d": (lambda: nn.Conv1d(2, 3, 3), [(2, 2, 7)], None, "low"),
+    "matmul": (lambda: None, [(2, 3, 8), (8, 4)], lambda _, a, b: a @ b, "low"),
+    "softmax": (lambda: nn.Linear(8, 6), [(3, 8)], lambda m, x: F.softmax(m(x), -1), "f32cuda"),
+    "layer_norm": (lambda: nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6)), [(3, 8)], None,
+                   "f32cuda"),
+    "cross_entropy": (lambda: nn.Linear(8, 5), [(4, 8), ("long", 5, (4,))],
+                      lambda m, x, t: F.cross_entropy(m(x), t), "f32"),
+    "mse_loss": (lambda: nn.Linear(8, 5), [(4, 8), (4, 5)], lambda m, x, t: F.mse_loss(m(x), t),
+                 "f32"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", sorted(AUTOCAST_CASES))
+def test_autocast_parity(target, case, dtype):
+    """Under autocast the target matches the CPU's float32 result within the low precision,
+    and each output has the dtype the policy gives it (bfloat16 is emulated in float32)."""
+    build, specs, fn, kind = AUTOCAST_CASES[case]
+    dt = getattr(tensor, dtype)
+    out = check_case(target, build, specs, fn, rtol=3e-2, atol=3e-2, amp=dt)[0]
+    low = tensor.float32 if dtype == "bfloat16" else tensor.float16
+    on_gpu = device_of(target) == "cuda"
+    # CPU autocast leaves softmax and norms to type promotion (not what this file checks)
+    want = {"low": low, "f32": tensor.float32, "f32cuda": tensor.float32 if on_gpu else None}[kind]
+    assert want is None or out.dtype == want, \
+        f"{case} under autocast({dtype}) gave {out.dtype}, want {want}"
