@@ -184,7 +184,11 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return "fake_cupy." + repr(self._a)
 
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key, "__getitem__", allow_numpy=True)], self)
+        k = _unwrap(key, "__getitem__", allow_numpy=True)
+        y = self._a[k]
+        if isinstance(y, np.generic):  # CuPy's element is a 0-d view, not a copied scalar
+            y = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
+        return _wrap(y, self)
 
     def __setitem__(self, key, value):
         k = _unwrap(key, "__setitem__", allow_numpy=True)
@@ -294,9 +298,10 @@ _HOST_OK = ("asarray", "array", "ascontiguousarray", "asanyarray")
 def _make_module():
     m = _Module("cupy", np)
     m.ndarray = ndarray
-    for n in _HOST_OK:  # host -> device copies accept numpy input
-        setattr(m, n, (lambda f: lambda a, *r, **k: _call(f, "asarray", (a,) + r, k, True))(
-            getattr(np, n)))
+    for n in _HOST_OK:  # host -> device copies accept numpy input (and always copy it)
+        setattr(m, n, (lambda f: lambda a, *r, **k: _call(
+            f, "asarray", (np.array(a) if isinstance(a, (np.ndarray, np.generic)) else a,) + r,
+            k, True))(getattr(np, n)))
     m.asnumpy = lambda a, *r, **k: a._a.copy() if isinstance(a, ndarray) else np.asarray(a)
     m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
     rnd = _Module("cupy.random", np.random)
