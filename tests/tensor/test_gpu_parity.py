@@ -37,6 +37,13 @@ def _mha(m, q, k, v, *masks):
     return m(q, k, v, **kw)
 
 
+def _packed(m, x):
+    """An RNN over a PackedSequence of unsorted lengths, unpacked again."""
+    rnn_utils = nn.utils.rnn
+    out, h = m(rnn_utils.pack_padded_sequence(x, [4, 2, 6], enforce_sorted=False))
+    return rnn_utils.pad_packed_sequence(out)[0], h
+
+
 def _rnn(m, x, *h):
     return m(x, tuple(h) if len(h) > 1 else h[0]) if h else m(x)
 
@@ -150,6 +157,7 @@ MODULE_CASES = {
     "LSTM": (lambda: nn.LSTM(4, 5, num_layers=2), [(6, 2, 4), (2, 2, 5), (2, 2, 5)], _rnn, True),
     "LSTM-proj": (lambda: nn.LSTM(4, 5, proj_size=3, bidirectional=True), [(6, 2, 4)], None,
                   True),
+    "LSTM-packed": (lambda: nn.LSTM(4, 5, bidirectional=True), [(6, 3, 4)], _packed, True),
     "GRU": (lambda: nn.GRU(4, 5, bidirectional=True, batch_first=True), [(2, 6, 4)], None, True),
     "RNNBase": (lambda: nn.RNNBase("GRU", 4, 5), [(6, 2, 4)], None, True),
     "RNNCell": (lambda: nn.RNNCell(4, 5), [(3, 4), (3, 5)], None, True),
@@ -321,3 +329,75 @@ def test_autocast_parity(target, case, dtype):
     want = {"low": low, "f32": tensor.float32, "f32cuda": tensor.float32 if on_gpu else None}[kind]
     assert want is None or out.dtype == want, \
         f"{case} under autocast({dtype}) gave {out.dtype}, want {want}"
+
+
+FACTORIES = {  # name -> (fn(device), deterministic: values must equal the CPU's)
+    "zeros": (lambda d: tensor.zeros(2, 3, device=d), True),
+    "ones_like": (lambda d: tensor.ones_like(tensor.zeros(2, device=d), dtype=tensor.int64), True),
+    "full": (lambda d: tensor.full((2, 2), 1.5, device=d), True),
+    "eye": (lambda d: tensor.eye(3, 4, device=d), True),
+    "arange": (lambda d: tensor.arange(0.5, 3, 0.5, device=d), True),
+    "linspace": (lambda d: tensor.linspace(-1, 1, 5, device=d), True),
+    "rand": (lambda d: tensor.rand(3, 4, device=d), False),
+    "randn-f16": (lambda d: tensor.randn(3, 4, dtype=tensor.float16, device=d), False),
+    "randint": (lambda d: tensor.randint(0, 5, (6,), device=d), False),
+    "randperm": (lambda d: tensor.randperm(7, device=d), False),
+    "multinomial": (lambda d: tensor.multinomial(tensor.ones(2, 4, device=d), 3), False),
+    "normal": (lambda d: tensor.normal(1.0, 2.0, size=(3,), device=d), False),
+    "randn_like": (lambda d: tensor.randn_like(tensor.zeros(2, 3, device=d)), False),
+    "dropout-train": (lambda d: F.dropout(tensor.ones(4, 5, device=d), 0.5), False),
+    "init.kaiming_uniform_": (lambda d: nn.init.kaiming_uniform_(tensor.empty(4, 3, device=d)),
+                              False),
+    "init.orthogonal_": (lambda d: nn.init.orthogonal_(tensor.empty(4, 3, device=d)), False),
+    "init.trunc_normal_": (lambda d: nn.init.trunc_normal_(tensor.empty(4, 3, device=d)), False),
+    "Categorical.sample": (lambda d: tensor.distributions.Categorical(
+        logits=tensor.zeros(2, 3, device=d)).sample((4,)), False),
+    "Categorical.enumerate_support": (lambda d: tensor.distributions.Categorical(
+        probs=tensor.ones(2, 3, device=d)).enumerate_support(), True),
+    "Normal.rsample": (lambda d: tensor.distributions.Normal(
+        tensor.zeros(3, device=d), tensor.ones(3, device=d)).rsample((2,)), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FACTORIES))
+def test_factories_and_sampling_on_device(target, case):
+    """Creation, random draws, init and sampling land on the target with the CPU's dtype and
+    shape (and, for deterministic ones, the CPU's values)."""
+    fn, deterministic = FACTORIES[case]
+    dev = device_of(target)
+    tensor.manual_seed(0)
+    want = fn("cpu")
+    tensor.manual_seed(0)
+    got = fn(dev)
+    assert str(got.device).split(":")[0] == dev, f"{case} made a tensor on {got.device}"
+    assert got.dtype == want.dtype and tuple(got.shape) == tuple(want.shape)
+    if deterministic:
+        np.testing.assert_array_equal(host(got), host(want))
+
+
+def test_grad_scaler_parity(target):
+    """GradScaler on the target: same skipped step (an inf gradient), same scale growth and
+    backoff, same parameters as on the CPU."""
+    dev = device_of(target)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 2))
+    results = []
+    for d in ("cpu", dev):
+        tensor.manual_seed(0)
+        m = nn.Linear(4, 2).to(d)
+        opt = tensor.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        scaler = tensor.amp.GradScaler(d, init_scale=2.0 ** 10, growth_interval=2)
+        scales = []
+        for step in range(5):
+            opt.zero_grad()
+            loss = F.mse_loss(m(T(x, device=d)), T(y.astype(np.float32), device=d))
+            scaler.scale(loss).backward()
+            if step == 1:
+                m.weight.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        results.append((scales, [host(p) for p in m.parameters()]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[1][1], results[0][1]):
+        close(a, b, "parameter after scaled steps")
