@@ -232,6 +232,9 @@ FUNCTIONAL_CASES = {  # functional losses and functions no module covers
     "sdpa-mask": (lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
                   [(2, 5, 4), (2, 6, 4), (2, 6, 3), ("const", ~KPM[:, None, :])]),
     "max_pool1d_with_indices": (lambda x: F.max_pool1d_with_indices(x, 2), [(2, 3, 6)]),
+    "scatter_add-int64": (lambda i: tensor.zeros(2, 5, dtype=tensor.int64, device=i.device)
+                          .scatter_add(1, i, i * 3 + 2 ** 40), [("long", 5, (2, 8))]),
+    "getitem-repeated": (lambda x, i: x[i] * 2, [(4, 3), ("const", [1, 1, 3])]),
     "pad-reflect": (lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"), [(1, 2, 4, 4)]),
     "batch_norm": (lambda x: F.batch_norm(x, None, None, training=True), [(4, 3)]),
     "instance_norm": (lambda x: F.instance_norm(x), [(2, 3, 5)]),
