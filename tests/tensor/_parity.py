@@ -13,11 +13,21 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 
 import tensor
 from tensor import backend
+from tests.helpers import requires_cupy
+from tests.tensor import _fake_cupy
 
 RTOL, ATOL = 2e-4, 2e-5   # float32, reduction order differs on a GPU
+
+
+@pytest.fixture(params=["cpu", "fake", pytest.param("cuda", marks=requires_cupy)])
+def target(request, monkeypatch):
+    if request.param == "fake":
+        _fake_cupy.install(monkeypatch)
+    return request.param
 
 
 def device_of(target: str) -> str:
