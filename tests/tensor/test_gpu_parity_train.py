@@ -30,6 +30,9 @@ class _Clipped:
         self.opt.step()
         return loss
 
+    def zero_grad(self):
+        self.opt.zero_grad()
+
     def state_dict(self):
         return self.opt.state_dict()
 
