@@ -242,14 +242,16 @@ class _Ufunc:
 
     def at(self, a, indices, b=None):
         USED.add((f"cupy.{self.__name__}.at", ()))
-        vals = _unwrap(b, f"{self.__name__}.at")
-        dt = np.asarray(vals).dtype if vals is not None else a.dtype
+        # CuPy casts b to a's dtype (a numpy b is copied over) and then needs a dtype its
+        # atomic scatter kernels have
         if self.__name__ not in ("add", "subtract", "maximum", "minimum") or \
-                a.dtype not in AT_DTYPES or np.result_type(dt, a.dtype) not in AT_DTYPES:
-            raise TypeError(f"fake cupy: {self.__name__}.at on {a.dtype} (values {dt}) is not "
-                            "supported by CuPy's scatter kernels (int32, uint32, uint64, "
-                            "float16, float32, float64 only)")
-        self._uf.at(_unwrap(a, "ufunc.at"), _unwrap(indices, "ufunc.at", True), vals)
+                a.dtype not in AT_DTYPES:
+            raise TypeError(f"fake cupy: {self.__name__}.at on {a.dtype} is not supported by "
+                            "CuPy's scatter kernels (int32, uint32, uint64, float16, float32, "
+                            "float64 only)")
+        vals = _unwrap(b, f"{self.__name__}.at", allow_numpy=True)
+        self._uf.at(_unwrap(a, "ufunc.at"), _unwrap(indices, "ufunc.at", True),
+                    None if vals is None else np.asarray(vals).astype(a.dtype))
 
     def reduce(self, *a, **k):
         return _call(self._uf.reduce, f"{self.__name__}.reduce", a, k)

@@ -268,3 +268,36 @@ def test_loss_parity(target, case):
 def test_functional_parity(target, case):
     fn, specs = FUNCTIONAL_CASES[case]
     check_case(target, lambda: None, specs, lambda _, *xs: fn(*xs))
+
+
+class _Skewed(nn.Module):
+    """Off by 1e-2 on a GPU: the harness must notice."""
+
+    def forward(self, x):
+        return x + (0.01 if x.device.type == "cuda" else 0.0)
+
+
+def test_harness_fails_on_a_device_mismatch(monkeypatch):
+    _parity._fake_cupy.install(monkeypatch)
+    with pytest.raises(AssertionError, match="output 0"):
+        check_case("fake", _Skewed, [(3, 4)])
+
+
+def test_fake_cupy_refuses_what_cupy_refuses(monkeypatch):
+    """The fake target is only worth running if it fails where CuPy would."""
+    _parity._fake_cupy.install(monkeypatch)
+    a = tensor.ones(2, 3, device="cuda").array
+    with pytest.raises(TypeError):
+        a + np.ones((2, 3), np.float32)            # host and device arrays in one kernel
+    with pytest.raises(TypeError):
+        np.asarray(a)                              # implicit device -> host conversion
+    with pytest.raises(TypeError):
+        a[...] = np.zeros((2, 3), np.float32)      # CuPy's fill refuses a numpy array
+    x = a[0, 1]                                    # an element is a 0-d view, as in CuPy
+    a[0, 1] = 5.0
+    assert float(x) == 5.0 and not isinstance(a.sum(), np.generic)
+    with pytest.raises(TypeError, match="scatter"):
+        backend_xp = tensor.backend.get_array_module(a)
+        backend_xp.add.at(backend_xp.zeros(3, np.int64), backend_xp.asarray([0, 0]), 1)
+    with pytest.raises(AttributeError):
+        backend_xp.random.default_rng(0).normal(size=2)   # CuPy's Generator has no normal()
