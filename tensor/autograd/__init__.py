@@ -141,7 +141,7 @@ def gradgradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=
     outs0 = [out0] if isinstance(out0, Tensor) else list(out0)
     rng = np.random.default_rng(0)
     from ..creation import tensor as _t
-    gos = [_t(rng.normal(size=o.array.shape)) for o in outs0]
+    gos = [_t(rng.normal(size=o.array.shape), device=o.device) for o in outs0]
 
     def first(*xs):
         out = func(*xs)

@@ -166,3 +166,12 @@ def test_grad_scaler_parity(target):
     assert results[0][0] == results[1][0]
     for a, b in zip(results[1][1], results[0][1]):
         close(a, b, "parameter after scaled steps")
+
+
+def test_gradcheck_and_gradgradcheck_on_device(target):
+    """autograd.gradcheck perturbs device tensors in place and reads gradients back."""
+    rng = np.random.default_rng(0)
+    x = T(rng.normal(size=(3, 2)), device=device_of(target), requires_grad=True)
+    w = T(rng.normal(size=(2,)), device=device_of(target), requires_grad=True)
+    assert tensor.autograd.gradcheck(lambda a, b: (a * b).sin(), (x, w))
+    assert tensor.autograd.gradgradcheck(lambda a, b: (a * b).sin(), (x, w))
