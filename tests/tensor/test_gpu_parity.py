@@ -229,6 +229,9 @@ FUNCTIONAL_CASES = {  # functional losses and functions no module covers
     "scatter_add-int64": (lambda i: tensor.zeros(2, 5, dtype=tensor.int64, device=i.device)
                           .scatter_add(1, i, i * 3 + 2 ** 40), [("long", 5, (2, 8))]),
     "getitem-repeated": (lambda x, i: x[i] * 2, [(4, 3), ("const", [1, 1, 3])]),
+    "sort+topk": (lambda x, s: (x.sort(1, descending=True)[0] * 2, x.topk(2, 0)[0],
+                                x.argsort(0, stable=True), s.sort()[0], s.topk(1)[1]),
+                  [(4, 3), ()]),
     "pad-reflect": (lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"), [(1, 2, 4, 4)]),
     "batch_norm": (lambda x: F.batch_norm(x, None, None, training=True), [(4, 3)]),
     "instance_norm": (lambda x: F.instance_norm(x), [(2, 3, 5)]),
