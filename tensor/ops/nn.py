@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .._autocast import policy as _policy
-from .. import dtypes
+from .. import backend, dtypes
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _operands, _wrap, _xp
@@ -143,10 +143,13 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     C = lp.shape[1]
     valid = t != ignore_index
     tc = xp.where(valid, t, 0)
-    if tc.size and (int(tc.min()) < 0 or int(tc.max()) >= C):
-        bad = int(backend_to_scalar(tc[(tc < 0) | (tc >= C)][0]))
-        raise IndexError(f"nll_loss: target {bad} is out of bounds for {C} classes; expected "
-                         f"targets in [0, {C - 1}] or ignore_index={ignore_index}.")
+    # checked on the device, no host sync (Note [Device asserts] in tensor/_device_checks.py)
+    backend.assert_in_range(
+        xp, tc, 0, C, f"nll_loss: a target is out of bounds for {C} classes; expected targets "
+        f"in [0, {C - 1}] or ignore_index={ignore_index}.",
+        host_message=lambda: f"nll_loss: target {int(tc[(tc < 0) | (tc >= C)][0])} is out of "
+        f"bounds for {C} classes; expected targets in [0, {C - 1}] or "
+        f"ignore_index={ignore_index}.")
     if lp.ndim == 2:  # (N, C): plain fancy indexing, the common case
         rows = xp.arange(lp.shape[0])
         picked = lp[rows, tc]
@@ -189,10 +192,6 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
         y = y[0]
     # target is saved (checked) as in PyTorch, though the gradient uses a copy of it
     return from_op(xp.asarray(y), (logp, target), backward, "nll_loss", saved=(target,))
-
-
-def backend_to_scalar(x):
-    return x.item() if hasattr(x, "item") else x
 
 
 @_policy("cross_entropy")  # cast before log_softmax, not after (PyTorch's order)
@@ -272,10 +271,11 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
     if input.array.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be an integer tensor, got {input.array.dtype}")
     n = weight.array.shape[0]
-    if input.array.size and (int(input.array.max()) >= n or int(input.array.min()) < 0):
-        raise IndexError(f"embedding: index out of range; indices span "
-                         f"[{int(input.array.min())}, {int(input.array.max())}] but the table has "
-                         f"{n} rows.")
+    ix = input.array
+    backend.assert_in_range(
+        _xp(input), ix, 0, n, f"embedding: index out of range; the table has {n} rows.",
+        host_message=lambda: f"embedding: index out of range; indices span "
+        f"[{int(ix.min())}, {int(ix.max())}] but the table has {n} rows.")
     if max_norm is not None:
         _embedding_renorm_(weight, input.array, max_norm, norm_type)
     if padding_idx is None:
@@ -300,9 +300,10 @@ def one_hot(t, num_classes=-1):
         raise TypeError(f"one_hot: expected an integer tensor, got {d.dtype}")
     if num_classes < 0:
         num_classes = int(d.max()) + 1 if d.size else 0
-    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
-        raise RuntimeError(f"one_hot: class values must be in [0, {num_classes - 1}], got "
-                           f"[{int(d.min())}, {int(d.max())}]")
+    backend.assert_in_range(
+        xp, d, 0, num_classes, f"one_hot: class values must be in [0, {num_classes - 1}]",
+        RuntimeError, host_message=lambda: f"one_hot: class values must be in "
+        f"[0, {num_classes - 1}], got [{int(d.min())}, {int(d.max())}]")
     return _new((d[..., None] == xp.arange(num_classes)).astype(np.int64))
 
 
