@@ -310,8 +310,57 @@ def _make_module():
     rnd.default_rng = _Generator
     m.random = rnd
     m.cuda = types.SimpleNamespace(
-        Device=lambda i=0: _Dev(), runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+        Device=lambda i=None: _Dev(), get_current_stream=_Stream,
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
+        pinned_memory=types.SimpleNamespace(is_memory_pinned=lambda ptr: False))
+    m.ElementwiseKernel = _elementwise_kernel
     return m
+
+
+class _Stream:
+    """The one (null) stream: nothing is asynchronous on the CPU."""
+
+    ptr = 0
+
+    def is_capturing(self):
+        return False
+
+    def record(self):
+        return types.SimpleNamespace(done=True, synchronize=lambda: None)
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+def _flag(flags, slot, bad):
+    if np.any(bad):
+        flags[int(slot)] = 1
+
+
+def _unscale(x, inv, g, found):
+    g[...] = (x.astype(np.float64) * inv).astype(g.dtype)
+    _flag(found, 0, ~np.isfinite(g))
+
+
+# numpy transcriptions of the ElementwiseKernels zgrad builds (by kernel name); the fused
+# RawKernels are off under the fake (ZGRAD_FUSED_KERNELS=0): their tests have their own double
+KERNELS = {
+    "zgrad_device_assert": lambda bad, slot, flags: _flag(flags, slot, bad),
+    "zgrad_assert_range": lambda x, lo, hi, slot, flags: _flag(flags, slot,
+                                                               (x < lo) | (x >= hi)),
+    "zgrad_unscale_check": _unscale,
+}
+
+
+def _elementwise_kernel(in_params, out_params, operation, name="kernel", **kw):
+    fn = KERNELS.get(name)
+    if fn is None:
+        raise NotImplementedError(f"fake cupy: no numpy transcription of ElementwiseKernel "
+                                  f"{name!r}; add one to tests/tensor/_fake_cupy.KERNELS")
+    return lambda *args, **k: fn(*_unwrap(args, name, allow_numpy=True))
 
 
 fake = _make_module()
@@ -326,6 +375,7 @@ def install(monkeypatch):
     """Make tensor.backend's cupy this fake for the current test."""
     from tensor import backend
     monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setenv("ZGRAD_FUSED_KERNELS", "0")  # the eager (xp) paths are what this checks
     special = types.ModuleType("cupyx.scipy.special")
     special.erf = _erf
     scipy = types.ModuleType("cupyx.scipy")
