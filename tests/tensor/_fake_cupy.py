@@ -376,6 +376,9 @@ def install(monkeypatch):
     from tensor import backend
     monkeypatch.setattr(backend, "cupy", fake)
     monkeypatch.setenv("ZGRAD_FUSED_KERNELS", "0")  # the eager (xp) paths are what this checks
+    from tensor import _device_checks
+    for name in ("_pending", "_flag_bufs"):  # deferred device asserts: fresh per test
+        monkeypatch.setattr(_device_checks, name, {})
     special = types.ModuleType("cupyx.scipy.special")
     special.erf = _erf
     scipy = types.ModuleType("cupyx.scipy")
