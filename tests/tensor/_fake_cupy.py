@@ -83,7 +83,23 @@ def _wrap(v, parent=None):
     return v
 
 
-USED = set()  # (where, sorted keyword names) of every call: to check against the real CuPy API
+USED = set()  # (where, sorted keyword names) of every call: see missing_in()
+
+
+def missing_in(cupy) -> list:
+    """The functions and ndarray methods the fake served (USED) that the real `cupy` lacks:
+    where the fake is more lenient than CuPy (run on a machine with CuPy)."""
+    out = []
+    for where, _ in sorted(USED):
+        if where.startswith("cupy.") and not where.endswith(".at"):
+            obj = cupy
+            for part in where.split(".")[1:]:
+                obj = getattr(obj, part, None)
+            if obj is None:
+                out.append(where)
+        elif where.startswith("ndarray.") and not hasattr(cupy.ndarray, where[8:]):
+            out.append(where)
+    return out
 
 
 def _call(fn, where, args, kw, allow_numpy=False, parent=None):

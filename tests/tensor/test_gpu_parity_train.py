@@ -10,6 +10,7 @@ import pytest
 import tensor
 import tensor.nn as nn
 import tensor.nn.functional as F
+from tests.helpers import requires_cupy
 from tests.tensor import _parity
 from tests.tensor._parity import check_case, check_optimizer, close, device_of, host
 
@@ -175,3 +176,11 @@ def test_gradcheck_and_gradgradcheck_on_device(target):
     w = T(rng.normal(size=(2,)), device=device_of(target), requires_grad=True)
     assert tensor.autograd.gradcheck(lambda a, b: (a * b).sin(), (x, w))
     assert tensor.autograd.gradgradcheck(lambda a, b: (a * b).sin(), (x, w))
+
+
+@requires_cupy
+def test_fake_cupy_served_only_what_cupy_has():
+    """Run after the fake cases above: every function the fake served exists in CuPy."""
+    import cupy
+    assert _parity._fake_cupy.USED, "run with the fake cases of this file"
+    assert _parity._fake_cupy.missing_in(cupy) == []
