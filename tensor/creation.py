@@ -185,7 +185,8 @@ def multinomial(probs, num_samples, replacement=False, generator=None) -> Tensor
                                f"{int((row > 0).sum())} non-zero categories without replacement")
         out.append(rng.choice(len(row), size=num_samples, replace=replacement, p=row / s))
     r = np.asarray(out, np.int64)
-    return _new(r[0] if p.ndim == 1 else r)
+    dev = probs.device if isinstance(probs, Tensor) else backend.CPU  # as torch: probs' device
+    return _new(backend.to_device(r[0] if p.ndim == 1 else r, dev))
 
 
 def normal(mean, std, size=None, generator=None, dtype=None, device=None) -> Tensor:

@@ -84,6 +84,8 @@ class Generator:
         self.np_rng.bit_generator.state = state
         if cuda_seed is not None:
             self._cupy_rng = backend.xp_for(backend.device("cuda")).random.default_rng(cuda_seed)
+        else:  # no CuPy stream at the snapshot: the next CUDA draw seeds one from np_rng again
+            self._cupy_rng = None
 
     def cupy_rng(self):
         """The CuPy generator for CUDA draws, seeded from this generator."""

@@ -60,6 +60,12 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
                  create_graph=create_graph)
 
 
+def _host(t):
+    """A tensor's values as a float64 numpy array (copied from the GPU when there)."""
+    from .. import backend
+    return backend.to_numpy(t.array).astype(np.float64)
+
+
 def _jacobians(func, inputs, eps):
     """Analytical and numerical Jacobians of func at inputs (lists per differentiable input)."""
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
@@ -77,17 +83,17 @@ def _jacobians(func, inputs, eps):
             go = np.zeros(o.array.shape, o.array.dtype)
             go.reshape(-1)[k] = 1
             from ..creation import tensor as _t
-            gs = grad([o], [inputs[i] for i in diff], [_t(go)], retain_graph=True,
+            gs = grad([o], [inputs[i] for i in diff], [_t(go, device=o.device)], retain_graph=True,
                       allow_unused=True)
             for j, g in enumerate(gs):
                 if g is not None:
-                    analytic[j][row] = np.asarray(g.array).reshape(-1)
+                    analytic[j][row] = _host(g).reshape(-1)
             row += 1
     numeric = [np.zeros_like(a) for a in analytic]
     for j, i in enumerate(diff):
         x = inputs[i].array.reshape(-1)
         for k in range(x.size):
-            old = x[k]
+            old = x[k].copy()  # on CuPy x[k] is a 0-d view that the writes below change
             # not under no_grad: func may itself call grad() (gradgradcheck)
             x[k] = old + eps
             fp = func(*inputs)
@@ -96,7 +102,7 @@ def _jacobians(func, inputs, eps):
             x[k] = old
             fp = [fp] if isinstance(fp, Tensor) else list(fp)
             fm = [fm] if isinstance(fm, Tensor) else list(fm)
-            d = np.concatenate([((np.asarray(a.array, np.float64) - np.asarray(b.array, np.float64))
+            d = np.concatenate([((_host(a) - _host(b))
                                  / (2 * eps)).reshape(-1) for a, b in zip(fp, fm)
                                 if a.array.dtype.kind == "f"]) if n_out else np.zeros(0)
             numeric[j][:, k] = d
@@ -135,7 +141,7 @@ def gradgradcheck(func, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=
     outs0 = [out0] if isinstance(out0, Tensor) else list(out0)
     rng = np.random.default_rng(0)
     from ..creation import tensor as _t
-    gos = [_t(rng.normal(size=o.array.shape)) for o in outs0]
+    gos = [_t(rng.normal(size=o.array.shape), device=o.device) for o in outs0]
 
     def first(*xs):
         out = func(*xs)

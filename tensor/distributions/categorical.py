@@ -87,5 +87,6 @@ class Categorical(Distribution):
 
     def enumerate_support(self, expand=True) -> Tensor:
         from ..creation import arange
-        values = arange(self._num_events).reshape((-1,) + (1,) * len(self.batch_shape))
+        param = self._probs if self._probs is not None else self._logits
+        values = arange(self._num_events, device=param.device).reshape((-1,) + (1,) * len(self.batch_shape))
         return values.expand((-1,) + tuple(self.batch_shape)) if expand else values

@@ -103,7 +103,7 @@ def prod(a, dim=None, keepdim=False, dtype=None):
         left = xp.cumprod(xp.concatenate([ones, xt[..., :-1]], -1), -1)
         right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(xt, -1)[..., :-1]], -1), -1), -1)
         excl = (left * right).reshape([shape[i] for i in perm])
-        inv = np.argsort(perm)
+        inv = tuple(np.argsort(perm).tolist())  # axes as ints: CuPy takes no numpy array here
         excl = xp.transpose(excl, inv)
         return (_expand_back(gy, shape, axes, keepdim) * _new(excl),)
     return from_op(y, (a,), backward, "prod", save_output=True)

@@ -37,7 +37,7 @@ def sort(a, dim=-1, descending=False, stable=False):
     """(values, indices) sorted along dim, as torch.sort."""
     x = a.array
     if x.ndim == 0:
-        return values_indices(a, _new(np.zeros((), np.int64)))
+        return values_indices(a, _new(_xp(a).zeros((), np.int64)))  # on a's device
     (axis,) = _dims(dim, x.ndim, "sort")
     idx = _order(_xp(a), x, axis, descending, stable).astype(np.int64, copy=False)
     return values_indices(_pick(a, axis, idx, "sort"), _new(idx))
@@ -59,7 +59,7 @@ def topk(a, k, dim=-1, largest=True, sorted=True):
                            f"expected 0 <= k <= {n}.")
     xp = _xp(a)
     if x.ndim == 0:
-        return values_indices(a, _new(np.zeros((), np.int64)))
+        return values_indices(a, _new(_xp(a).zeros((), np.int64)))  # on a's device
     # a full stable sort: ties resolve to the lower index, like PyTorch's CPU topk
     idx = _order(xp, x, axis, largest, True)
     sl = [slice(None)] * x.ndim

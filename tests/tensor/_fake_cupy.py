@@ -1,0 +1,405 @@
+"""A strict stand-in for CuPy on the CPU: catches numpy-on-CuPy bugs without a GPU.
+
+``install(monkeypatch)`` makes ``tensor.backend.cupy`` this module: 'cuda' tensors then hold
+``ndarray``, a wrapper around a numpy array that behaves as CuPy's where the two differ in ways
+that break code written for numpy:
+  - mixing with a numpy array (``fake + np_array``, ``xp.where(m, np_a, b)``, ``np.asarray(fake)``,
+    ``fake[...] = np_array``) raises TypeError, as CuPy's kernels and implicit conversion do;
+  - reductions and element indexing return 0-d arrays, never numpy scalars;
+  - a numpy function called on it dispatches to the fake module (``__array_function__``) and
+    fails when CuPy lacks the function (the names CuPy lacks that zgrad could reach are listed
+    in ``MISSING``);
+  - ``ufunc.at`` accepts only the dtypes CuPy's scatter kernels do (no int64, no bool);
+  - its random Generator has only the methods CuPy's has (no ``normal``, ``permutation``, ...).
+Results are numpy's, so a parity test against the CPU checks the code path, not the numbers.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+# top-level names, ndarray attributes and Generator methods numpy has and CuPy 14.2 lacks
+MISSING = {"errstate", "seterr", "geterr", "add_docstring", "asfarray", "msort", "alltrue",
+           "sometrue", "product", "cumproduct", "in1d", "row_stack", "trapz", "float128",
+           "complex256", "longdouble", "object_", "str_", "bytes_", "void", "datetime64",
+           "timedelta64", "char", "rec", "ma", "ctypeslib", "polynomial", "nditer",
+           "ndenumerate", "ndindex", "frompyfunc", "vectorize", "piecewise", "apply_along_axis",
+           "apply_over_axes", "memmap", "format_parser", "recarray", "chararray", "matrix",
+           "asmatrix", "bmat", "busday_count", "is_busday", "datetime_as_string", "nanpercentile"}
+MISSING_ATTR = {"itemset", "ctypes", "__array_interface__", "tostring", "newbyteorder",
+                "setflags", "resize", "getfield", "setfield", "byteswap", "dumps", "partition"}
+GENERATOR_METHODS = {"random", "standard_normal", "integers", "uniform", "beta", "binomial",
+                     "exponential", "gamma", "poisson", "standard_exponential", "standard_gamma"}
+AT_DTYPES = {np.dtype(t) for t in ("int32", "uint32", "uint64", "float16", "float32", "float64")}
+
+
+class _Dev:
+    id = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mixed(where):
+    raise TypeError(f"fake cupy: a numpy array reached {where}; CuPy refuses to mix host "
+                    "and device arrays (use xp = backend.get_array_module(x) and xp.asarray).")
+
+
+def _unwrap(v, where, allow_numpy=False):
+    """Inner numpy arrays of fakes in v (recursively); a real numpy array is an error."""
+    if isinstance(v, ndarray):
+        return v._a
+    if type(v) is np.ndarray:
+        if not allow_numpy and v.ndim > 0:
+            _mixed(where)
+        return v
+    if isinstance(v, (list, tuple)):
+        return type(v)(_unwrap(e, where, allow_numpy) for e in v)
+    if isinstance(v, dict):
+        return {k: _unwrap(e, where, allow_numpy) for k, e in v.items()}
+    return v
+
+
+def _wrap(v, parent=None):
+    """Fakes around the numpy arrays in v; a view of parent's memory gets parent's owner as
+    its ``base`` (CuPy's views keep their owner alive and report it, as numpy's do)."""
+    if isinstance(v, np.ndarray):
+        w = ndarray(v)
+        if parent is not None and v.base is not None and (v.base is parent._a or
+                                                          v.base is parent._a.base):
+            w._own = parent if parent._own is None else parent._own
+        return w
+    if isinstance(v, np.generic):
+        return ndarray(np.asarray(v))
+    if isinstance(v, tuple):
+        return tuple(_wrap(e, parent) for e in v)
+    if isinstance(v, list):
+        return [_wrap(e, parent) for e in v]
+    return v
+
+
+USED = set()  # (where, sorted keyword names) of every call: see missing_in()
+
+
+def missing_in(cupy) -> list:
+    """The functions and ndarray methods the fake served (USED) that the real `cupy` lacks:
+    where the fake is more lenient than CuPy (run on a machine with CuPy)."""
+    out = []
+    for where, _ in sorted(USED):
+        if where.startswith("cupy.") and not where.endswith(".at"):
+            obj = cupy
+            for part in where.split(".")[1:]:
+                obj = getattr(obj, part, None)
+            if obj is None:
+                out.append(where)
+        elif where.startswith("ndarray.") and not hasattr(cupy.ndarray, where[8:]):
+            out.append(where)
+    return out
+
+
+def _call(fn, where, args, kw, allow_numpy=False, parent=None):
+    USED.add((where, tuple(sorted(kw))))
+    if parent is None:
+        parent = next((a for a in args if isinstance(a, ndarray)), None)
+    return _wrap(fn(*_unwrap(args, where, allow_numpy), **_unwrap(kw, where, allow_numpy)),
+                 parent)
+
+
+class ndarray:  # noqa: N801 (CuPy's name)
+    """A device array stand-in: a numpy array that refuses to mix with numpy arrays."""
+
+    __slots__ = ("_a", "_own")
+    __array_priority__ = 100
+    device = _Dev()
+
+    def __init__(self, a):
+        self._a, self._own = a, None
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        return getattr(_Ufunc(ufunc), method if method != "__call__" else "__call__")(*inputs,
+                                                                                     **kw)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        name = func.__name__
+        mod = func.__module__.split(".")[1:]
+        if name in MISSING or (mod and mod[0] not in ("linalg", "fft", "lib", "random")):
+            return NotImplemented
+        return _call(func, f"numpy.{name}", args, kwargs)
+
+    # attributes
+    shape = property(lambda s: s._a.shape)
+    dtype = property(lambda s: s._a.dtype)
+    ndim = property(lambda s: s._a.ndim)
+    size = property(lambda s: s._a.size)
+    strides = property(lambda s: s._a.strides)
+    itemsize = property(lambda s: s._a.itemsize)
+    nbytes = property(lambda s: s._a.nbytes)
+    T = property(lambda s: _wrap(s._a.T, s))
+    mT = property(lambda s: _wrap(s._a.mT, s))
+    flags = property(lambda s: types.SimpleNamespace(c_contiguous=s._a.flags.c_contiguous,
+                                                     f_contiguous=s._a.flags.f_contiguous,
+                                                     owndata=s._a.flags.owndata))
+    base = property(lambda s: s._own if s._own is not None or s._a.base is None
+                    else ndarray(s._a.base))
+    data = property(lambda s: types.SimpleNamespace(ptr=s._a.__array_interface__["data"][0]))
+
+    def __getattr__(self, name):
+        if name in MISSING_ATTR or name.startswith("__"):
+            raise AttributeError(f"'cupy.ndarray' object has no attribute '{name}'")
+        USED.add((f"ndarray.{name}", ()))
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return _wrap(attr)
+        return lambda *a, **k: _call(attr, f"ndarray.{name}", a, k, parent=self)
+
+    def get(self, stream=None, order="C", out=None):
+        return self._a.copy()
+
+    def set(self, arr, stream=None):
+        self._a[...] = arr
+
+    def item(self):
+        return self._a.item()
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(e) for e in self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        if self._a.dtype.kind not in "iu" or self._a.ndim:
+            raise TypeError("only integer scalar arrays can be converted to a scalar index")
+        return int(self._a)
+
+    def __complex__(self):
+        return complex(self._a)
+
+    def __repr__(self):
+        return "fake_cupy." + repr(self._a)
+
+    def __getitem__(self, key):
+        k = _unwrap(key, "__getitem__", allow_numpy=True)
+        y = self._a[k]
+        if isinstance(y, np.generic):  # CuPy's element is a 0-d view, not a copied scalar
+            y = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
+        return _wrap(y, self)
+
+    def __setitem__(self, key, value):
+        k = _unwrap(key, "__setitem__", allow_numpy=True)
+        advanced = any(isinstance(e, (np.ndarray, list)) for e in
+                       (k if isinstance(k, tuple) else (k,)))
+        # CuPy's setitem without an array index fills from a scalar or copies a cupy array
+        self._a[k] = _unwrap(value, "__setitem__ (a non-scalar numpy value)", advanced)
+
+    def __copy__(self):
+        return ndarray(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return ndarray(self._a.copy())
+
+    def __reduce__(self):
+        raise TypeError("fake cupy arrays are not picklable in this test double")
+
+
+def _binop(name):
+    def op(self, other):
+        f = getattr(self._a.__class__, name)
+        r = f(self._a, _unwrap(other, f"ndarray.{name}"))
+        return self if r is self._a else _wrap(r)
+    op.__name__ = name
+    return op
+
+
+for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+           "xor", "lshift", "rshift", "divmod"):
+    for _f in (f"__{_n}__", f"__r{_n}__", f"__i{_n}__"):
+        if hasattr(np.ndarray, _f):
+            setattr(ndarray, _f, _binop(_f))
+for _f in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__"):
+    setattr(ndarray, _f, _binop(_f))
+for _f in ("__neg__", "__pos__", "__abs__", "__invert__"):
+    setattr(ndarray, _f, (lambda f: lambda s: _wrap(getattr(s._a.__class__, f)(s._a)))(_f))
+ndarray.__hash__ = None
+
+
+class _Ufunc:
+    def __init__(self, uf):
+        self._uf = uf
+        self.__name__ = uf.__name__
+
+    def __call__(self, *args, **kw):
+        out = kw.get("out")
+        r = _call(self._uf, f"ufunc {self.__name__}", args, kw)
+        if out is not None:  # keep the caller's fake out array
+            return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+        return r
+
+    def at(self, a, indices, b=None):
+        USED.add((f"cupy.{self.__name__}.at", ()))
+        # CuPy casts b to a's dtype (a numpy b is copied over) and then needs a dtype its
+        # atomic scatter kernels have
+        if self.__name__ not in ("add", "subtract", "maximum", "minimum") or \
+                a.dtype not in AT_DTYPES:
+            raise TypeError(f"fake cupy: {self.__name__}.at on {a.dtype} is not supported by "
+                            "CuPy's scatter kernels (int32, uint32, uint64, float16, float32, "
+                            "float64 only)")
+        vals = _unwrap(b, f"{self.__name__}.at", allow_numpy=True)
+        self._uf.at(_unwrap(a, "ufunc.at"), _unwrap(indices, "ufunc.at", True),
+                    None if vals is None else np.asarray(vals).astype(a.dtype))
+
+    def reduce(self, *a, **k):
+        return _call(self._uf.reduce, f"{self.__name__}.reduce", a, k)
+
+    def accumulate(self, *a, **k):
+        return _call(self._uf.accumulate, f"{self.__name__}.accumulate", a, k)
+
+    def outer(self, *a, **k):
+        return _call(self._uf.outer, f"{self.__name__}.outer", a, k)
+
+
+class _Generator:
+    def __init__(self, seed=None):
+        self._g = np.random.default_rng(None if seed is None else int(seed))
+
+    def __getattr__(self, name):
+        if name not in GENERATOR_METHODS:
+            raise AttributeError(f"'cupy.random.Generator' object has no attribute '{name}'")
+        return lambda *a, **k: _call(getattr(self._g, name), f"Generator.{name}", a, k)
+
+
+class _Module(types.ModuleType):
+    """cupy (or one of its submodules) over numpy's namespace."""
+
+    def __init__(self, name, np_mod):
+        super().__init__(name)
+        self._np = np_mod
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in MISSING:
+            raise AttributeError(f"module '{self.__name__}' has no attribute '{name}'")
+        attr = getattr(self._np, name)
+        USED.add((f"{self.__name__}.{name}", ()))
+        if isinstance(attr, np.ufunc):
+            return _Ufunc(attr)
+        if isinstance(attr, types.ModuleType):
+            return _Module(f"{self.__name__}.{name}", attr)
+        if isinstance(attr, type) or not callable(attr):
+            return attr  # dtypes, finfo, constants
+        return lambda *a, **k: _call(attr, f"{self.__name__}.{name}", a, k)
+
+
+_HOST_OK = ("asarray", "array", "ascontiguousarray", "asanyarray")
+
+
+def _make_module():
+    m = _Module("cupy", np)
+    m.ndarray = ndarray
+    for n in _HOST_OK:  # host -> device copies accept numpy input (and always copy it)
+        setattr(m, n, (lambda f: lambda a, *r, **k: _call(
+            f, "asarray", (np.array(a) if isinstance(a, (np.ndarray, np.generic)) else a,) + r,
+            k, True))(getattr(np, n)))
+    m.asnumpy = lambda a, *r, **k: a._a.copy() if isinstance(a, ndarray) else np.asarray(a)
+    m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
+    rnd = _Module("cupy.random", np.random)
+    rnd.default_rng = _Generator
+    m.random = rnd
+    m.cuda = types.SimpleNamespace(
+        Device=lambda i=None: _Dev(), get_current_stream=_Stream,
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
+        pinned_memory=types.SimpleNamespace(is_memory_pinned=lambda ptr: False))
+    m.ElementwiseKernel = _elementwise_kernel
+    return m
+
+
+class _Stream:
+    """The one (null) stream: nothing is asynchronous on the CPU."""
+
+    ptr = 0
+
+    def is_capturing(self):
+        return False
+
+    def record(self):
+        return types.SimpleNamespace(done=True, synchronize=lambda: None)
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+def _flag(flags, slot, bad):
+    if np.any(bad):
+        flags[int(slot)] = 1
+
+
+def _unscale(x, inv, g, found):
+    g[...] = (x.astype(np.float64) * inv).astype(g.dtype)
+    _flag(found, 0, ~np.isfinite(g))
+
+
+# numpy transcriptions of the ElementwiseKernels zgrad builds (by kernel name); the fused
+# RawKernels are off under the fake (ZGRAD_FUSED_KERNELS=0): their tests have their own double
+KERNELS = {
+    "zgrad_device_assert": lambda bad, slot, flags: _flag(flags, slot, bad),
+    "zgrad_assert_range": lambda x, lo, hi, slot, flags: _flag(flags, slot,
+                                                               (x < lo) | (x >= hi)),
+    "zgrad_unscale_check": _unscale,
+}
+
+
+def _elementwise_kernel(in_params, out_params, operation, name="kernel", **kw):
+    fn = KERNELS.get(name)
+    if fn is None:
+        raise NotImplementedError(f"fake cupy: no numpy transcription of ElementwiseKernel "
+                                  f"{name!r}; add one to tests/tensor/_fake_cupy.KERNELS")
+    return lambda *args, **k: fn(*_unwrap(args, name, allow_numpy=True))
+
+
+fake = _make_module()
+
+
+def _erf(x):
+    import math
+    return _wrap(np.vectorize(math.erf, otypes=[x.dtype])(_unwrap(x, "erf")))
+
+
+def install(monkeypatch):
+    """Make tensor.backend's cupy this fake for the current test."""
+    from tensor import backend
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setenv("ZGRAD_FUSED_KERNELS", "0")  # the eager (xp) paths are what this checks
+    from tensor import _device_checks
+    for name in ("_pending", "_flag_bufs"):  # deferred device asserts: fresh per test
+        monkeypatch.setattr(_device_checks, name, {})
+    special = types.ModuleType("cupyx.scipy.special")
+    special.erf = _erf
+    scipy = types.ModuleType("cupyx.scipy")
+    scipy.special = special
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scipy = scipy
+    for name, mod in (("cupyx", cupyx), ("cupyx.scipy", scipy), ("cupyx.scipy.special", special)):
+        monkeypatch.setitem(sys.modules, name, mod)
