@@ -37,6 +37,9 @@ def _wrap(b):
 def _operands(op, a: Tensor, b):
     """The two arrays of a binary op after PyTorch's promotion, and b as a Tensor or None."""
     if isinstance(b, Tensor):
+        if type(b.array) is not type(a.array) and b.array.ndim == 0 and \
+                backend.device_of(b.array).type == "cpu":
+            b = b.to(a.device)  # a CPU scalar tensor joins a GPU op, as in PyTorch (differentiably)
         x, z = a.array, b.array
         dx, dz = x.dtype, z.dtype
         if dx != dz:

@@ -199,3 +199,15 @@ def test_fake_cupy_served_only_what_cupy_has(tmp_path):
         _parity._fake_cupy.USED.update((w, tuple(k)) for w, k in json.loads(out.read_text()))
     assert _parity._fake_cupy.USED, "the fake cases served nothing"
     assert _parity._fake_cupy.missing_in(cupy) == []
+
+
+def test_cpu_scalar_tensor_joins_a_device_op(target):
+    """A 0-d CPU tensor in a binary op with a device tensor, as PyTorch allows; its gradient
+    comes back on the CPU."""
+    x = T(np.arange(3, dtype=np.float32), device=device_of(target), requires_grad=True)
+    s = T(np.float32(2.0), requires_grad=True)
+    y = x * s + s
+    assert str(y.device).startswith(device_of(target))
+    y.sum().backward()
+    assert str(s.grad.device) == "cpu" and float(s.grad.item()) == 3.0 + 3.0
+    close(x.grad, np.full(3, 2.0, np.float32), "x.grad")
