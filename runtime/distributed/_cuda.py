@@ -73,6 +73,7 @@ def wait_event_host(ev, timeout_s: float | None, what: str, check=None):
                                "may have died or called a different collective (see its log).")
         time.sleep(nap)
         nap = min(nap * 2, 2e-3)
+    ev.synchronize()   # fired: returns at once, and raises a sticky CUDA error if there is one
 
 
 def side_stream(device_id: int):
