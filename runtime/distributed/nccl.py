@@ -18,6 +18,7 @@ order per pair of ranks: tags are ignored and a receive needs its source.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -36,6 +37,7 @@ _NCCL_TYPES = {"float16": ("NCCL_FLOAT16", 1), "float32": ("NCCL_FLOAT32", 1),
                "int64": ("NCCL_INT64", 1), "uint64": ("NCCL_UINT64", 1),
                "complex64": ("NCCL_FLOAT32", 2), "complex128": ("NCCL_FLOAT64", 2)}
 _AVG_MIN_VERSION = 21000   # ncclAvg came with NCCL 2.10
+_log = logging.getLogger("runtime.distributed")
 
 
 def attach_nccl(st, pg, required: bool, device_id=None):
@@ -55,8 +57,35 @@ def attach_nccl(st, pg, required: bool, device_id=None):
                                f"({e}); pip install nvidia-nccl-cu13 (or -cu12) or use "
                                "backend='zmq'.") from e
         return
-    pg.nccl = NcclComm(st, pg, device_id)
+    cupy = backend.cupy
+    device = cupy.cuda.Device(_device_index(device_id, cupy.cuda.runtime.getDeviceCount()))
+    shared = _shared_gpus(st, pg, device)
+    if shared:
+        if required:
+            raise RuntimeError(f"init_process_group: backend='nccl' but {shared}; NCCL needs one "
+                               "GPU per rank. Use one process per GPU (zgrad run gives local "
+                               "rank i the GPU cuda:i), or backend='zmq', which may share one.")
+        _log.info("init_process_group: %s; NCCL needs one GPU per rank, so CuPy arrays take "
+                  "the zmq backend (staged through pinned host memory)", shared)
+        return
+    pg.nccl = NcclComm(st, pg, device)
     pg.nccl_barrier = required
+
+
+def _shared_gpus(st, pg, device) -> str:
+    """'' when every rank of `pg` has its own GPU, else which ranks share one (every rank
+    learns the same, through the store, so all take the same backend)."""
+    me = f"{st.machine}/{device.pci_bus_id}"
+    st.store.set(f"g{pg.gid}/nccl_gpu/{pg.rank()}", me.encode())
+    gpus = [v.decode() for v in st.store.multi_get(
+        [f"g{pg.gid}/nccl_gpu/{r}" for r in range(pg.size())], pg.timeout_s,
+        f"nccl setup of group {pg.gid}")]
+    for r, g in enumerate(gpus):
+        first = gpus.index(g)
+        if first != r:
+            return (f"ranks {pg.ranks[first]} and {pg.ranks[r]} are on one GPU "
+                    f"({g.split('/', 1)[1]})")
+    return ""
 
 
 def _device_index(device_id, count: int) -> int:
@@ -116,12 +145,10 @@ class CudaWork(Work):
 class NcclComm:
     """One NCCL communicator for the members of a group, with its stream."""
 
-    def __init__(self, st, pg, device_id=None):
+    def __init__(self, st, pg, device):
         from cupy.cuda import nccl
         cupy = backend.cupy
-        self.nccl, self.cupy, self.pg = nccl, cupy, pg
-        self.device = cupy.cuda.Device(_device_index(
-            device_id, cupy.cuda.runtime.getDeviceCount()))
+        self.nccl, self.cupy, self.pg, self.device = nccl, cupy, pg, device
         key = f"g{pg.gid}/nccl_id"
         if pg.rank() == 0:
             uid = nccl.get_unique_id()

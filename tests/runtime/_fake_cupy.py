@@ -163,6 +163,7 @@ def get_current_stream(device_id=-1):
 class Device:
     def __init__(self, i=0):
         self.id = i
+        self.pci_bus_id = f"0000:{i:02x}:00.0"
 
     def __enter__(self):
         return self

@@ -128,3 +128,27 @@ def _zmq_staging(rank, ws):
 
 def test_zmq_backend_stages_gpu_arrays_through_reused_pinned_buffers():
     assert spawn(_zmq_staging, 2, timeout_s=90) == [True, True]
+
+
+def _shared_gpu(rank, ws, backend_name):
+    from tests.runtime import _fake_cupy
+    cp = _fake_cupy.install()
+    import runtime.distributed as dist
+    from runtime.distributed import api
+    try:
+        dist.init_process_group(backend_name, timeout=30)
+    except RuntimeError as e:
+        return str(e)
+    assert api._state.world.nccl is None     # auto: both ranks on GPU 0, so no NCCL
+    x = cp.ndarray(np.ones(4, np.float32))
+    dist.all_reduce(x)                       # through zmq, staged
+    np.testing.assert_array_equal(x.get(), [2, 2, 2, 2])
+    dist.destroy_process_group()
+    return "zmq"
+
+
+def test_two_ranks_on_one_gpu_take_zmq_under_auto_and_fail_clearly_under_nccl():
+    assert spawn(_shared_gpu, 2, "auto", timeout_s=60) == ["zmq", "zmq"]
+    errors = spawn(_shared_gpu, 2, "nccl", timeout_s=60)
+    assert all("ranks 0 and 1 are on one GPU" in e and "NCCL needs one GPU per rank" in e
+               for e in errors), errors
