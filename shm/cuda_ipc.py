@@ -42,7 +42,7 @@ except Exception:  # ImportError, or a CUDA runtime that fails to load
 
 _exported: dict[tuple, list] = {}   # (handle, memory ptr) -> [(memory, events), leases...]
 _opened: dict[bytes, list] = {}      # handle -> [device pointer, device, arrays using it]
-_lock = threading.Lock()
+_lock = threading.RLock()   # reentrant: a _Lease may be collected (and close) under it
 _libcuda = None
 
 
