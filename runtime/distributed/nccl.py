@@ -41,7 +41,13 @@ _log = logging.getLogger("runtime.distributed")
 
 
 def attach_nccl(st, pg, required: bool, device_id=None):
-    """Give `pg` an NCCL communicator (pg.nccl) when CuPy, NCCL and a GPU are present."""
+    """Give `pg` NCCL for CuPy arrays when CuPy, NCCL and a GPU are present.
+
+    backend="nccl" (required) builds the communicator now, so a missing NCCL or two ranks on
+    one GPU fail at init_process_group. backend="auto" builds it at the group's first call
+    on CuPy arrays (as PyTorch creates NCCL communicators lazily): a CPU job on a GPU machine
+    creates no CUDA context and no communicator. Every rank makes that first call in the
+    same order, so every rank builds it at the same point."""
     if not backend.cuda_is_available():
         if required:
             raise RuntimeError("init_process_group: backend='nccl' needs CuPy and a CUDA GPU, "
@@ -57,6 +63,15 @@ def attach_nccl(st, pg, required: bool, device_id=None):
                                f"({e}); pip install nvidia-nccl-cu13 (or -cu12) or use "
                                "backend='zmq'.") from e
         return
+    if required:
+        _setup(st, pg, True, device_id)
+        pg.nccl_barrier = True
+    else:
+        pg.nccl_lazy = lambda: _setup(st, pg, False, device_id)
+
+
+def _setup(st, pg, required: bool, device_id):
+    """Build pg.nccl, unless ranks share a GPU (an error when NCCL is required)."""
     cupy = backend.cupy
     device = cupy.cuda.Device(_device_index(device_id, cupy.cuda.runtime.getDeviceCount()))
     shared = _shared_gpus(st, pg, device)
@@ -69,7 +84,6 @@ def attach_nccl(st, pg, required: bool, device_id=None):
                   "the zmq backend (staged through pinned host memory)", shared)
         return
     pg.nccl = NcclComm(st, pg, device)
-    pg.nccl_barrier = required
 
 
 def _shared_gpus(st, pg, device) -> str:
@@ -376,6 +390,7 @@ class NcclComm:
 
     def shutdown(self):
         try:
+            self.stream.synchronize()   # this rank's queued calls first
             self.comm.destroy()
         except Exception:
             pass

@@ -98,8 +98,8 @@ def batch_isend_irecv(p2p_op_list: list) -> list:
                          f"{p2p_op_list!r:.80}")
     pgs = {id(_group(p.group, "batch_isend_irecv")) for p in p2p_op_list}
     pg = _group(p2p_op_list[0].group, "batch_isend_irecv")
-    if len(pgs) == 1 and pg is not None and pg.nccl is not None:
-        # one NCCL group call, so two ranks that both send first cannot deadlock
+    if len(pgs) == 1 and pg is not None:
+        # on GPUs one NCCL group call, so two ranks that both send first cannot deadlock
         ops = []
         for p in p2p_op_list:
             send = p.op is isend

@@ -77,6 +77,7 @@ class ProcessGroup:
         self.hierarchical = False                  # shm per host, then leaders over TCP
         self.nccl = None                           # NcclComm (nccl.py) for CuPy arrays
         self.nccl_barrier = False                  # backend="nccl": barrier through NCCL
+        self.nccl_lazy = None                      # backend="auto": builds self.nccl once
         self._tcp: TcpRoute | None = None
         self._hier: _Hierarchical | None = None
         self._comm = CommThread(f"zgrad-comm-g{gid}", timeout_s, self._abort_links,
@@ -100,10 +101,24 @@ class ProcessGroup:
             self._tcp = TcpRoute(self.mesh)
         return self._tcp
 
+    def _nccl_for(self, arrays, collective: bool = True):
+        """The NCCL communicator for a call on `arrays`, if they are all on a GPU and the
+        group has (or, the first time, can build) one; else None. Only a collective builds
+        it (building is collective): point-to-point takes NCCL once a collective on GPU
+        arrays has built it, on both ranks alike in a program whose ranks agree."""
+        if (self.nccl is None and self.nccl_lazy is None) or not arrays or \
+                not all(_cuda.is_cuda(a) for a in arrays):
+            return None
+        if self.nccl is None and collective:
+            setup, self.nccl_lazy = self.nccl_lazy, None
+            setup()    # sets self.nccl, or leaves None when ranks share a GPU
+        return self.nccl
+
     def _route(self, name: str, *arrays):
         """The one place a call's route is chosen."""
-        if self.nccl is not None and arrays and all(_cuda.is_cuda(a) for a in arrays):
-            return self.nccl
+        nccl = self._nccl_for(arrays)
+        if nccl is not None:
+            return nccl
         if self.local is not None and self.single_host:
             return self.local
         if self.hierarchical:
@@ -322,8 +337,9 @@ class ProcessGroup:
     def send(self, x, dst: int, tag: int = 0) -> Work:
         """Post x for group rank `dst`; the Work finishes once x may be reused. A CuPy
         array goes through NCCL when the group has it (tags are then ignored, as NCCL's)."""
-        if self._route("send", x) is self.nccl:
-            return self.nccl.send(x, dst)
+        nccl = self._nccl_for([x], collective=False)
+        if nccl is not None:
+            return nccl.send(x, dst)
         gpu = _staging(x)
 
         def run(call, deadline):
@@ -335,8 +351,9 @@ class ProcessGroup:
     def recv(self, x, src: int | None, tag: int = 0) -> Work:
         """Post a receive into x from group rank `src` (None: any); the Work's result() is
         the sender's global rank. NCCL (CuPy arrays) needs `src`."""
-        if src is not None and self._route("recv", x) is self.nccl:
-            return self.nccl.recv(x, src)
+        nccl = None if src is None else self._nccl_for([x], collective=False)
+        if nccl is not None:
+            return nccl.recv(x, src)
         gpu = _staging(x)
 
         def run(call, deadline):
@@ -348,8 +365,9 @@ class ProcessGroup:
     def batch_p2p(self, ops: list):
         """[(kind, x, peer)] posted together: one NCCL group when every array is on a GPU
         and the group has NCCL, else one by one; a Work per op."""
-        if self.nccl is not None and all(_cuda.is_cuda(x) for _, x, _, _ in ops):
-            return self.nccl.batch([(kind, x, peer) for kind, x, peer, _ in ops])
+        nccl = self._nccl_for([x for _, x, _, _ in ops], collective=False)
+        if nccl is not None:
+            return nccl.batch([(kind, x, peer) for kind, x, peer, _ in ops])
         return [self.send(x, peer, tag) if kind == "send" else self.recv(x, peer, tag)
                 for kind, x, peer, tag in ops]
 

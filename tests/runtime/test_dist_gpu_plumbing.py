@@ -139,10 +139,12 @@ def _shared_gpu(rank, ws, backend_name):
         dist.init_process_group(backend_name, timeout=30)
     except RuntimeError as e:
         return str(e)
-    assert api._state.world.nccl is None     # auto: both ranks on GPU 0, so no NCCL
+    pg = api._state.world
+    assert pg.nccl is None and pg.nccl_lazy is not None   # auto: built at the first GPU call
     x = cp.ndarray(np.ones(4, np.float32))
-    dist.all_reduce(x)                       # through zmq, staged
+    dist.all_reduce(x)                       # both ranks on GPU 0: no NCCL, zmq staged
     np.testing.assert_array_equal(x.get(), [2, 2, 2, 2])
+    assert pg.nccl is None and pg.nccl_lazy is None
     dist.destroy_process_group()
     return "zmq"
 
@@ -152,3 +154,22 @@ def test_two_ranks_on_one_gpu_take_zmq_under_auto_and_fail_clearly_under_nccl():
     errors = spawn(_shared_gpu, 2, "nccl", timeout_s=60)
     assert all("ranks 0 and 1 are on one GPU" in e and "NCCL needs one GPU per rank" in e
                for e in errors), errors
+
+
+def _auto_one_rank(rank, ws):
+    from tests.runtime import _fake_cupy
+    cp = _fake_cupy.install()
+    import runtime.distributed as dist
+    from runtime.distributed import api
+    dist.init_process_group("auto", timeout=30)
+    pg = api._state.world
+    dist.all_reduce(np.ones(3))               # CPU arrays build nothing
+    assert pg.nccl is None and pg.nccl_lazy is not None
+    dist.all_reduce(cp.ndarray(np.ones(3, np.float32)))
+    assert pg.nccl is not None and pg.nccl.comm.calls == [("allReduce", cp.cuda.nccl.NCCL_SUM)]
+    dist.destroy_process_group()
+    return True
+
+
+def test_auto_backend_builds_nccl_at_the_first_gpu_collective():
+    assert spawn(_auto_one_rank, 1, timeout_s=60) == [True]
