@@ -134,6 +134,9 @@ class Stream:
     def wait_event(self, ev):
         self.waited.append(ev)
 
+    def synchronize(self):
+        pass
+
     def record(self, ev=None):
         ev = Event() if ev is None else ev
         ev.record(self)
