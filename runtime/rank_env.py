@@ -73,8 +73,8 @@ def resolve_device(name: str, local_rank: int) -> str:
     if name == "cpu":
         return name
     if not backend.cuda_is_available():
-        raise RuntimeError(f"train.device: {name!r} needs CuPy and a CUDA GPU, and "
-                           f"{'CuPy is not installed' if backend.cupy is None else 'no GPU is visible'}"
+        why = "CuPy is not installed" if backend.cupy is None else "no GPU is visible"
+        raise RuntimeError(f"train.device: {name!r} needs CuPy and a CUDA GPU, and {why}"
                            ". Install zgrad[gpu] on a GPU machine, check CUDA_VISIBLE_DEVICES, "
                            "or set train.device: cpu (or auto).")
     count = backend.cupy.cuda.runtime.getDeviceCount()

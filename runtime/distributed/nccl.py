@@ -169,7 +169,7 @@ class NcclComm:
             st.store.set(key, _uid_to_bytes(uid))
         else:
             uid = bytes(st.store.get(key, pg.timeout_s))
-        with self.device:
+        with self.cupy.cuda.Device(self.device.id):
             try:
                 self.comm = nccl.NcclCommunicator(pg.size(), _uid_to_bytes(uid), pg.rank())
             except TypeError:   # CuPy < 14 takes the id as a tuple of signed chars
@@ -225,7 +225,7 @@ class NcclComm:
              blocking: bool = False):
         """Queue body(stream) on the comm stream after the current stream; a CudaWork."""
         self._check(arrays, what)
-        with self.device:
+        with self.cupy.cuda.Device(self.device.id):   # a fresh Device: its stack is per object
             self.stream.wait_event(_cuda.record())
             with self._lock:   # one communicator: calls from several threads in one order
                 keep = body(self.stream)
@@ -358,7 +358,7 @@ class NcclComm:
 
     def barrier(self, async_op):
         """An all_reduce of one element; waiting on it blocks the host (PyTorch's barrier)."""
-        with self.device:
+        with self.cupy.cuda.Device(self.device.id):
             one = self.cupy.ones(1, self.cupy.float32)
 
         def body(s):

@@ -1,4 +1,5 @@
-"""ReduceOp, Work (and its Future), host staging, and the communication thread that runs a group's calls.
+"""ReduceOp, Work (and its Future), host staging, and the communication thread that runs a
+group's calls.
 
 Note [Communication thread]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
