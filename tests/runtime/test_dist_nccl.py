@@ -81,10 +81,14 @@ def _every_collective(rank, ws):
     s = cupy.empty(3, f32)
     dist.scatter(s, [cupy.full(3, q, f32) for q in range(ws)] if rank == 0 else None, src=0)
     assert float(s.sum()) == 3 * rank
-    if ws > 1:   # ring of isend/irecv, and a batch where both ranks send first
+    if ws > 1:   # a ring of isend/irecv, and a batch where every rank sends first
         peer_r, peer_l = (rank + 1) % ws, (rank - 1) % ws
         got = cupy.empty(6, f32)
-        works = [dist.isend(cupy.full(6, rank, f32), peer_r), dist.irecv(got, peer_l)]
+        # even ranks send first, odd ones receive first: separate NCCL calls on one stream
+        # would deadlock if both sides sent first (batch_isend_irecv below may)
+        send = lambda: dist.isend(cupy.full(6, rank, f32), peer_r)   # noqa: E731
+        recv = lambda: dist.irecv(got, peer_l)                        # noqa: E731
+        works = [send(), recv()] if rank % 2 == 0 else [recv(), send()]
         for w in works:
             w.wait()
         assert float(got[0]) == peer_l
