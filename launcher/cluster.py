@@ -170,8 +170,20 @@ def gpu_count(env=None) -> int:
     try:
         present = len(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
-        present = 0
+        present = _nvidia_smi_count()
     if visible is None:
         return present
     ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
     return min(len(ids), present) if present else 0
+
+
+def _nvidia_smi_count() -> int:
+    """GPUs listed by ``nvidia-smi -L`` (containers may lack /proc/driver/nvidia/gpus)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))

@@ -40,9 +40,9 @@ def _zgrad_version() -> str:
 
 def _gpus() -> tuple:
     """(lines describing each GPU, warnings), through CuPy when it is installed."""
-    try:
-        import cupy
-    except ImportError:
+    from tensor import backend
+    cupy = backend.cupy
+    if cupy is None:
         return ["GPUs: CuPy not installed (pip install 'zgrad[gpu]' on an NVIDIA machine)"], []
     try:
         n = cupy.cuda.runtime.getDeviceCount()
@@ -56,6 +56,13 @@ def _gpus() -> tuple:
             free, total = cupy.cuda.runtime.memGetInfo()
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         lines.append(f"  cuda:{i} {name}, {total / _GIB:.1f} GiB ({free / _GIB:.1f} GiB free)")
+    try:
+        from cupy.cuda import nccl
+        v = nccl.get_version()
+        lines.append(f"NCCL: {v // 10000}.{v // 100 % 100}.{v % 100} (backend nccl available)")
+    except Exception as e:  # noqa: BLE001 - any load failure means: no nccl backend
+        lines.append(f"NCCL: not available ({type(e).__name__}); backend zmq stages GPU "
+                     "arrays through host memory")
     return lines, []
 
 

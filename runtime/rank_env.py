@@ -59,11 +59,33 @@ def limit_threads(threads: int | None, local_world_size: int):
 
 
 def resolve_device(name: str, local_rank: int) -> str:
-    """train.device as a device string: "cuda" is this rank's GPU (cuda:LOCAL_RANK); "auto"
-    is that when CUDA is available, else "cpu"."""
+    """train.device as a device string, made CuPy's current device when it is a GPU.
+
+    "cuda" is this rank's GPU: the index in $ZGRAD_DEVICE (``zgrad run`` sets cuda:<local
+    rank mod GPUs>), else LOCAL_RANK mod the device count; "cuda:N" is GPU N; "auto" is
+    "cuda" when CuPy sees a GPU, else "cpu". The GPU is selected for the process (as
+    ``torch.cuda.set_device`` in a torchrun script) before the model or the process group is
+    built, so arrays made without a device, NCCL's communicator and the staging streams all
+    use it."""
     from tensor import backend
     if name == "auto":
         name = "cuda" if backend.cuda_is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not backend.cuda_is_available():
+        why = "CuPy is not installed" if backend.cupy is None else "no GPU is visible"
+        raise RuntimeError(f"train.device: {name!r} needs CuPy and a CUDA GPU, and {why}"
+                           ". Install zgrad[gpu] on a GPU machine, check CUDA_VISIBLE_DEVICES, "
+                           "or set train.device: cpu (or auto).")
+    count = backend.cupy.cuda.runtime.getDeviceCount()
     if name == "cuda":
-        return f"cuda:{local_rank}"
-    return name
+        spec = os.environ.get("ZGRAD_DEVICE", "")
+        index = int(spec[5:]) if spec.startswith("cuda:") else local_rank
+        index %= count
+    else:
+        index = int(name.partition(":")[2])
+        if not 0 <= index < count:
+            raise ValueError(f"train.device: {name!r} but this process sees {count} GPU(s) "
+                             f"(cuda:0..cuda:{count - 1}); check CUDA_VISIBLE_DEVICES")
+    backend.cupy.cuda.Device(index).use()
+    return f"cuda:{index}"

@@ -11,7 +11,8 @@ dead-peer checks) over control (ZeroMQ messages), zap (its connection gate) and 
 (bulk bytes over TCP), call (the call descriptor), work (Work, the communication thread),
 process_group (one method per call, the route chosen in one place), tcp_algorithms
 (ring/direct over TCP), tcp_p2p (point-to-point), shm_comm (every collective within a host),
-collectives, p2p, objects, nccl; ddp and _reducer (DistributedDataParallel), algorithms
+collectives, p2p, objects, nccl (CuPy arrays through NCCL) and _cuda (CUDA Work semantics,
+pinned staging of CuPy arrays for zmq); ddp and _reducer (DistributedDataParallel), algorithms
 (Join, DDP comm hooks), optim (ZeRO).
 """
 from .api import (GroupMember, destroy_process_group, get_backend, get_global_rank,

@@ -32,6 +32,18 @@ Every step (an iteration whose forward ran through DDP with grad enabled and out
      returns with synchronised gradients.
 A parameter that never got a hook (unused, without ``find_unused_parameters``) keeps its bucket
 from launching; the next forward then fails with PyTorch's message naming it.
+
+On GPUs (CuPy parameters; the buckets are CuPy arrays on the parameters' device) nothing here
+blocks the host per bucket. The copy into the bucket (step 2) is queued on the current
+(compute) stream, where the gradient was produced; the launch (step 3) records an event there
+and the reduction's stream waits on it: the NCCL communicator's stream, or for zmq the
+staging side stream (device to pinned host memory, reduced by the communication thread, back
+on the same side stream); so the reduction overlaps the rest of backward. ``finalize``'s
+``work.wait()`` makes the compute stream wait on the reduction's completion event (for zmq,
+after the host part), so the copies out and the optimizer step queued after it see the
+averages (Note [CUDA work] and Note [GPU staging] in _cuda.py). Copying in on the compute
+stream rather than the comm stream keeps a gradient's memory in use only on the stream that
+allocated it, so CuPy's pool cannot hand it out while another stream still reads it.
 """
 from __future__ import annotations
 
@@ -137,7 +149,9 @@ class Reducer:
                 bufs = [self.shared.buffer(k, 0), self.shared.buffer(k, 1)]
             else:
                 a = self.params[pids[0]].array
-                bufs = [backend.get_array_module(a).zeros(sizes[k][0], sizes[k][1])]
+                # on the parameters' GPU, whichever device is current
+                bufs = [backend.to_device(np.zeros(sizes[k][0], sizes[k][1]),
+                                          backend.device_of(a))]
             b = _Bucket(k, list(pids), bufs, shapes)
             self.buckets.append(b)
             for j, i in enumerate(pids):

@@ -47,6 +47,7 @@ class _State:
         self.timeout_s = DEFAULT_TIMEOUT_S
         self.machine = ""
         self.pid = os.getpid()
+        self.device_id = None                     # init_process_group(device_id=): NCCL's GPU
 
 
 _state: _State | None = None
@@ -107,6 +108,8 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
         timeout: datetime.timedelta or seconds; the deadline of every wait (default
             $ZGRAD_TIMEOUT_S or 300 s).
         world_size, rank: default to $WORLD_SIZE and $RANK.
+        device_id: the GPU (int or tensor.device) of this rank's NCCL communicators; default
+            $ZGRAD_DEVICE (set by zgrad run), else LOCAL_RANK mod the device count.
     """
     global _state
     with _init_lock:
@@ -134,7 +137,8 @@ def init_process_group(backend: str = "auto", init_method: str | None = None, ti
             st.world = _new_group(st, list(range(st.world_size)), st.timeout_s)
             if st.backend in ("nccl", "auto"):
                 from .nccl import attach_nccl
-                attach_nccl(st, st.world, required=st.backend == "nccl")
+                attach_nccl(st, st.world, required=st.backend == "nccl", device_id=device_id)
+                st.device_id = device_id
         except BaseException:
             _teardown(st, wait_peers=False)
             _state = None
@@ -236,7 +240,7 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None, use_local
     pg = _new_group(st, ranks, timeout_s)
     if pg is not GroupMember.NON_GROUP_MEMBER and st.backend in ("nccl", "auto"):
         from .nccl import attach_nccl
-        attach_nccl(st, pg, required=st.backend == "nccl")
+        attach_nccl(st, pg, required=st.backend == "nccl", device_id=st.device_id)
     return pg
 
 

@@ -96,6 +96,19 @@ def batch_isend_irecv(p2p_op_list: list) -> list:
     if not p2p_op_list or not all(isinstance(p, P2POp) for p in p2p_op_list):
         raise ValueError("batch_isend_irecv: expected a non-empty list of P2POp, got "
                          f"{p2p_op_list!r:.80}")
+    pgs = {id(_group(p.group, "batch_isend_irecv")) for p in p2p_op_list}
+    pg = _group(p2p_op_list[0].group, "batch_isend_irecv")
+    if len(pgs) == 1 and pg is not None:
+        # on GPUs one NCCL group call, so two ranks that both send first cannot deadlock
+        ops = []
+        for p in p2p_op_list:
+            send = p.op is isend
+            what = "isend" if send else "irecv"
+            x = as_array(p.tensor, what, written=not send)
+            ops.append(("send" if send else "recv", x,
+                        _peer(pg, p.peer, p.group_peer, what, "dst" if send else "src"),
+                        _tag(p.tag, what)))
+        return pg.batch_p2p(ops)
     works = []
     for p in p2p_op_list:
         if p.op is isend:

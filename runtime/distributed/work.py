@@ -1,4 +1,5 @@
-"""ReduceOp, Work, host staging, and the communication thread that runs a group's calls.
+"""ReduceOp, Work (and its Future), host staging, and the communication thread that runs a
+group's calls.
 
 Note [Communication thread]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -22,6 +23,9 @@ import time
 import numpy as np
 
 from tensor import backend
+from tensor.futures import Future
+
+from . import _cuda
 
 from .call import Call
 from .transport import AbortedError
@@ -60,21 +64,30 @@ def check_op(op, what: str) -> str:
 
 
 class Work:
-    """The handle of a launched call (``async_op=True``, isend, irecv), as PyTorch's Work."""
+    """The handle of a launched call (``async_op=True``, isend, irecv), as PyTorch's Work.
+
+    A call on CuPy arrays through the host routes finishes in two parts: the host part (the
+    communication thread) and the copy of the result back to the GPU, queued on a side
+    stream; ``_after`` is that copy's (event, device). wait() waits for the host part, then
+    makes the caller's current stream wait on the event (Note [GPU staging] in _cuda.py)."""
 
     def __init__(self, what: str):
         self.what = what
         self._done = threading.Event()
         self._exc: BaseException | None = None
         self._result = None
+        self._after = None
 
     def _finish(self, exc=None, result=None):
         self._exc, self._result = exc, result
         self._done.set()
 
-    def is_completed(self) -> bool:
-        """True once the call finished (successfully or not)."""
+    def _host_done(self) -> bool:
         return self._done.is_set()
+
+    def is_completed(self) -> bool:
+        """True once the call finished (successfully or not), its GPU copies included."""
+        return self._done.is_set() and (self._after is None or _cuda.event_done(self._after[0]))
 
     def is_success(self) -> bool:
         return self._done.is_set() and self._exc is None
@@ -82,26 +95,97 @@ class Work:
     def exception(self):
         return self._exc
 
-    def wait(self, timeout=None) -> bool:
-        """Block until done; re-raise its error. `timeout` (seconds or timedelta) bounds the wait."""
+    def _wait_host(self, timeout):
         if hasattr(timeout, "total_seconds"):
             timeout = timeout.total_seconds()
         if not self._done.wait(timeout):
             raise TimeoutError(f"Work.wait: {self.what} did not finish within {timeout}s")
         if self._exc is not None:
             raise self._exc
+        return timeout
+
+    def wait(self, timeout=None) -> bool:
+        """Block until the host part is done; re-raise its error. A result bound for a GPU is
+        then waited for by the caller's current stream, not the host. `timeout` (seconds or
+        timedelta) bounds the wait."""
+        self._wait_host(timeout)
+        if self._after is not None:
+            _cuda.stream_wait(*self._after)
         return True
+
+    def synchronize(self, timeout=None) -> None:
+        """Block the host until the call is done, its GPU copies included."""
+        timeout = self._wait_host(timeout)
+        if self._after is not None:
+            _cuda.wait_event_host(self._after[0], timeout, self.what)
 
     def result(self):
         """What the call returned (the sender's rank for a receive), after waiting for it."""
         self.wait()
         return self._result
 
+    def get_future(self):
+        """A tensor.futures.Future completed (with the result) when the call is done."""
+        return WorkFuture(self, self._result)
+
+
+class WorkFuture(Future):
+    """A Future of a launched call, completed with `value` when the Work's host part is done;
+    it notices completion when polled (done/wait). As PyTorch's future of a NCCL Work, a GPU
+    part is not waited for by the host: wait() (and so then()'s callbacks, which run in the
+    waiting thread) leaves the caller's current stream waiting for it, so work queued on that
+    stream sees the value; ``Work.synchronize()`` blocks the host."""
+
+    def __init__(self, work, value):
+        super().__init__()
+        self._work, self._result = work, value
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def _poll(self, block: bool, timeout=None):
+        if self._done:
+            return
+        if block:
+            try:
+                self._work.wait(timeout)
+            except TimeoutError:
+                raise
+            except BaseException:  # noqa: BLE001 - recorded below as the future's exception
+                pass
+        elif not self._work._host_done():
+            return
+        with self._lock:
+            if self._claimed:
+                return
+            self._claimed = True
+        exc = self._work.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(self._result)
+
+    def done(self) -> bool:
+        self._poll(False)
+        return self._done
+
+    def wait(self, timeout=None):
+        self._poll(True, timeout)
+        return super().wait(timeout)
+
 
 class Staged:
-    """A flat, C-contiguous host view of an array (numpy or CuPy); write_back() if copied."""
+    """A flat, C-contiguous host view of an array; write_back() if copied.
 
-    def __init__(self, a, copy: bool = False):
+    A numpy array is used as it is when it can be; a CuPy array is staged through pinned
+    host memory by `gpu` (the call's GpuStaging, Note [GPU staging]); read=False skips
+    copying in an array the call only writes."""
+
+    def __new__(cls, a, copy: bool = False, gpu=None, read: bool = True):
+        if gpu is not None and not isinstance(a, np.ndarray):
+            return gpu.stage(a, read)
+        return super().__new__(cls)
+
+    def __init__(self, a, copy: bool = False, gpu=None, read: bool = True):
         self.a = a
         direct = isinstance(a, np.ndarray) and a.flags.c_contiguous and not copy
         self.copied = not direct

@@ -91,3 +91,56 @@ def test_child_produced_cupy_array_reaches_parent():
     done.put("dropped")
     assert _get(q, p, 60) == 1  # then the producer's ipc_collect frees the block
     _join(p, 60)
+
+
+def _child_writes_tensor(q, r):
+    import tensor
+
+    t = q.get(timeout=60)
+    assert isinstance(t, tensor.Tensor) and t.device.type == "cuda"
+    t.array[...] *= 2            # in the parent's device memory: the tensor came as a handle
+    import cupy
+    cupy.cuda.Device(0).synchronize()
+    r.put(float(t.array.sum()))
+
+
+def test_cuda_tensor_through_a_queue_arrives_as_a_handle():
+    import tensor
+
+    ctx = mp.get_context("spawn")
+    q, r = ctx.Queue(), ctx.Queue()
+    t = tensor.arange(6, dtype=tensor.float32, device="cuda")
+    p = ctx.Process(target=_child_writes_tensor, args=(q, r))
+    p.start()
+    q.put(t)
+    assert _get(r, p, 120) == 30.0
+    np.testing.assert_array_equal(t.array.get(), np.arange(6) * 2.0)
+    _join(p, 60)
+
+
+def _child_reads_late(q, r, go):
+    import cupy
+
+    assert go.get(timeout=60) == "go"     # the producer dropped its array and churned its pool
+    x = q.get(timeout=60)
+    r.put(cupy.asnumpy(x).tolist())
+
+
+def test_exporter_keeps_memory_until_the_receiver_opened_it():
+    import cupy
+
+    ctx = mp.get_context("spawn")
+    q, r, go = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_child_reads_late, args=(q, r, go))
+    p.start()
+    x = cupy.arange(256, dtype=cupy.float32)
+    x += 1                      # queued work: the consumer's stream waits for it (IPC event)
+    q.put(x)
+    del x
+    assert shm.cuda_ipc.ipc_collect() == 0     # the lease is still 1: nobody opened it yet
+    junk = [cupy.full(256, -1, cupy.float32) for _ in range(8)]   # would reuse a freed block
+    cupy.cuda.Device(0).synchronize()
+    go.put("go")
+    assert _get(r, p, 120) == list(np.arange(1, 257, dtype=np.float32))
+    _join(p, 60)
+    del junk

@@ -12,64 +12,21 @@ The numerics are bf16's; the bytes on the wire are not halved (fp16_compress_hoo
 """
 from __future__ import annotations
 
-import threading
-
 from tensor import backend
 from tensor._tensor import Tensor
 from tensor.futures import Future
 
 from ... import api
 from ...collectives import all_reduce
-from ...work import ReduceOp
+from ...work import ReduceOp, WorkFuture
 
 __all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook",
            "fp16_compress_wrapper", "bf16_compress_wrapper"]
 
 
-class _WorkFuture(Future):
-    """A Future of a launched collective (the Work of async_op=True), completed with `value`
-    when the collective finishes; it notices completion when polled (done/wait)."""
-
-    def __init__(self, work, value):
-        super().__init__()
-        self._work, self._result = work, value
-        self._lock = threading.Lock()
-        self._claimed = False
-
-    def _poll(self, block: bool, timeout=None):
-        if self._done:
-            return
-        if block:
-            try:
-                self._work.wait(timeout)
-            except TimeoutError:
-                raise
-            except BaseException:  # noqa: BLE001 - recorded below as the future's exception
-                pass
-        elif not self._work.is_completed():
-            return
-        with self._lock:
-            if self._claimed:
-                return
-            self._claimed = True
-        exc = self._work.exception()
-        if exc is not None:
-            self.set_exception(exc)
-        else:
-            self.set_result(self._result)
-
-    def done(self) -> bool:
-        self._poll(False)
-        return self._done
-
-    def wait(self, timeout=None):
-        self._poll(True, timeout)
-        return super().wait(timeout)
-
-
 def work_future(work, value) -> Future:
     """A Future completed with `value` when `work` (from async_op=True) finishes."""
-    return _WorkFuture(work, value)
+    return WorkFuture(work, value)
 
 
 def _group(process_group):
