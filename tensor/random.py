@@ -253,8 +253,11 @@ def integers_array(low, high, shape, dtype, device, generator=None):
     g = _gen(generator)
     if high <= low:
         raise RuntimeError(f"random_: expected low < high, got low={low}, high={high}")
+    if backend.device(device).type == "cuda":   # drawn on the device: no host copy, capturable
+        r = g.cupy_rng().integers(low, high, size=shape, dtype=np.int64)
+        return r.astype(dtype, copy=False)
     r = g.np_rng.integers(low, high, size=shape, dtype=np.int64).astype(dtype, copy=False)
-    return backend.to_device(r, device)
+    return r
 
 
 def permutation_array(n, device, generator=None):

@@ -152,3 +152,24 @@ seed_all = seed
 def initial_seed() -> int:
     from .. import random as _random
     return _random.default_generator.initial_seed_cuda()
+
+
+def get_rng_state(device="cuda"):
+    """The CUDA random stream's state (a uint8 tensor on the CPU), as torch.cuda.get_rng_state."""
+    from .. import random as _random
+    return _random.default_generator.get_state_cuda()
+
+
+def set_rng_state(new_state, device="cuda") -> None:
+    """Restore the CUDA random stream from get_rng_state()."""
+    from .. import random as _random
+    _random.default_generator.set_state_cuda(new_state)
+
+
+def get_rng_state_all() -> list:
+    return [get_rng_state()]
+
+
+def set_rng_state_all(new_states) -> None:
+    for s in new_states:
+        set_rng_state(s)

@@ -369,12 +369,12 @@ def _culprit(frames):
 
     def user(f):
         return not own(f) and "cupy" not in f.filename and not f.filename.endswith("contextlib.py")
-    last_user = max((i for i, f in enumerate(frames) if user(f)), default=None)
-    after = frames[last_user + 1:] if last_user is not None else frames
-    entry = next((f for f in after if own(f)), None)
-    where = f" in {entry.name} ({_short(entry)})" if entry is not None else ""
-    line = f", called from {_short(frames[last_user])}" if last_user is not None else ""
-    return where, line
+    calls = [i for i in range(1, len(frames)) if own(frames[i]) and user(frames[i - 1])]
+    if not calls:
+        users = [f for f in frames if user(f)]
+        return "", (f", called from {_short(users[-1])}" if users else "")
+    i = calls[-1]   # the last place where user code (a script, a module's forward) called zgrad
+    return f" in {frames[i].name} ({_short(frames[i])})", f", called from {_short(frames[i - 1])}"
 
 
 def _short(frame) -> str:
