@@ -120,24 +120,31 @@ class Generator:
         """A snapshot that restore_state() returns to (checkpoint's recomputation uses it).
 
         The CUDA stream's snapshot is a device copy of its cuRAND states (no host sync, and
-        capturable: Note [Graph-safe RNG]); None when no CUDA draw happened yet.
+        capturable: Note [Graph-safe RNG]); None when no CUDA draw happened yet. A CuPy
+        without those internals gets the stream reseeded from the numpy stream instead.
         """
         cuda = None
         if self._cupy_rng is not None:
-            st = getattr(self._cupy_rng.bit_generator, "_state", None)
-            cuda = st.copy() if st is not None else None
+            st = _device_state(self._cupy_rng)
+            if st is not None:
+                cuda = ("state", st.copy())
+            else:
+                seed = int(self.np_rng.integers(0, 2 ** 63))
+                self._cupy_rng = _new_cupy_rng(seed)
+                cuda = ("seed", seed)
         return self.np_rng.bit_generator.state, cuda
 
     def restore_state(self, snapshot) -> None:
         state, cuda = snapshot
         self.np_rng.bit_generator.state = state
-        if self._cupy_rng is None:
-            return
-        if cuda is not None:
-            self._cupy_rng.bit_generator._state[...] = cuda
-        elif not _reinit_in_place(self._cupy_rng, self._cuda_seed):
-            # the stream was created after the snapshot: back to its freshly seeded state
-            self._cupy_rng = None
+        if cuda is None:   # no CUDA stream at the snapshot: back to a freshly seeded one
+            if self._cupy_rng is not None and not _reinit_in_place(self._cupy_rng,
+                                                                   self._cuda_seed):
+                self._cupy_rng = None
+        elif cuda[0] == "state" and _device_state(self._cupy_rng) is not None:
+            _device_state(self._cupy_rng)[...] = cuda[1]
+        elif cuda[0] == "seed":
+            self._cupy_rng = _new_cupy_rng(cuda[1])
 
     def cupy_rng(self):
         """The CuPy generator for CUDA draws (created at the first draw, from the CUDA seed)."""
@@ -150,8 +157,7 @@ class Generator:
                     "time inside the capture; its state would be initialised by the graph at "
                     "every replay and repeat the same numbers. Draw from it once before capture "
                     "(run the warm-up iterations) and capture again.")
-            cp = backend.xp_for(backend.device("cuda"))
-            rng = self._cupy_rng = cp.random.default_rng(self._cuda_seed)
+            rng = self._cupy_rng = _new_cupy_rng(self._cuda_seed)
         if keep is not None:
             keep.append(rng)   # the graph baked in the address of its state array
         return rng
@@ -162,31 +168,49 @@ class Generator:
         from .creation import tensor
         if self._cupy_rng is None:
             return tensor(np.zeros(0, np.uint8))
-        return tensor(backend.to_numpy(self._cupy_rng.bit_generator._state).view(np.uint8))
+        return tensor(backend.to_numpy(self._cuda_state("get_rng_state")).view(np.uint8))
 
     def set_state_cuda(self, state) -> "Generator":
         raw = backend.to_numpy(state.array if hasattr(state, "array") else state)
-        if raw.size == 0:
-            self._cupy_rng = None if self._cupy_rng is None or \
-                not _reinit_in_place(self._cupy_rng, self._cuda_seed) else self._cupy_rng
+        if raw.size == 0:   # saved before any CUDA draw: back to the freshly seeded stream
+            if self._cupy_rng is not None and not _reinit_in_place(self._cupy_rng,
+                                                                   self._cuda_seed):
+                self._cupy_rng = None
             return self
-        st = self.cupy_rng().bit_generator._state
+        self.cupy_rng()
+        st = self._cuda_state("set_rng_state")
         if raw.nbytes != st.nbytes:
             raise RuntimeError(f"set_rng_state (cuda): expected {st.nbytes} bytes from "
                                f"tensor.cuda.get_rng_state(), got {raw.nbytes}.")
         st[...] = backend.to_device(raw.view(st.dtype), backend.device("cuda"))
         return self
 
+    def _cuda_state(self, what: str):
+        st = _device_state(self._cupy_rng)
+        if st is None:
+            raise RuntimeError(f"{what} (cuda): this CuPy's generator does not expose its cuRAND "
+                               "states (bit_generator._state); use tensor.cuda.manual_seed.")
+        return st
+
     def __repr__(self):
         return f"<tensor.Generator seed={self._seed}>"
+
+
+def _new_cupy_rng(seed: int):
+    return backend.xp_for(backend.device("cuda")).random.default_rng(seed)
+
+
+def _device_state(rng):
+    """The device array of a CuPy generator's cuRAND states (None when unavailable)."""
+    return getattr(getattr(rng, "bit_generator", None), "_state", None)
 
 
 def _reinit_in_place(rng, seed: int) -> bool:
     """Re-initialise a CuPy generator's cuRAND states for `seed` in the same device array
     (Note [Graph-safe RNG]); False when this CuPy lacks the internals it relies on."""
-    bg = rng.bit_generator
     try:
         from cupy.random._generator_api import init_curand  # type: ignore
+        bg = rng.bit_generator
         ptr, size, kind = bg._state.data.ptr, bg._size, bg.generator
     except (ImportError, AttributeError):
         return False

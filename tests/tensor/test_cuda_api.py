@@ -235,3 +235,66 @@ def test_gpu_cuda_seed_is_independent_of_cpu_draws_and_reseeds_in_place():
     tcuda.set_rng_state(st)
     f = tensor.randint(0, 10, (500,), device="cuda").cpu().numpy()
     assert np.array_equal(e, f) and e.min() >= 0 and e.max() < 10
+
+
+# -- the CUDA random stream's bookkeeping, against a fake device generator ------------------------
+class _FakeBitGen:
+    def __init__(self, seed):
+        self._state = np.array([seed], np.uint64)   # stands for the device array of cuRAND states
+
+
+class _FakeDeviceRng:
+    def __init__(self, seed):
+        self.bit_generator = _FakeBitGen(seed)
+
+    def random(self, shape, dtype=np.float64):
+        # a draw is a function of the state, and advances it (as the cuRAND kernels do)
+        r = np.random.default_rng(int(self.bit_generator._state[0])).random(shape, dtype=dtype)
+        self.bit_generator._state += 1
+        return r
+
+
+@pytest.fixture
+def fake_rng(monkeypatch):
+    import types
+    monkeypatch.setattr(backend, "cupy", types.SimpleNamespace(
+        random=types.SimpleNamespace(default_rng=_FakeDeviceRng), ndarray=_FakeBitGen,
+        asarray=np.asarray))
+    gen = trandom.Generator()
+    gen.manual_seed(11)
+    return gen
+
+
+def _cuda_draw(gen):
+    return trandom.uniform_array((4,), "float32", "cuda", gen)
+
+
+def test_cuda_stream_seeded_apart_from_cpu_draws(fake_rng):
+    a = _cuda_draw(fake_rng)
+    fake_rng.manual_seed(11)
+    fake_rng.np_rng.random(10)            # CPU draws do not move the CUDA stream
+    assert np.array_equal(_cuda_draw(fake_rng), a)
+    fake_rng.manual_seed_cuda(12)
+    assert not np.array_equal(_cuda_draw(fake_rng), a) and fake_rng.initial_seed() == 11
+
+
+def test_fork_and_restore_copy_the_device_state(fake_rng):
+    _cuda_draw(fake_rng)
+    state = fake_rng._cupy_rng.bit_generator._state
+    snap = fake_rng.fork_state()
+    a = _cuda_draw(fake_rng)
+    fake_rng.restore_state(snap)
+    assert np.array_equal(_cuda_draw(fake_rng), a)
+    assert fake_rng._cupy_rng.bit_generator._state is state    # restored in place, same array
+    saved = fake_rng.get_state_cuda()
+    b = _cuda_draw(fake_rng)
+    fake_rng.set_state_cuda(saved)
+    assert np.array_equal(_cuda_draw(fake_rng), b)
+
+
+def test_restore_to_before_the_first_cuda_draw_restarts_the_stream(fake_rng):
+    snap = fake_rng.fork_state()
+    a = _cuda_draw(fake_rng)
+    _cuda_draw(fake_rng)
+    fake_rng.restore_state(snap)
+    assert np.array_equal(_cuda_draw(fake_rng), a)
