@@ -129,6 +129,14 @@ class _State(threading.local):
         self.syncs = 0
 
 
+class _Pinned:
+    allocator = None   # process-wide, as CuPy's pinned allocator
+
+    @staticmethod
+    def malloc(size):
+        return ("pinned", size)
+
+
 _state = _State()
 _null = FakeStream(null=True)
 _default_pool = FakeMemoryPool()
@@ -158,6 +166,9 @@ def make_fake_cupy():
     cuda = types.SimpleNamespace(
         Stream=FakeStream, Event=FakeEvent, Device=FakeDevice, MemoryPool=FakeMemoryPool,
         runtime=runtime, get_current_stream=get_current_stream, using_allocator=using_allocator,
-        get_elapsed_time=lambda a, b: 1.5)
+        get_elapsed_time=lambda a, b: 1.5,
+        set_pinned_memory_allocator=lambda fn: setattr(_Pinned, "allocator", fn),
+        alloc_pinned_memory=lambda size: (_Pinned.allocator or _Pinned.malloc)(size))
     return types.SimpleNamespace(cuda=cuda, get_default_memory_pool=lambda: _default_pool,
+                                 get_default_pinned_memory_pool=lambda: _Pinned,
                                  state=_state, default_pool=_default_pool)

@@ -26,6 +26,11 @@ Python in between. What makes that correct:
    ``bool(t)``, ``print(t)``, ``.cpu()``/``.numpy()``, a data-dependent shape (``t[mask]``,
    ``nonzero``). CuPy's sync detector is switched on for the capturing thread, so such a call
    raises before CUDA sees it; the error names the zgrad function and your line that did it.
+   Nor may it copy host data to the device (``tensor.tensor(list, device="cuda")``,
+   ``.to("cuda")`` of a CPU tensor): CuPy stages those in pinned buffers that it reuses, so a
+   replay would copy whatever is there by then. The pinned allocator refuses the capturing
+   thread (other threads, a data loader's pinning thread, are served as before); scalars are
+   fine (they become kernel arguments).
 4. Random numbers are graph-safe: see Note [Graph-safe RNG] in tensor/random.py.
 5. cudaMalloc is not allowed under the default ("global") capture mode; the private pool's
    allocator switches the thread to relaxed mode around it (PyTorch does the same).
@@ -146,6 +151,7 @@ class CUDAGraph:
         alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
         alloc_ctx.__enter__()
         sync_prev = _set_sync_allowed(False)
+        _guard_pinned(cp, True)
         _random._capture.keep = keep
         _tls.graph = self
         self._capture = (stream, alloc_ctx, sync_prev, keep)
@@ -161,6 +167,7 @@ class CUDAGraph:
         self._capture = None
         _tls.graph = None
         _random._capture.keep = None
+        _guard_pinned(backend.cupy, False)
         _set_sync_allowed(sync_prev)
         alloc_ctx.__exit__(None, None, None)
         return stream, keep
@@ -310,6 +317,27 @@ def _set_sync_allowed(allowed: bool):
     return old
 
 
+class HostToDeviceCopyInCapture(RuntimeError):
+    """Raised when the capturing thread asks CuPy for a pinned staging buffer (a host-to-device
+    copy of an array), see Note [CUDA graphs], point 3."""
+
+
+def _guard_pinned(cp, on: bool) -> None:
+    """Route CuPy's pinned allocations through a guard that refuses the capturing thread (on),
+    or back to CuPy's default pinned pool (off). A custom pinned allocator set with
+    cupy.cuda.set_pinned_memory_allocator is replaced by the default one after a capture."""
+    default = cp.get_default_pinned_memory_pool().malloc
+    if not on:
+        cp.cuda.set_pinned_memory_allocator(default)
+        return
+
+    def guarded(size):
+        if getattr(_tls, "graph", None) is not None:
+            raise HostToDeviceCopyInCapture(f"a host-to-device copy of {size} bytes")
+        return default(size)
+    cp.cuda.set_pinned_memory_allocator(guarded)
+
+
 _cuda_driver = []   # [ctypes CDLL or None], loaded once
 
 
@@ -348,17 +376,22 @@ def _explain_capture_error(exc):
     CUDA call inside a capture; None for other errors (they propagate unchanged)."""
     name = type(exc).__name__
     status = getattr(exc, "status", None)
-    if name != "DeviceSynchronized" and status not in (900, 901, 904, 906):
+    if isinstance(exc, HostToDeviceCopyInCapture):
+        what = (f"copied host data to the device ({exc}): a replay would copy from a staging "
+                "buffer CuPy reuses. Create such tensors before capture and update them in place "
+                "(static.copy_(new)); Python scalars are fine inside.")
+    elif name == "DeviceSynchronized" or status in (900, 901, 904, 906):
         # 900 StreamCaptureUnsupported, 901 Invalidated, 904 Unjoined, 906 Implicit
+        what = "synchronized the host with the device" if name == "DeviceSynchronized" \
+            else f"made a CUDA call that can't be captured ({exc})"
+        what += (". Captured work must stay on the device: no .item(), float()/bool() of a "
+                 "tensor, print(tensor), .cpu()/.numpy(), or data-dependent shapes (boolean-mask "
+                 "indexing, nonzero) inside the captured region. Move it out of the region "
+                 "(read the outputs after g.replay()).")
+    else:
         return None
     where, line = _culprit(traceback.extract_tb(exc.__traceback__))
-    what = "synchronized the host with the device" if name == "DeviceSynchronized" \
-        else f"made a CUDA call that can't be captured ({exc})"
-    return RuntimeError(
-        f"CUDA graph capture: an operation{where}{line} {what}. Captured work must stay on the "
-        "device: no .item(), float()/bool() of a tensor, print(tensor), .cpu()/.numpy(), or "
-        "data-dependent shapes (boolean-mask indexing, nonzero) inside the captured region. "
-        "Move it out of the region (read the outputs after g.replay()).")
+    return RuntimeError(f"CUDA graph capture: an operation{where}{line} {what}")
 
 
 def _culprit(frames):

@@ -92,6 +92,21 @@ def test_a_host_sync_in_capture_ends_it_cleanly_with_a_clear_error(fake):
     g.replay()
 
 
+def test_host_to_device_copies_are_refused_in_the_capturing_thread_only(fake):
+    import threading
+    other = []
+    g = tcuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match=r"copied host data to the device \(a host-to-device "
+                                           r"copy of 64 bytes\).*static\.copy_"):
+        with tcuda.graph(g):
+            t = threading.Thread(target=lambda: other.append(fake.cuda.alloc_pinned_memory(8)))
+            t.start()
+            t.join()
+            fake.cuda.alloc_pinned_memory(64)
+    assert other == [("pinned", 8)]                      # a loader thread is served as before
+    assert fake.cuda.alloc_pinned_memory(64) == ("pinned", 64)   # and so is everyone after
+
+
 def test_capture_refuses_the_default_stream_and_nesting(fake):
     g = tcuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="default stream"):
@@ -240,7 +255,8 @@ def test_gpu_dropout_draws_fresh_masks_at_every_replay():
 @requires_cupy
 def test_gpu_graphs_share_a_pool_and_replay_in_capture_order():
     x = tensor.zeros(4096, device="cuda")
-    (x * 3.0 + 1.0).sum()
+    x * 3.0 + 1.0                             # warm-up: kernels compiled outside the capture
+    tcuda.synchronize()
     g1, g2 = tcuda.CUDAGraph(), tcuda.CUDAGraph()
     with tcuda.graph(g1):
         y1 = x * 3.0
@@ -267,7 +283,8 @@ def test_gpu_graphs_share_a_pool_and_replay_in_capture_order():
 @requires_cupy
 def test_gpu_host_sync_in_capture_raises_and_leaves_cuda_usable():
     x = tensor.randn(8, device="cuda")
-    (x * 2).sum()
+    (x * 2).sum(), x + 1                      # warm-up: kernels compiled outside the capture
+    tcuda.synchronize()
     g = tcuda.CUDAGraph()
     with pytest.raises(RuntimeError, match=r"CUDA graph capture: an operation in item "
                                            r"\(_tensor\.py:\d+\), called from "
