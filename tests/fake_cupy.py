@@ -85,6 +85,8 @@ class FakeGraph:
 
 
 class FakeMemoryPool:
+    __slots__ = ("used", "total", "mallocs")   # no __weakref__, like cupy.cuda.MemoryPool
+
     def __init__(self):
         self.used = self.total = 0
         self.mallocs = []

@@ -26,11 +26,13 @@ Python in between. What makes that correct:
    ``bool(t)``, ``print(t)``, ``.cpu()``/``.numpy()``, a data-dependent shape (``t[mask]``,
    ``nonzero``). CuPy's sync detector is switched on for the capturing thread, so such a call
    raises before CUDA sees it; the error names the zgrad function and your line that did it.
-   Nor may it copy host data to the device (``tensor.tensor(list, device="cuda")``,
-   ``.to("cuda")`` of a CPU tensor): CuPy stages those in pinned buffers that it reuses, so a
-   replay would copy whatever is there by then. The pinned allocator refuses the capturing
-   thread (other threads, a data loader's pinning thread, are served as before); scalars are
-   fine (they become kernel arguments).
+   A host-to-device copy (``tensor.tensor(list, device="cuda")``, ``.to("cuda")`` of a CPU
+   tensor) is captured as a copy *from the pinned staging buffer*, which CuPy would reuse for
+   other data; so every pinned buffer the capturing thread allocates is kept alive by the graph
+   (other threads, a data loader's pinning thread, are served as before), and a replay copies
+   the data as it was at capture. CuPy may still refuse the copy's bookkeeping (an event query)
+   during capture: then the error says which op did it. Create such tensors before capture and
+   update them in place; Python scalars are fine (they become kernel arguments).
 4. Random numbers are graph-safe: see Note [Graph-safe RNG] in tensor/random.py.
 5. cudaMalloc is not allowed under the default ("global") capture mode; the private pool's
    allocator switches the thread to relaxed mode around it (PyTorch does the same).
@@ -94,7 +96,7 @@ class _Pool:
         cp = require("graph_pool_handle")
         self.id = next(_pool_ids)
         self.mempool = cp.cuda.MemoryPool()
-        _memory._graph_pools.add(self.mempool)
+        _memory._graph_pools.add(self)
 
     def malloc(self, size: int):
         # cudaMalloc may run here, inside the capture; see Note [CUDA graphs], point 5
@@ -317,25 +319,29 @@ def _set_sync_allowed(allowed: bool):
     return old
 
 
-class HostToDeviceCopyInCapture(RuntimeError):
-    """Raised when the capturing thread asks CuPy for a pinned staging buffer (a host-to-device
-    copy of an array), see Note [CUDA graphs], point 3."""
+def keep_alive(obj) -> None:
+    """Keep `obj` alive as long as the graph being captured in this thread (a buffer its
+    kernels or copies read, such as a pinned host table); nothing happens outside a capture."""
+    keep = getattr(_random._capture, "keep", None)
+    if keep is not None:
+        keep.append(obj)
 
 
 def _guard_pinned(cp, on: bool) -> None:
-    """Route CuPy's pinned allocations through a guard that refuses the capturing thread (on),
-    or back to CuPy's default pinned pool (off). A custom pinned allocator set with
-    cupy.cuda.set_pinned_memory_allocator is replaced by the default one after a capture."""
+    """Route CuPy's pinned allocations through keep_alive for the capturing thread (on), or back
+    to CuPy's default pinned pool (off); Note [CUDA graphs], point 3. A custom allocator set
+    with cupy.cuda.set_pinned_memory_allocator is replaced by the default one after a capture."""
     default = cp.get_default_pinned_memory_pool().malloc
     if not on:
         cp.cuda.set_pinned_memory_allocator(default)
         return
 
-    def guarded(size):
+    def kept(size):
+        mem = default(size)
         if getattr(_tls, "graph", None) is not None:
-            raise HostToDeviceCopyInCapture(f"a host-to-device copy of {size} bytes")
-        return default(size)
-    cp.cuda.set_pinned_memory_allocator(guarded)
+            keep_alive(mem)
+        return mem
+    cp.cuda.set_pinned_memory_allocator(kept)
 
 
 _cuda_driver = []   # [ctypes CDLL or None], loaded once
@@ -376,20 +382,16 @@ def _explain_capture_error(exc):
     CUDA call inside a capture; None for other errors (they propagate unchanged)."""
     name = type(exc).__name__
     status = getattr(exc, "status", None)
-    if isinstance(exc, HostToDeviceCopyInCapture):
-        what = (f"copied host data to the device ({exc}): a replay would copy from a staging "
-                "buffer CuPy reuses. Create such tensors before capture and update them in place "
-                "(static.copy_(new)); Python scalars are fine inside.")
-    elif name == "DeviceSynchronized" or status in (900, 901, 904, 906):
+    if name != "DeviceSynchronized" and status not in (900, 901, 904, 906):
         # 900 StreamCaptureUnsupported, 901 Invalidated, 904 Unjoined, 906 Implicit
-        what = "synchronized the host with the device" if name == "DeviceSynchronized" \
-            else f"made a CUDA call that can't be captured ({exc})"
-        what += (". Captured work must stay on the device: no .item(), float()/bool() of a "
-                 "tensor, print(tensor), .cpu()/.numpy(), or data-dependent shapes (boolean-mask "
-                 "indexing, nonzero) inside the captured region. Move it out of the region "
-                 "(read the outputs after g.replay()).")
-    else:
         return None
+    what = "synchronized the host with the device" if name == "DeviceSynchronized" \
+        else f"made a CUDA call that can't be captured ({exc})"
+    what += (". Captured work must stay on the device: no .item(), float()/bool() of a tensor, "
+             "print(tensor), .cpu()/.numpy(), data-dependent shapes (boolean-mask indexing, "
+             "nonzero), or tensors made from host data (tensor.tensor(list, device='cuda')) "
+             "inside the captured region. Move it out of the region (read the outputs after "
+             "g.replay(); create inputs before capture and update them with .copy_()).")
     where, line = _culprit(traceback.extract_tb(exc.__traceback__))
     return RuntimeError(f"CUDA graph capture: an operation{where}{line} {what}")
 

@@ -21,11 +21,11 @@ from .. import backend
 from ._util import available, device_index, require
 
 _peaks: dict = {}                  # device index -> [peak allocated, peak reserved]
-_graph_pools = weakref.WeakSet()   # cupy MemoryPools private to CUDA graphs (graphs.py adds them)
+_graph_pools = weakref.WeakSet()   # graphs.py's pool tokens (cupy's MemoryPool takes no weakref)
 
 
 def _pools():
-    return [backend.cupy.get_default_memory_pool(), *list(_graph_pools)]
+    return [backend.cupy.get_default_memory_pool(), *[p.mempool for p in list(_graph_pools)]]
 
 
 def _sample(device, what: str):
