@@ -13,8 +13,8 @@ from .. import backend
 from ._util import available as _available
 from ._util import device_index as _device_index
 from ._util import require as _require
-from .graphs import (CUDAGraph, graph, graph_pool_handle, is_current_stream_capturing,  # noqa
-                     make_graphed_callables)
+from ._graphed import make_graphed_callables  # noqa: F401
+from .graphs import CUDAGraph, graph, graph_pool_handle, is_current_stream_capturing  # noqa
 from .memory import (empty_cache, max_memory_allocated, max_memory_reserved,  # noqa: F401
                      mem_get_info, memory_allocated, memory_reserved, memory_stats,
                      reset_max_memory_allocated, reset_peak_memory_stats)

@@ -67,7 +67,8 @@ Usage (a whole training step, as in PyTorch's docs)::
         print(static_loss.item())                 # outputs are refreshed in place
 
 The optimizer must be capturable (no host-side step counter, no host sync): SGD's update is
-plain array arithmetic; Adam/AdamW need ``capturable=True``.
+plain array arithmetic; Adam/AdamW need ``capturable=True``. To graph only a module's forward
+and backward inside an eager step, see make_graphed_callables (tensor/cuda/_graphed.py).
 """
 from __future__ import annotations
 
@@ -292,15 +293,6 @@ def is_current_stream_capturing() -> bool:
         return bool(backend.cupy.cuda.get_current_stream().is_capturing())
     except Exception:   # querying the legacy stream while another stream captures is an error
         return False
-
-
-def make_graphed_callables(callables, sample_args, num_warmup_iters: int = 3,
-                           allow_unused_input: bool = False, pool=None):
-    """Not provided: zgrad captures whole steps (``tensor.cuda.graph``), not per-module
-    forward/backward graphs."""
-    raise NotImplementedError(
-        "tensor.cuda.make_graphed_callables is not implemented in zgrad; capture the whole "
-        "training step with `with tensor.cuda.graph(g): ...` (see tensor/cuda/graphs.py).")
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -301,3 +301,45 @@ def test_gpu_host_sync_in_capture_raises_and_leaves_cuda_usable():
     np.testing.assert_allclose(y.cpu().numpy(), x.cpu().numpy() + 1, rtol=1e-6)
     with pytest.raises(RuntimeError, match="default stream"):
         tcuda.CUDAGraph().capture_begin()
+
+
+@requires_cupy
+def test_gpu_make_graphed_callables_module_trains_as_eager():
+    tensor.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).to("cuda")
+    ref = copy.deepcopy(model)
+    batches = _batches(5, 16, 4)
+    graphed = tcuda.make_graphed_callables(model, (batches[0][0].clone(),))
+    assert graphed is model
+    opt, opt_ref = tensor.optim.SGD(model.parameters(), lr=0.1), \
+        tensor.optim.SGD(ref.parameters(), lr=0.1)
+    for x, y in batches:
+        for m, o in ((graphed, opt), (ref, opt_ref)):
+            o.zero_grad(set_to_none=True)
+            loss = _mse(m(x), y)
+            loss.backward()
+            o.step()
+            if m is graphed:
+                got = loss.item()
+        assert got == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    model.eval()                                  # the other mode runs eagerly
+    np.testing.assert_allclose(model(batches[0][0]).detach().cpu().numpy(),
+                               ref(batches[0][0]).detach().cpu().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@requires_cupy
+def test_gpu_make_graphed_callables_function_gives_input_grads():
+    def f(a):
+        return (a * 2.0).tanh()
+    sample = tensor.randn(64, device="cuda").requires_grad_()
+    graphed = tcuda.make_graphed_callables(f, (sample,))
+    for _ in range(2):
+        a = tensor.randn(64, device="cuda").requires_grad_()
+        b = a.detach().clone().requires_grad_()
+        (graphed(a) * 3.0).sum().backward()
+        (f(b) * 3.0).sum().backward()
+        np.testing.assert_allclose(a.grad.cpu().numpy(), b.grad.cpu().numpy(), rtol=1e-5,
+                                   atol=1e-6)
