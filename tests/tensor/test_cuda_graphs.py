@@ -221,6 +221,7 @@ def test_gpu_elementwise_chain_and_in_place_state_replay():
     x = tensor.tensor(rng.normal(size=1000).astype(np.float32), device="cuda")
     w = tensor.ones(1000, device="cuda")
     (x * 2.0 + 1.0).tanh() * w                # warm-up: kernels compiled outside the capture
+    w.mul_(1.0)
     tcuda.synchronize()
     g = tcuda.CUDAGraph()
     with tcuda.graph(g):
