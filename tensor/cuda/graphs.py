@@ -72,20 +72,16 @@ and backward inside an eager step, see make_graphed_callables (tensor/cuda/_grap
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import itertools
-import os
 import threading
-import traceback
 
 from .. import backend
 from .. import random as _random
 from . import memory as _memory
-from .streams import Stream, StreamContext, current_stream
+from ._capture import _MODES, explain_capture_error, relaxed_capture_mode, set_sync_allowed
 from ._util import available, require
-
-_MODES = {"global": 0, "thread_local": 1, "relaxed": 2}   # cudaStreamCaptureMode values
+from .streams import Stream, StreamContext, current_stream
 _tls = threading.local()            # .graph: the CUDAGraph capturing in this thread
 _pool_ids = itertools.count(1)
 
@@ -101,7 +97,7 @@ class _Pool:
 
     def malloc(self, size: int):
         # cudaMalloc may run here, inside the capture; see Note [CUDA graphs], point 5
-        with _relaxed_capture_mode():
+        with relaxed_capture_mode():
             return self.mempool.malloc(size)
 
     def __repr__(self):
@@ -153,7 +149,7 @@ class CUDAGraph:
         keep = [rng._cupy_rng]
         alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
         alloc_ctx.__enter__()
-        sync_prev = _set_sync_allowed(False)
+        sync_prev = set_sync_allowed(False)
         _guard_pinned(cp, True)
         _random._capture.keep = keep
         _tls.graph = self
@@ -171,7 +167,7 @@ class CUDAGraph:
         _tls.graph = None
         _random._capture.keep = None
         _guard_pinned(backend.cupy, False)
-        _set_sync_allowed(sync_prev)
+        set_sync_allowed(sync_prev)
         alloc_ctx.__exit__(None, None, None)
         return stream, keep
 
@@ -277,7 +273,7 @@ class graph:
         finally:
             self._stream_ctx.__exit__(None, None, None)
         if exc is not None:
-            clear = _explain_capture_error(exc)
+            clear = explain_capture_error(exc)
             if clear is not None:
                 raise clear from exc
         return False
@@ -296,20 +292,6 @@ def is_current_stream_capturing() -> bool:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def _set_sync_allowed(allowed: bool):
-    """Switch CuPy's per-thread sync detector (cupy._core.syncdetect); returns the old value.
-    Private CuPy API: without it a host sync fails inside CUDA instead, still with our message."""
-    try:
-        from cupy._core import syncdetect  # type: ignore
-        tl = syncdetect._thread_local
-    except (ImportError, AttributeError):
-        return None
-    old = getattr(tl, "allowed", True)
-    if allowed is not None:
-        tl.allowed = allowed
-    return old
-
 
 def keep_alive(obj) -> None:
     """Keep `obj` alive as long as the graph being captured in this thread (a buffer its
@@ -334,78 +316,6 @@ def _guard_pinned(cp, on: bool) -> None:
             keep_alive(mem)
         return mem
     cp.cuda.set_pinned_memory_allocator(kept)
-
-
-_cuda_driver = []   # [ctypes CDLL or None], loaded once
-
-
-def _driver():
-    if not _cuda_driver:
-        try:
-            _cuda_driver.append(ctypes.CDLL("libcuda.so.1"))
-        except OSError:
-            _cuda_driver.append(None)
-    return _cuda_driver[0]
-
-
-class _relaxed_capture_mode:
-    """Put this thread in relaxed capture mode (cuThreadExchangeStreamCaptureMode) inside the
-    block, so that a cudaMalloc is allowed while a global-mode capture is running."""
-
-    def __enter__(self):
-        lib = _driver()
-        self._mode = None
-        if lib is not None:
-            mode = ctypes.c_int(_MODES["relaxed"])
-            if lib.cuThreadExchangeStreamCaptureMode(ctypes.byref(mode)) == 0:
-                self._mode = mode
-
-    def __exit__(self, *exc):
-        if self._mode is not None:
-            _driver().cuThreadExchangeStreamCaptureMode(ctypes.byref(self._mode))
-        return False
-
-
-_OWN = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),)   # .../tensor
-
-
-def _explain_capture_error(exc):
-    """A RuntimeError naming the op and the user's line, for a host sync or capture-illegal
-    CUDA call inside a capture; None for other errors (they propagate unchanged)."""
-    name = type(exc).__name__
-    status = getattr(exc, "status", None)
-    if name != "DeviceSynchronized" and status not in (900, 901, 904, 906):
-        # 900 StreamCaptureUnsupported, 901 Invalidated, 904 Unjoined, 906 Implicit
-        return None
-    what = "synchronized the host with the device" if name == "DeviceSynchronized" \
-        else f"made a CUDA call that can't be captured ({exc})"
-    what += (". Captured work must stay on the device: no .item(), float()/bool() of a tensor, "
-             "print(tensor), .cpu()/.numpy(), data-dependent shapes (boolean-mask indexing, "
-             "nonzero), or tensors made from host data (tensor.tensor(list, device='cuda')) "
-             "inside the captured region. Move it out of the region (read the outputs after "
-             "g.replay(); create inputs before capture and update them with .copy_()).")
-    where, line = _culprit(traceback.extract_tb(exc.__traceback__))
-    return RuntimeError(f"CUDA graph capture: an operation{where}{line} {what}")
-
-
-def _culprit(frames):
-    """(" in <zgrad function> (file:line)", ", called from <user file:line>") for a traceback:
-    the zgrad entry point the user's code called last, and that line of the user's code."""
-    def own(f):
-        return f.filename.startswith(_OWN)
-
-    def user(f):
-        return not own(f) and "cupy" not in f.filename and not f.filename.endswith("contextlib.py")
-    calls = [i for i in range(1, len(frames)) if own(frames[i]) and user(frames[i - 1])]
-    if not calls:
-        users = [f for f in frames if user(f)]
-        return "", (f", called from {_short(users[-1])}" if users else "")
-    i = calls[-1]   # the last place where user code (a script, a module's forward) called zgrad
-    return f" in {frames[i].name} ({_short(frames[i])})", f", called from {_short(frames[i - 1])}"
-
-
-def _short(frame) -> str:
-    return f"{os.path.basename(frame.filename)}:{frame.lineno}"
 
 
 def _graph_in_capture():

@@ -9,7 +9,7 @@ import tensor
 import tensor.cuda as tcuda
 from tensor import backend
 from tensor import random as trandom
-from tensor.cuda import _util, graphs, memory
+from tensor.cuda import _capture, _util, graphs, memory
 from tests.fake_cupy import make_fake_cupy
 from tests.helpers import requires_cupy
 
@@ -64,12 +64,12 @@ def test_capture_error_names_the_op_and_the_callers_line(monkeypatch):
     try:
         tensor.ones(3).tolist()
     except DeviceSynchronized as e:
-        err = graphs._explain_capture_error(e)
+        err = _capture.explain_capture_error(e)
     assert isinstance(err, RuntimeError)
     msg = str(err)
     assert "in tolist (_tensor.py:" in msg and "called from test_cuda_api.py:" in msg
     assert ".item()" in msg and "g.replay()" in msg
-    assert graphs._explain_capture_error(ValueError("unrelated")) is None
+    assert _capture.explain_capture_error(ValueError("unrelated")) is None
 
 
 # -- the protocol, against a recording fake of CuPy ------------------------------------------------

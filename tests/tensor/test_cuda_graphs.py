@@ -11,7 +11,7 @@ import tensor
 import tensor.cuda as tcuda
 from tensor import backend, nn
 from tensor import random as trandom
-from tensor.cuda import _util, graphs, memory
+from tensor.cuda import _capture, _util, graphs, memory
 from tests.fake_cupy import make_fake_cupy
 from tests.helpers import requires_cupy
 
