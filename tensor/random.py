@@ -3,10 +3,10 @@
 A Generator wraps a numpy PCG64 generator (``gen.np_rng``); CUDA tensors draw from a CuPy
 generator (cuRAND XORWOW) with its own seed: ``manual_seed`` seeds both streams,
 ``tensor.cuda.manual_seed`` only the CUDA one, and CPU draws never shift the CUDA numbers (as in
-PyTorch, where the CPU and CUDA generators are separate). See Note [Graph-safe RNG]. Every Generator, the default one included, starts from
-the fixed seed 67280421310721, the value PyTorch's default generator reports too
-(``initial_seed()`` returns it until ``manual_seed``/``seed`` change it), so an unseeded
-program is reproducible run to run. The *numbers* differ from PyTorch's for the same seed:
+PyTorch, where the CPU and CUDA generators are separate). See Note [Graph-safe RNG].
+Every Generator, the default one included, starts from the fixed seed 67280421310721, the
+value PyTorch's default generator reports too (``initial_seed()`` returns it until
+``manual_seed``/``seed`` change it), so an unseeded program is reproducible run to run. The *numbers* differ from PyTorch's for the same seed:
 PyTorch's CPU generator is a Mersenne Twister, zgrad's is PCG64.
 
 Note [Graph-safe RNG]

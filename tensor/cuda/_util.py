@@ -24,7 +24,8 @@ def require(what: str):
         why = "CuPy is not installed"
         fix = "install it with pip install 'zgrad[gpu]' on a machine with an NVIDIA GPU"
     else:
-        why = "CuPy is installed but sees no CUDA GPU (no driver, or CUDA_VISIBLE_DEVICES hides them)"
+        why = ("CuPy is installed but sees no CUDA GPU (no driver, or CUDA_VISIBLE_DEVICES "
+               "hides them)")
         fix = "run on a machine with a visible NVIDIA GPU"
     raise RuntimeError(f"tensor.cuda.{what}: expected a CUDA device, but {why}. To use it, {fix}; "
                        "to run anywhere, check tensor.cuda.is_available() first.")

@@ -142,7 +142,7 @@ class CUDAGraph:
                                "CUDA can't capture. Use `with tensor.cuda.graph(g):` (it captures "
                                "on a side stream) or make a tensor.cuda.Stream() current first.")
         rng = _random.default_generator
-        if rng._cupy_rng is None:   # create the RNG state outside the capture (Note [Graph-safe RNG])
+        if rng._cupy_rng is None:   # its state is made outside the capture (Note [Graph-safe RNG])
             rng.cupy_rng()
             stream.synchronize()
         self._pool = pool if pool is not None else _Pool()

@@ -88,7 +88,8 @@ def fake(monkeypatch):
 def test_streams_order_through_events(fake):
     s = tcuda.Stream()
     assert s.cupy_stream.non_blocking and s.device == tensor.device("cuda:0")
-    assert tcuda.current_stream() == tcuda.default_stream() and tcuda.current_stream().cuda_stream == 0
+    assert tcuda.current_stream() == tcuda.default_stream()
+    assert tcuda.current_stream().cuda_stream == 0
     with tcuda.stream(s):
         assert tcuda.current_stream() == s
     with s:

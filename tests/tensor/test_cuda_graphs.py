@@ -29,7 +29,7 @@ def fake(monkeypatch):
     assert getattr(trandom._capture, "keep", None) is None
 
 
-# -- protocol (fake CuPy) ---------------------------------------------------------------------------
+# -- protocol (fake CuPy) -------------------------------------------------------------------------
 def test_capture_uses_a_side_stream_and_a_private_pool(fake):
     g = tcuda.CUDAGraph()
     with tcuda.graph(g):
