@@ -131,12 +131,15 @@ class _State(threading.local):
         self.syncs = 0
 
 
-class _Pinned:
-    allocator = None   # process-wide, as CuPy's pinned allocator
+class FakeArray:
+    """Stands for cupy.ndarray, a Python class whose __matmul__ can be replaced."""
 
-    @staticmethod
-    def malloc(size):
-        return ("pinned", size)
+    def __matmul__(self, other):
+        return "cupy"
+
+
+def _fake_matmul(a, b, *args, **kwargs):
+    return "cupy"
 
 
 _state = _State()
@@ -168,9 +171,7 @@ def make_fake_cupy():
     cuda = types.SimpleNamespace(
         Stream=FakeStream, Event=FakeEvent, Device=FakeDevice, MemoryPool=FakeMemoryPool,
         runtime=runtime, get_current_stream=get_current_stream, using_allocator=using_allocator,
-        get_elapsed_time=lambda a, b: 1.5,
-        set_pinned_memory_allocator=lambda fn: setattr(_Pinned, "allocator", fn),
-        alloc_pinned_memory=lambda size: (_Pinned.allocator or _Pinned.malloc)(size))
+        get_elapsed_time=lambda a, b: 1.5)
     return types.SimpleNamespace(cuda=cuda, get_default_memory_pool=lambda: _default_pool,
-                                 get_default_pinned_memory_pool=lambda: _Pinned,
+                                 ndarray=FakeArray, matmul=_fake_matmul,
                                  state=_state, default_pool=_default_pool)

@@ -61,11 +61,17 @@ def explain_capture_error(exc):
     CUDA call inside a capture; None for other errors (they propagate unchanged)."""
     name = type(exc).__name__
     status = getattr(exc, "status", None)
-    if name != "DeviceSynchronized" and status not in (900, 901, 904, 906):
-        # 900 StreamCaptureUnsupported, 901 Invalidated, 904 Unjoined, 906 Implicit
+    text = str(exc)
+    if name == "DeviceSynchronized":
+        what = "synchronized the host with the device"
+    elif status in (900, 901, 904, 906) or "stream capture" in text or \
+            "stream is capturing" in text:
+        # 900 StreamCaptureUnsupported, 901 Invalidated, 904 Unjoined, 906 Implicit; CuPy's
+        # own refusals (H2D/D2H copies, cuBLAS/cuSOLVER/cuSPARSE) say "stream capture"
+        what = (f"made a call that can't be captured ({type(exc).__name__}: {text}; if it was "
+                "a kernel's first launch, run the step once before capturing)")
+    else:
         return None
-    what = "synchronized the host with the device" if name == "DeviceSynchronized" \
-        else f"made a CUDA call that can't be captured ({exc})"
     what += (". Captured work must stay on the device: no .item(), float()/bool() of a tensor, "
              "print(tensor), .cpu()/.numpy(), data-dependent shapes (boolean-mask indexing, "
              "nonzero), or tensors made from host data (tensor.tensor(list, device='cuda')) "

@@ -26,16 +26,18 @@ Python in between. What makes that correct:
    ``bool(t)``, ``print(t)``, ``.cpu()``/``.numpy()``, a data-dependent shape (``t[mask]``,
    ``nonzero``). CuPy's sync detector is switched on for the capturing thread, so such a call
    raises before CUDA sees it; the error names the zgrad function and your line that did it.
-   A host-to-device copy (``tensor.tensor(list, device="cuda")``, ``.to("cuda")`` of a CPU
-   tensor) is captured as a copy *from the pinned staging buffer*, which CuPy would reuse for
-   other data; so every pinned buffer the capturing thread allocates is kept alive by the graph
-   (other threads, a data loader's pinning thread, are served as before), and a replay copies
-   the data as it was at capture. CuPy may still refuse the copy's bookkeeping (an event query)
-   during capture: then the error says which op did it. Create such tensors before capture and
-   update them in place; Python scalars are fine (they become kernel arguments).
+   CuPy also refuses host-to-device and device-to-host copies while capturing
+   (``tensor.tensor(list, device="cuda")``, ``.to("cuda")`` of a CPU tensor): create such
+   tensors before capture and update them in place; Python scalars are fine (they become
+   kernel arguments). Buffers a captured kernel reads that nobody else holds (a fused
+   optimizer's pointer table) go to ``keep_alive(obj)``, which ties them to the graph.
 4. Random numbers are graph-safe: see Note [Graph-safe RNG] in tensor/random.py.
 5. cudaMalloc is not allowed under the default ("global") capture mode; the private pool's
    allocator switches the thread to relaxed mode around it (PyTorch does the same).
+6. CuPy refuses cuBLAS during capture; matmuls in the capturing thread go through our own
+   cuBLAS calls instead (Note [Capturable matmul] in _blas.py). Other CuPy library calls that
+   refuse capture (cuSOLVER, cuSPARSE, cuRAND's host API, einsum's cuBLAS path) raise, and the
+   error names the op.
 
 Usage (a whole training step, as in PyTorch's docs)::
 
@@ -78,6 +80,7 @@ import threading
 
 from .. import backend
 from .. import random as _random
+from . import _blas
 from . import memory as _memory
 from ._capture import _MODES, explain_capture_error, relaxed_capture_mode, set_sync_allowed
 from ._util import available, require
@@ -145,12 +148,13 @@ class CUDAGraph:
         if rng._cupy_rng is None:   # its state is made outside the capture (Note [Graph-safe RNG])
             rng.cupy_rng()
             stream.synchronize()
+        _blas.prepare()   # the capturable matmul's cuBLAS handle, made outside the capture
         self._pool = pool if pool is not None else _Pool()
         keep = [rng._cupy_rng]
         alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
         alloc_ctx.__enter__()
         sync_prev = set_sync_allowed(False)
-        _guard_pinned(cp, True)
+        _blas.install(_graph_in_capture)
         _random._capture.keep = keep
         _tls.graph = self
         self._capture = (stream, alloc_ctx, sync_prev, keep)
@@ -166,7 +170,7 @@ class CUDAGraph:
         self._capture = None
         _tls.graph = None
         _random._capture.keep = None
-        _guard_pinned(backend.cupy, False)
+        _blas.uninstall()
         set_sync_allowed(sync_prev)
         alloc_ctx.__exit__(None, None, None)
         return stream, keep
@@ -299,23 +303,6 @@ def keep_alive(obj) -> None:
     keep = getattr(_random._capture, "keep", None)
     if keep is not None:
         keep.append(obj)
-
-
-def _guard_pinned(cp, on: bool) -> None:
-    """Route CuPy's pinned allocations through keep_alive for the capturing thread (on), or back
-    to CuPy's default pinned pool (off); Note [CUDA graphs], point 3. A custom allocator set
-    with cupy.cuda.set_pinned_memory_allocator is replaced by the default one after a capture."""
-    default = cp.get_default_pinned_memory_pool().malloc
-    if not on:
-        cp.cuda.set_pinned_memory_allocator(default)
-        return
-
-    def kept(size):
-        mem = default(size)
-        if getattr(_tls, "graph", None) is not None:
-            keep_alive(mem)
-        return mem
-    cp.cuda.set_pinned_memory_allocator(kept)
 
 
 def _graph_in_capture():

@@ -92,19 +92,25 @@ def test_a_host_sync_in_capture_ends_it_cleanly_with_a_clear_error(fake):
     g.replay()
 
 
-def test_pinned_buffers_of_the_capturing_thread_live_as_long_as_the_graph(fake):
+def test_matmul_is_rerouted_in_the_capturing_thread_only(fake, monkeypatch):
     import threading
-    other = []
-    g = tcuda.CUDAGraph()
-    with tcuda.graph(g):
-        t = threading.Thread(target=lambda: other.append(fake.cuda.alloc_pinned_memory(8)))
+    from tensor.cuda import _blas
+    calls = []
+    monkeypatch.setattr(_blas, "matmul", lambda a, b: calls.append("ours") or "ours")
+    x = fake.ndarray()
+    orig_op, orig_fn = fake.ndarray.__matmul__, fake.matmul
+    assert x @ x == "cupy"
+    with tcuda.graph(tcuda.CUDAGraph()):
+        assert x @ x == "ours" and fake.matmul(x, x) == "ours"
+        assert fake.matmul(x, x, out=x) == "cupy"       # what ours doesn't take goes to CuPy
+        other = []
+        t = threading.Thread(target=lambda: other.append(x @ x))
         t.start()
         t.join()
-        mine = fake.cuda.alloc_pinned_memory(64)   # a host->device copy's staging buffer
-        graphs.keep_alive("table")                 # what the fused optimizer hands over
-    assert mine in g._keep and "table" in g._keep
-    assert other == [("pinned", 8)] and other[0] not in g._keep   # a loader thread: as before
-    assert fake.cuda.alloc_pinned_memory(32) not in g._keep
+        assert other == ["cupy"]                         # another thread keeps CuPy's path
+        graphs.keep_alive("table")                       # a fused optimizer's pointer table
+    assert fake.ndarray.__matmul__ is orig_op and fake.matmul is orig_fn
+    assert x @ x == "cupy" and calls == ["ours", "ours"]
     graphs.keep_alive("ignored outside a capture")
 
 
@@ -344,3 +350,52 @@ def test_gpu_make_graphed_callables_function_gives_input_grads():
         (f(b) * 3.0).sum().backward()
         np.testing.assert_allclose(a.grad.cpu().numpy(), b.grad.cpu().numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+# -- the capturable matmul's cuBLAS bookkeeping, checked against numpy on the CPU ----------------
+def _cublas_gemm_on_numpy(out, first, second, m, n, k, batch):
+    """What cublasGemm(StridedBatched)Ex computes, column-major, on the same buffers."""
+    def cm(op, x, rows, cols):   # the (rows x cols) column-major operand cuBLAS reads, op applied
+        r, c = (rows, cols) if op.op == 0 else (cols, rows)
+        v = np.lib.stride_tricks.as_strided(op.array, (batch, r, c), (
+            op.stride * x.itemsize, x.itemsize, op.ld * x.itemsize))
+        return v if op.op == 0 else v.transpose(0, 2, 1)
+    c = np.lib.stride_tricks.as_strided(out, (batch, m, n), (
+        m * n * out.itemsize, out.itemsize, m * out.itemsize))
+    c[...] = cm(first, first.array, m, k) @ cm(second, second.array, k, n)
+
+
+@pytest.mark.parametrize("case", [
+    ((5, 3), (3, 4), None), ((5, 3), (4, 3), "bT"), ((3, 5), (3, 4), "aT"),
+    ((3, 5), (4, 3), "abT"), ((7,), (7, 2), None), ((4, 7), (7,), None), ((6,), (6,), None),
+    ((2, 5, 3), (3, 4), None), ((5, 3), (2, 3, 4), None), ((2, 1, 5, 3), (1, 3, 3, 4), None),
+    ((2, 5, 3), (2, 4, 3), "bT"), ((4, 6), (6, 0), None), ((4, 0), (0, 3), None),
+    ((5, 8), (8, 3), "slice"), ((5, 3), (3, 4), "flip"), ((1, 3), (3, 1), None)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_capturable_matmul_plan_matches_numpy(case, dtype):
+    from tensor.cuda import _blas
+    sa, sb, how = case
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=sa).astype(dtype), rng.normal(size=sb).astype(dtype)
+    if how in ("bT", "abT"):
+        b = np.swapaxes(b, -1, -2)            # a transposed view: column-major for cuBLAS
+    if how in ("aT", "abT"):
+        a = np.swapaxes(a, -1, -2)
+    if how == "slice":
+        a = np.ascontiguousarray(np.pad(a, ((0, 0), (0, 5))))[:, :8]   # row stride > width
+    if how == "flip":
+        a = a[::-1]                           # negative stride: copied first
+    result, call = _blas.plan(np, a, b)
+    if call is not None:
+        _cublas_gemm_on_numpy(*call)
+    np.testing.assert_allclose(result, a @ b, rtol=1e-6, atol=1e-12)
+    assert result.shape == (a @ b).shape and result.dtype == (a @ b).dtype
+
+
+def test_capturable_matmul_declines_what_cublas_cannot_do():
+    from tensor.cuda import _blas
+    ints = np.ones((2, 2), np.int64)
+    assert _blas.plan(np, ints, ints) is None                      # CuPy's integer kernels
+    assert _blas.plan(np, np.ones((2, 3)), np.ones((4, 2))) is None  # CuPy reports the mismatch
+    assert _blas.plan(np, np.ones(()), np.ones((2,))) is None
+    assert _blas.plan(np, np.ones((2, 2, 3)), np.ones((3, 3, 4))) is None   # batch mismatch
