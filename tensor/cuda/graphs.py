@@ -85,6 +85,7 @@ from . import memory as _memory
 from ._capture import _MODES, explain_capture_error, relaxed_capture_mode, set_sync_allowed
 from ._util import available, require
 from .streams import Stream, StreamContext, current_stream
+
 _tls = threading.local()            # .graph: the CUDAGraph capturing in this thread
 _pool_ids = itertools.count(1)
 
@@ -148,7 +149,10 @@ class CUDAGraph:
         if rng._cupy_rng is None:   # its state is made outside the capture (Note [Graph-safe RNG])
             rng.cupy_rng()
             stream.synchronize()
-        _blas.prepare()   # the capturable matmul's cuBLAS handle, made outside the capture
+        try:   # the capturable matmul's cuBLAS handle, made outside the capture
+            _blas.prepare()
+        except (OSError, RuntimeError):
+            pass   # then a matmul in the capture fails with CuPy's refusal, named by our error
         self._pool = pool if pool is not None else _Pool()
         keep = [rng._cupy_rng]
         alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
