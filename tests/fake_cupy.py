@@ -131,11 +131,13 @@ class _State(threading.local):
         self.syncs = 0
 
 
-class FakeArray:
-    """Stands for cupy.ndarray, a Python class whose __matmul__ can be replaced."""
-
+class _FakeArrayBase:
     def __matmul__(self, other):
         return "cupy"
+
+
+class FakeArray(_FakeArrayBase):
+    """Stands for cupy.ndarray: a Python class inheriting __matmul__ from its (Cython) base."""
 
 
 def _fake_matmul(a, b, *args, **kwargs):

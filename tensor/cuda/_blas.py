@@ -220,7 +220,9 @@ def install(in_capture) -> None:
     if _installs[0] > 1:
         return
     orig_op, orig_fn = cp.ndarray.__matmul__, cp.matmul
-    _saved.update(op=orig_op, fn=orig_fn)
+    # CuPy's ndarray inherits __matmul__ from its Cython base; deleting ours afterwards gives
+    # the fast C slot back (assigning the old one would leave a Python-level lookup on every @)
+    _saved.update(op=orig_op, fn=orig_fn, own="__matmul__" in vars(cp.ndarray))
 
     def op(a, b):
         if in_capture():
@@ -243,5 +245,9 @@ def uninstall() -> None:
     cp = backend.cupy
     _installs[0] -= 1
     if _installs[0] == 0 and _saved:
-        cp.ndarray.__matmul__ = _saved.pop("op")
+        op = _saved.pop("op")
+        if _saved.pop("own"):
+            cp.ndarray.__matmul__ = op
+        else:
+            del cp.ndarray.__matmul__
         cp.matmul = _saved.pop("fn")

@@ -110,6 +110,7 @@ def test_matmul_is_rerouted_in_the_capturing_thread_only(fake, monkeypatch):
         assert other == ["cupy"]                         # another thread keeps CuPy's path
         graphs.keep_alive("table")                       # a fused optimizer's pointer table
     assert fake.ndarray.__matmul__ is orig_op and fake.matmul is orig_fn
+    assert "__matmul__" not in vars(fake.ndarray)       # the inherited (fast) slot is back
     assert x @ x == "cupy" and calls == ["ours", "ours"]
     graphs.keep_alive("ignored outside a capture")
 
