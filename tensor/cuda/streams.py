@@ -50,9 +50,11 @@ class Stream:
         return (0, self.cuda_stream)
 
     def wait_event(self, event: "Event") -> None:
-        """Make future work on this stream wait until `event` completes (no host wait)."""
-        if event._event is not None:   # waiting on a never-recorded event is a no-op, as in CUDA
-            self.cupy_stream.wait_event(event._event)
+        """Make future work on this stream wait until `event` (an Event, or a cupy.cuda.Event)
+        completes, without a host wait."""
+        ev = event._event if isinstance(event, Event) else event
+        if ev is not None:   # waiting on a never-recorded event is a no-op, as in CUDA
+            self.cupy_stream.wait_event(ev)
 
     def wait_stream(self, stream: "Stream") -> None:
         """Make future work on this stream wait for all work queued on `stream` so far."""
@@ -122,12 +124,15 @@ class Event:
         if self._event is None:
             self._event = cp.cuda.Event(block=self.blocking, disable_timing=not self.enable_timing,
                                         interprocess=self.interprocess)
-        s = stream.cupy_stream if stream is not None else cp.cuda.get_current_stream()
+        s = cp.cuda.get_current_stream() if stream is None else _cupy_stream_of(stream)
         self._event.record(s)
 
     def wait(self, stream: Stream = None) -> None:
         """Make `stream` (the current stream by default) wait for this event."""
-        (current_stream() if stream is None else stream).wait_event(self)
+        if stream is None:
+            stream = current_stream()
+        if self._event is not None:
+            _cupy_stream_of(stream).wait_event(self._event)
 
     def query(self) -> bool:
         """True when the work recorded before this event has finished (or it was never recorded)."""
@@ -153,6 +158,11 @@ class Event:
     def __repr__(self):
         return (f"<tensor.cuda.Event enable_timing={self.enable_timing} "
                 f"cuda_event={self.cuda_event:#x}>")
+
+
+def _cupy_stream_of(stream):
+    """The cupy.cuda.Stream behind a Stream (or a cupy stream itself)."""
+    return stream.cupy_stream if isinstance(stream, Stream) else stream
 
 
 class StreamContext:
