@@ -79,6 +79,34 @@ class device:
         return False
 
 
+class device_of(device):
+    """Context manager that makes the GPU of tensor `obj` current (nothing for a CPU tensor)."""
+
+    def __init__(self, obj):
+        dev = obj.device
+        super().__init__(dev.index if dev.type == "cuda" and dev.index is not None else
+                         (None if dev.type == "cpu" else _device_index(dev, "device_of")))
+
+
+if backend.cupy is not None:
+    OutOfMemoryError = backend.cupy.cuda.memory.OutOfMemoryError
+else:
+    class OutOfMemoryError(MemoryError):
+        """What a failed GPU allocation raises (CuPy's OutOfMemoryError when CuPy is there;
+        unlike torch's, it derives from MemoryError, as CuPy's does)."""
+
+
+def is_bf16_supported(including_emulation: bool = True) -> bool:
+    """True on GPUs with native bfloat16 (compute capability 8.0 and newer); False without CUDA."""
+    if not _available():
+        return False
+    return get_device_capability()[0] >= 8
+
+
+def ipc_collect() -> None:
+    """No-op: CUDA IPC mappings are released by shm's lease protocol, not by the allocator."""
+
+
 class _DeviceProperties:
     """What get_device_properties() returns: torch's attribute names."""
 

@@ -27,6 +27,10 @@ def test_queries_answer_as_a_cpu_only_torch():
     tcuda.empty_cache()
     tcuda.reset_peak_memory_stats()
     assert tcuda.is_current_stream_capturing() is False
+    assert tcuda.is_bf16_supported() is False
+    with tcuda.device_of(tensor.ones(2)):     # a CPU tensor: nothing to switch
+        pass
+    assert issubclass(tcuda.OutOfMemoryError, MemoryError)
 
 
 @no_cuda
@@ -124,6 +128,7 @@ def test_device_properties_have_torchs_names(fake):
     assert (p.name, p.total_memory, p.multi_processor_count, p.major, p.minor) == \
         ("Fake GPU", 8, 132, 9, 0)
     assert tcuda.get_device_capability() == (9, 0) and tcuda.get_device_name() == "Fake GPU"
+    assert tcuda.is_bf16_supported()
     assert tcuda.mem_get_info() == (6, 8) and tcuda.device_count() == 1
     with pytest.raises(ValueError, match="out of range"):
         tcuda.get_device_properties(3)
