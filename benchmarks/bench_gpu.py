@@ -97,6 +97,8 @@ class Bench:
             if self.cuda:
                 torch.backends.cuda.matmul.allow_tf32 = False  # float32 against float32
                 torch.backends.cudnn.allow_tf32 = False
+            else:
+                torch.set_num_threads(1)  # the CPU run checks logic; zgrad's numpy, alike
             self.torch = torch
             self.results["meta"]["torch"] = torch.__version__
         except Exception as e:  # the zgrad columns still run

@@ -86,11 +86,12 @@ export -f pytest_part
 gpu_tests() {
     local log=$OUT/pytest_gpu.log xd=() rc=0
     : >"$log"
-    # single-process tests in parallel (kernel compilation dominates on a fresh machine); the
-    # multi-process ones alone, since their /dev/shm leak checks see other workers' segments
-    python3 -c "import xdist" 2>/dev/null && xd=(-n 4 --dist loadfile)
-    echo "--- tests/tensor ${xd[*]}"
-    pytest_part "$log" -m gpu "${xd[@]}" tests/tensor || rc=1
+    # single-process tests spread over 4 workers (compiling kernels dominates on a fresh
+    # machine); the multi-process ones (shm, runtime) in one process, since their /dev/shm leak
+    # checks would see the other workers' segments
+    python3 -c "import xdist" 2>/dev/null && xd=(-n 4)
+    echo "--- tests except shm and runtime ${xd[*]}"
+    pytest_part "$log" -m gpu "${xd[@]}" tests --ignore=tests/shm --ignore=tests/runtime || rc=1
     echo "--- tests/shm tests/runtime (one process)"
     pytest_part "$log" -m gpu tests/shm tests/runtime || rc=1
     return $rc
