@@ -33,8 +33,8 @@ DEADLINE_S=${DEADLINE_S:-480}
 # GPU_CHECK_DEVICE=cpu runs the plumbing on a machine without a GPU (the GPU tests skip, the
 # bench runs --smoke): a check of this script, not of the GPU path
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
-SMOKE=()
-[ "$DEVICE" = cpu ] && SMOKE=(--smoke)
+BENCH_SMOKE=
+[ "$DEVICE" = cpu ] && BENCH_SMOKE=--smoke
 mkdir -p "$OUT" "$WORK"
 rm -rf "$WORK"/* "$OUT"/multiproc.jsonl
 LOG=$OUT/gpu_check.log
@@ -109,7 +109,7 @@ print(f"{sys.argv[1]}: final test accuracy {s['final_test_accuracy']:.4f}, "
 PY
 }
 export -f train
-export OUT WORK DEVICE
+export OUT WORK DEVICE BENCH_SMOKE
 MPJSON="--json $OUT/multiproc.jsonl"
 
 section env 40 bash -c 'rc=0; nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -118,8 +118,10 @@ section env 40 bash -c 'rc=0; nvidia-smi --query-gpu=name,memory.total,driver_ve
     \"gpus\", cupy.cuda.runtime.getDeviceCount())" || rc=1; python3 -m launcher env || rc=1
     exit $rc'
 section tests 150 bash -c gpu_tests
-section bench 180 python3 benchmarks/bench_gpu.py --device "$DEVICE" "${SMOKE[@]}" \
-    --json "$OUT/bench.json" --log "$OUT/bench.log"
+# its table is printed again at the end, so that the last lines of the output hold it
+section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
+    $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
+
 section train_mlp 60 bash -c 'train digits_mlp'
 section train_cnn 60 bash -c 'train digits_cnn'
 section ipc 45 python3 benchmarks/gpu_multiproc.py ipc --device "$DEVICE" $MPJSON
@@ -154,6 +156,8 @@ for name in ("gpu", "cpu"):
                  if re.match(r"^=* ?\d+ (passed|failed|skipped|deselected|error).* in [\d.]+s", x)]
         s["sections"].setdefault("tests" if name == "gpu" else "cpu_smoke", {})["pytest"] = lines
 json.dump(s, open(os.path.join(out, "summary.json"), "w"), indent=1)
+if os.path.exists(os.path.join(work, "bench.txt")):
+    print("\n=== the bench table again" + open(os.path.join(work, "bench.txt")).read())
 print("\n=== summary")
 for k, v in s["sections"].items():
     print(f"  {k:10s} {v['status']:28s} {v['seconds']:4d}s  {' | '.join(v.get('pytest', []))}")
