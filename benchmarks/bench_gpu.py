@@ -358,8 +358,6 @@ class Bench:
             vs = f"{c['vs_memcpy']:9.2f}" if ref else f"{'-':>9s}"
             print(f"  {k:11s} {c['ms']:8.3f} {c['GBps']:8.1f} {vs}")
         self.results["bandwidth"] = out
-        del zx, zy, xa, ya
-        self.free()
 
     def goals(self):
         print("\ngoals (issue 12, on this device):")
