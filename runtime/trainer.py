@@ -107,6 +107,10 @@ class Trainer:
         # the loader's own generator: see Note [Training loop] (exact resume)
         return DataLoader(ds, batch_size=batch, shuffle=shuffle if sampler is None else None,
                           sampler=sampler, num_workers=d.num_workers, pin_memory=d.pin_memory,
+                          # on a GPU, pinned batches arrive already copied (non_blocking, on a
+                          # side stream) to this rank's device
+                          pin_memory_device=self.device if d.pin_memory and
+                          self.device.startswith("cuda") else "",
                           drop_last=d.drop_last if train else False,
                           generator=tensor.Generator().manual_seed(seed + (0 if train else 1)),
                           persistent_workers=d.num_workers > 0)

@@ -47,12 +47,10 @@ def _round_bf16_array(x):
     """float32 values rounded to the nearest bfloat16 (ties to even), still float32."""
     u = x.astype(np.float32).view(np.uint32)
     r = ((u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000).astype(np.uint32)
-    out = r.view(np.float32)
-    nan = x != x
-    if nan.any():
-        out = out.copy()
-        out[nan] = x[nan]
-    return out
+    from .backend import get_array_module
+    # NaNs keep their payload (rounding could carry one into infinity); a select, not a
+    # branch on nan.any(), so a CuPy array is never read back to the host here
+    return get_array_module(x).where(x != x, x.astype(np.float32), r.view(np.float32))
 
 
 def round_bf16(t):
@@ -81,8 +79,6 @@ def cast_inputs(op: str, *tensors):
     if op in FLOAT32[state.device_type]:
         return tuple(_cast(t, np.dtype(np.float32)) for t in tensors)
     return tensors
-
-
 
 
 def policy(op: str):

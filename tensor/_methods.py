@@ -12,20 +12,31 @@ from .ops import shape as S
 from .ops import sort as O
 
 
-def _to_device(a, dev):
+def _to_device(a, dev, non_blocking=False):
     dev = backend.device(dev)
     if a.device == dev:
         return a
     src = a.device
-    y = backend.to_device(a.array, dev)
+    y = backend.to_device(a.array, dev, non_blocking=non_blocking)
     return from_op(y, (a,), lambda gy: (gy.to(src),), "to")
+
+
+def pin_memory(self):
+    """A copy in page-locked host memory, so .to('cuda', non_blocking=True) runs async (as
+    Tensor.pin_memory; raises without CUDA, as PyTorch's CPU-only builds do)."""
+    if self.device.type != "cpu":
+        raise RuntimeError(f"pin_memory: the tensor is on {self.device}; only CPU tensors can "
+                           "be pinned.")
+    if backend.is_pinned(self.array):
+        return self
+    return from_op(backend.pin_array(self.array), (self,), lambda gy: (gy,), "pin_memory")
 
 
 def to(self, *args, **kwargs):
     """to(dtype) / to(device) / to(device, dtype) / to(other): a moved and/or cast tensor."""
     dev = kwargs.pop("device", None)
     dt = kwargs.pop("dtype", None)
-    kwargs.pop("non_blocking", None)
+    non_blocking = bool(kwargs.pop("non_blocking", False))
     copy = kwargs.pop("copy", False)
     if kwargs:
         raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
@@ -41,7 +52,7 @@ def to(self, *args, **kwargs):
             dt = a
     out = self
     if dev is not None:
-        out = _to_device(out, dev)
+        out = _to_device(out, dev, non_blocking)
     if dt is not None:
         out = S.to_dtype(out, dt)
     if copy and out is self:
@@ -164,7 +175,10 @@ def _install():
     T.type_as = lambda a, o: S.to_dtype(a, o.array.dtype)
     T.where = lambda a, cond, b: E.where(cond, a, b)
     T.cpu = lambda a: _to_device(a, "cpu")
-    T.cuda = lambda a, device=None: _to_device(a, backend.device("cuda", device))
+    T.cuda = lambda a, device=None, non_blocking=False: _to_device(
+        a, backend.device("cuda", device), non_blocking)
+    T.pin_memory = pin_memory
+    T.is_pinned = lambda a: backend.is_pinned(a.array)
     for name, dt in (("float", dtypes.float32), ("double", dtypes.float64),
                      ("half", dtypes.float16), ("long", dtypes.int64), ("int", dtypes.int32),
                      ("short", dtypes.int16), ("bool", dtypes.bool), ("byte", dtypes.uint8),

@@ -5,6 +5,8 @@ the "mixed devices" error live here too, so no other module has an ``if cupy`` b
 """
 from __future__ import annotations
 
+import threading
+
 import numpy
 
 try:  # CPU-only installs have no cupy; everything on the CPU still works.
@@ -113,27 +115,43 @@ def is_array(x) -> bool:
     return isinstance(x, numpy.ndarray) or (cupy is not None and isinstance(x, cupy.ndarray))
 
 
-def to_device(x, dev: device):
-    """Move an array to `dev` (a no-op when it is already there)."""
+def to_device(x, dev: device, non_blocking: bool = False):
+    """Move an array to `dev` (a no-op when it is already there).
+
+    With ``non_blocking``, a copy from pinned host memory to a GPU is queued on the current
+    stream and returns at once; other copies are ordinary ones (see Note [Async copies]).
+    """
     dev = device(dev)
     src = device_of(x)
     if src == dev:
         return x
     if dev.type == "cpu":
-        return cupy.asnumpy(x)
-    xp = xp_for(dev)
+        if non_blocking:
+            with x.device:
+                return to_host_async(x)
+        return to_numpy(x)  # a host sync: pending device asserts are raised first
+    xp_for(dev)  # the clear "CuPy is not installed" error
+    if not isinstance(x, numpy.ndarray):  # another GPU: CuPy's peer copy
+        with cupy.cuda.Device(dev.index if dev.index is not None else x.device.id):
+            return cupy.asarray(x)
     if dev.index is not None:
         with cupy.cuda.Device(dev.index):
-            return xp.asarray(x)
-    return xp.asarray(x)
+            return _to_gpu(x, non_blocking)
+    return _to_gpu(x, non_blocking)
 
 
 def to_numpy(x) -> numpy.ndarray:
-    """The array as a numpy array (a copy only when it lives on a GPU)."""
+    """The array as a numpy array (a copy only when it lives on a GPU).
+
+    A GPU array's copy waits for the device, so this is where pending device asserts are
+    raised (Note [Device asserts] in tensor/_device_checks.py); every host read of a tensor
+    goes through here.
+    """
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        check_device_errors()
+        return cupy.asnumpy(x)
     if isinstance(x, numpy.ndarray):
         return x
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return cupy.asnumpy(x)
     return numpy.asarray(x)
 
 
@@ -204,3 +222,87 @@ def view_positions(base, view):
         raise RuntimeError("in-place op on a view: the view's elements are not all inside its "
                            "base's memory; call .clone() on the view first.")
     return order[k]
+
+
+# -- pinned host memory and asynchronous copies ------------------------------------------------
+# Note [Async copies]
+# ~~~~~~~~~~~~~~~~~~~
+# A host->GPU copy from page-locked (pinned) memory is a DMA the GPU runs on its own: queued
+# on the current stream with ``ndarray.set(x, stream=...)`` (cudaMemcpyAsync), it returns at
+# once and later kernels on that stream see the data. From ordinary (pageable) memory the
+# driver stages it and the call returns only once the host buffer was read, so
+# ``non_blocking=True`` quietly degrades to an ordinary copy there, as in PyTorch. While an
+# async copy is in flight its source must stay alive and unchanged: `_in_flight` holds the
+# host array until an event recorded after the copy reports done (pruned at each new copy).
+# A GPU->host copy with ``non_blocking=True`` lands in freshly pinned memory and returns
+# before the data is there; as in PyTorch the caller synchronises (the stream, or
+# tensor.cuda.synchronize()) before reading it.
+
+_in_flight: list = []   # (event, host array) of copies that may still read the array
+_in_flight_lock = threading.Lock()
+
+
+def _require_cuda(what: str):
+    if not cuda_is_available():
+        raise RuntimeError(f"{what}: cannot access an accelerator device when none is "
+                           f"available (expected CuPy and a CUDA GPU, got "
+                           f"{'no CuPy' if cupy is None else 'no GPU'}). Pinned memory only "
+                           "speeds up copies to a GPU; drop the call on CPU-only machines.")
+
+
+def is_pinned(x) -> bool:
+    """True when numpy array `x` lives in page-locked host memory (False without CUDA)."""
+    if not isinstance(x, numpy.ndarray) or x.size == 0 or not cuda_is_available():
+        return False
+    try:
+        return bool(cupy.cuda.pinned_memory.is_memory_pinned(_data_ptr(x)))
+    except Exception:  # a pointer the driver does not know: ordinary memory
+        return False
+
+
+def pin_array(x: numpy.ndarray) -> numpy.ndarray:
+    """A copy of numpy array `x` in page-locked host memory (CuPy's pinned memory pool);
+    the returned array keeps that memory alive."""
+    _require_cuda("pin_memory")
+    mem = cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1))
+    out = numpy.frombuffer(mem, x.dtype, x.size).reshape(x.shape)
+    numpy.copyto(out, x)
+    return out
+
+
+def _keep_until_done(stream, obj):
+    event = stream.record()
+    with _in_flight_lock:  # copies may be queued from several threads
+        while _in_flight and _in_flight[0][0].done:
+            _in_flight.pop(0)
+        _in_flight.append((event, obj))
+
+
+def _to_gpu(x, non_blocking: bool):
+    """x on the current GPU; an async copy on the current stream when non_blocking and x is
+    pinned (Note [Async copies])."""
+    if non_blocking and isinstance(x, numpy.ndarray) and x.flags.c_contiguous and is_pinned(x):
+        y = cupy.empty(x.shape, x.dtype)
+        stream = cupy.cuda.get_current_stream()
+        y.set(x, stream=stream)
+        _keep_until_done(stream, x)
+        return y
+    return cupy.asarray(x)
+
+
+def to_host_async(x):
+    """GPU array `x` copied into new pinned host memory on the current stream, without waiting
+    (Note [Async copies]); the caller synchronises before reading the result."""
+    out = numpy.frombuffer(cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1)), x.dtype,
+                           x.size).reshape(x.shape)
+    if x.size:
+        cupy.ascontiguousarray(x).get(stream=cupy.cuda.get_current_stream(), out=out,
+                                      blocking=False)
+    return out
+
+
+# deferred device asserts (Note [Device asserts]) live in their own module; they are part of
+# this module's API: backend.device_assert(xp, bad, message), backend.check_device_errors(), ...
+from ._device_checks import (assert_in_range, assert_index_on_device,  # noqa: E402,F401
+                             check_device_errors, device_assert, host_reads_free,
+                             unscale_and_check_)

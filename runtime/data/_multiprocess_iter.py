@@ -127,6 +127,7 @@ class _MultiProcessIter(_BaseIter):
         self._in_order = loader.in_order
         self._timeout = loader.timeout
         self._pin = loader.pin_memory
+        self._pin_device = loader._pin_device
         self._iterable = loader._iterable
         self._persistent = loader.persistent_workers
         self._len = len(loader) if not loader._iterable or hasattr(loader.dataset, "__len__") \
@@ -297,8 +298,8 @@ class _MultiProcessIter(_BaseIter):
             self._progress.served += 1
         else:
             self._progress.mark_served(i)
-        if self._pin:
-            payload = _pin.pin_batch(payload)
+        if self._pin:   # staged when it arrived (see _read)
+            payload = payload.get()
         return payload
 
     def _raise_worker_error(self, wid, payload):
@@ -363,6 +364,8 @@ class _MultiProcessIter(_BaseIter):
                 self._shutdown()
                 self._raise_worker_error(wid, payload)
             if key[0] == self._epoch_key:
+                if self._pin and status == "ok":  # pinned and copied before it is served
+                    payload = _pin.stage(payload, self._pin_device)  # Note [Loader device copies]
                 self._buffer[key[1]] = (status, payload)
                 self._pending[wid] -= 1
                 got = True

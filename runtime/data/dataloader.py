@@ -33,8 +33,12 @@ class DataLoader:
     num_workers=0, collate_fn, pin_memory, drop_last, timeout (seconds per batch wait, 0 = no
     limit), worker_init_fn(worker_id), generator (for the shuffle and the workers' base seed),
     prefetch_factor (batches in flight per worker; 2 with workers, None without),
-    persistent_workers, in_order, multiprocessing_context ('fork', 'spawn', 'forkserver' or a
-    context).
+    persistent_workers, pin_memory_device, in_order, multiprocessing_context ('fork', 'spawn',
+    'forkserver' or a context).
+
+    Differs from PyTorch on purpose: with ``pin_memory=True`` and ``pin_memory_device="cuda"``
+    (or "cuda:N") batches arrive already on that GPU, copied asynchronously from pinned memory
+    on a side stream (Note [Loader device copies] in runtime/data/_pin.py); PyTorch only pins.
 
     With ``num_workers > 0`` each worker is a process that collates batches straight into shared
     memory; the main process receives Tensors backed by that memory without a copy
@@ -47,7 +51,7 @@ class DataLoader:
                  pin_memory: bool = False, drop_last: bool = False, timeout: float = 0,
                  worker_init_fn=None, multiprocessing_context=None, generator=None, *,
                  prefetch_factor: int | None = None, persistent_workers: bool = False,
-                 in_order: bool = True):
+                 pin_memory_device: str = "", in_order: bool = True):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError("DataLoader: num_workers option should be a non-negative int; use "
                              f"num_workers=0 to disable multiprocessing, got {num_workers!r}")
@@ -104,6 +108,8 @@ class DataLoader:
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
+        self.pin_memory_device = pin_memory_device
+        self._pin_device = _pin.check_device(pin_memory_device)
         self.timeout = timeout
         self.worker_init_fn = worker_init_fn
         self.multiprocessing_context = multiprocessing_context
@@ -217,6 +223,7 @@ class _SingleProcessIter(_BaseIter):
                                  loader.batch_size, loader.drop_last)
         self._collate = loader.collate_fn
         self._pin = loader.pin_memory
+        self._pin_device = loader._pin_device
         self._iterable = loader._iterable
         self._len = len(loader) if not loader._iterable or hasattr(loader.dataset, "__len__") \
             else 0
@@ -234,7 +241,7 @@ class _SingleProcessIter(_BaseIter):
             _end_epoch(self._progress)
             raise
         if self._pin:
-            batch = _pin.pin_batch(batch)
+            batch = _pin.stage(batch, self._pin_device).get()
         if self._iterable:
             self._progress.served += 1
         else:

@@ -3,8 +3,9 @@
 Per iteration: ``scaler.scale(loss).backward()``; optionally ``scaler.unscale_(opt)`` (to clip);
 ``scaler.step(opt)`` (unscales if not done yet, and skips the step when any gradient is inf or
 NaN); ``scaler.update()`` (halves the scale after an overflow, doubles it after
-``growth_interval`` clean steps). The inf/NaN check runs on the gradients' device through the
-array module, with one host sync per step, when step() needs the answer.
+``growth_interval`` clean steps). The inf/NaN check runs on the gradients' device (one fused
+unscale-and-check pass per gradient, the flag stays there) and is read back once per
+optimizer, in step(), which must decide; update() reuses that answer.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class GradScaler:
         self._growth_factor, self._backoff_factor = growth_factor, backoff_factor
         self._growth_interval = int(growth_interval)
         self._growth_tracker = 0
-        self._per_optimizer = {}  # id(optimizer) -> {"stage": ..., "found_inf": bool}
+        self._per_optimizer = {}  # id(optimizer) -> {"stage", "found_inf": bool or device flags}
 
     def is_enabled(self) -> bool:
         return self._enabled
@@ -79,18 +80,28 @@ class GradScaler:
         if st["stage"] == _STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
         inv = 1.0 / self._scale
-        flags = []
+        found = {}  # device -> 1-element int32 flag, on that device until step() reads it
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 g = p.grad.array
                 xp = backend.get_array_module(g)
-                g *= inv
+                key = str(backend.device_of(g))
+                if key not in found:
+                    found[key] = xp.zeros(1, "int32")
+                backend.unscale_and_check_(xp, g, inv, found[key])
                 p.grad._vbox[0] += 1
-                flags.append(~xp.isfinite(g).all())  # stays on the device until step()
-        st["found_inf"] = bool(any(bool(f) for f in flags))
+        st["found_inf"] = list(found.values())
         st["stage"] = _UNSCALED
+
+    @staticmethod
+    def _found_inf(st) -> bool:
+        """The optimizer's inf/NaN answer, read from the device once (then cached)."""
+        f = st["found_inf"]
+        if not isinstance(f, bool):
+            f = st["found_inf"] = any(bool(backend.to_numpy(a)[0]) for a in f)
+        return f
 
     def step(self, optimizer, *args, **kwargs):
         """optimizer.step(*args, **kwargs) unless a gradient is inf/NaN (then skipped)."""
@@ -105,7 +116,7 @@ class GradScaler:
         if st["stage"] == _READY:
             self.unscale_(optimizer)
         st["stage"] = _STEPPED
-        if st["found_inf"]:
+        if self._found_inf(st):
             return None
         return optimizer.step(*args, **kwargs)
 
@@ -119,7 +130,7 @@ class GradScaler:
         else:
             if not self._per_optimizer:
                 raise RuntimeError("No inf checks were recorded prior to update.")
-            if any(st["found_inf"] for st in self._per_optimizer.values()):
+            if any(self._found_inf(st) for st in self._per_optimizer.values()):
                 self._scale *= self._backoff_factor
                 self._growth_tracker = 0
             else:

@@ -353,6 +353,10 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def gelu(a, approximate: str = "none"):
     """GELU: x * Phi(x) (exact, with erf) or the tanh approximation."""
+    if a.array.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_gelu(a, approximate):
+            return _fused.gelu(a, approximate)
     xp = _xp(a)
     x = _to_float(a.array)
     if approximate == "tanh":

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .._autocast import policy as _policy
-from .. import dtypes
+from .. import backend, dtypes
 from .._grad_mode import state as _grad_state
 from .._tensor import Tensor, _new, from_op
 from .elementwise import _operands, _wrap, _xp
@@ -75,6 +75,10 @@ def log_softmax(x, dim=None, dtype=None):
     """log(softmax(x)) computed stably as (x - max) - log(sum(exp(x - max)))."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "log_softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=True)
     if d.ndim == 0:
         y = xp.zeros_like(d)
     else:
@@ -94,6 +98,10 @@ def softmax(x, dim=None, dtype=None):
     """exp(x) / sum(exp(x)) along dim, stably."""
     xp = _xp(x)
     d, axis = _softmax_input(x, dim, dtype, "softmax")
+    if d.__class__ is not np.ndarray:  # fused CUDA kernel, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(d, axis):
+            return _fused.softmax(x, d, log=False)
     if d.ndim == 0:
         y = xp.ones_like(d)
     else:
@@ -143,10 +151,13 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     C = lp.shape[1]
     valid = t != ignore_index
     tc = xp.where(valid, t, 0)
-    if tc.size and (int(tc.min()) < 0 or int(tc.max()) >= C):
-        bad = int(backend_to_scalar(tc[(tc < 0) | (tc >= C)][0]))
-        raise IndexError(f"nll_loss: target {bad} is out of bounds for {C} classes; expected "
-                         f"targets in [0, {C - 1}] or ignore_index={ignore_index}.")
+    # checked on the device, no host sync (Note [Device asserts] in tensor/_device_checks.py)
+    backend.assert_in_range(
+        xp, tc, 0, C, f"nll_loss: a target is out of bounds for {C} classes; expected targets "
+        f"in [0, {C - 1}] or ignore_index={ignore_index}.",
+        host_message=lambda: f"nll_loss: target {int(tc[(tc < 0) | (tc >= C)][0])} is out of "
+        f"bounds for {C} classes; expected targets in [0, {C - 1}] or "
+        f"ignore_index={ignore_index}.")
     if lp.ndim == 2:  # (N, C): plain fancy indexing, the common case
         rows = xp.arange(lp.shape[0])
         picked = lp[rows, tc]
@@ -191,16 +202,17 @@ def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
     return from_op(xp.asarray(y), (logp, target), backward, "nll_loss", saved=(target,))
 
 
-def backend_to_scalar(x):
-    return x.item() if hasattr(x, "item") else x
-
-
 @_policy("cross_entropy")  # cast before log_softmax, not after (PyTorch's order)
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0):
     """Cross-entropy of logits (N, C, ...) against class indices or class probabilities."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.array.__class__ is not np.ndarray:  # fused CUDA kernels, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_cross_entropy(input, target, weight, reduction):
+            return _fused.cross_entropy(input, target, weight, ignore_index, reduction,
+                                        label_smoothing)
     cdim = 1 if input.array.ndim > 1 else 0
     logp = log_softmax(input, cdim)
     if isinstance(target, Tensor) and target.array.dtype.kind == "f":
@@ -272,10 +284,11 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
     if input.array.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be an integer tensor, got {input.array.dtype}")
     n = weight.array.shape[0]
-    if input.array.size and (int(input.array.max()) >= n or int(input.array.min()) < 0):
-        raise IndexError(f"embedding: index out of range; indices span "
-                         f"[{int(input.array.min())}, {int(input.array.max())}] but the table has "
-                         f"{n} rows.")
+    ix = input.array
+    backend.assert_in_range(
+        _xp(input), ix, 0, n, f"embedding: index out of range; the table has {n} rows.",
+        host_message=lambda: f"embedding: index out of range; indices span "
+        f"[{int(ix.min())}, {int(ix.max())}] but the table has {n} rows.")
     if max_norm is not None:
         _embedding_renorm_(weight, input.array, max_norm, norm_type)
     if padding_idx is None:
@@ -300,9 +313,10 @@ def one_hot(t, num_classes=-1):
         raise TypeError(f"one_hot: expected an integer tensor, got {d.dtype}")
     if num_classes < 0:
         num_classes = int(d.max()) + 1 if d.size else 0
-    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
-        raise RuntimeError(f"one_hot: class values must be in [0, {num_classes - 1}], got "
-                           f"[{int(d.min())}, {int(d.max())}]")
+    backend.assert_in_range(
+        xp, d, 0, num_classes, f"one_hot: class values must be in [0, {num_classes - 1}]",
+        RuntimeError, host_message=lambda: f"one_hot: class values must be in "
+        f"[0, {num_classes - 1}], got [{int(d.min())}, {int(d.max())}]")
     return _new((d[..., None] == xp.arange(num_classes)).astype(np.int64))
 
 

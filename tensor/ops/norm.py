@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._autocast import policy as _policy
 from .._grad_mode import state as _grad_state
 from .._tensor import _new, from_op
@@ -42,6 +44,10 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
         if p is not None and tuple(p.array.shape) != shape:
             raise RuntimeError(f"layer_norm: {name} has shape {list(p.array.shape)}, expected "
                                f"normalized_shape {list(shape)}.")
+    if input.array.__class__ is not np.ndarray:  # fused CUDA kernels, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_layer_norm(input, weight, bias):
+            return _fused.layer_norm(input, shape, weight, bias, eps)
     xp = _xp(input)
     x = input.array
     if x.dtype.kind != "f":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from .._grad_mode import state as _grad_state
 from .._tensor import _new, from_op
 from .conv import Geom, _fold, _padded, _tuple, _windows, offset_slices, padded_hw
@@ -72,8 +73,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     g = _pool_geom(op, x, kernel_size, stride, padding, dilation, ceil_mode)
     fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     win = _windows(xp, _padded(xp, x, g, fill), g)
-    y, arg = _window_max(xp, win, g, nan_aware=False)
-    if x.dtype.kind == "f" and bool(xp.isnan(y).any()):
+    # on a GPU the NaN-aware pass runs at once (the same result without NaNs): deciding on the
+    # host would wait for the device every step
+    on_host = backend.host_reads_free(xp)
+    y, arg = _window_max(xp, win, g, nan_aware=not on_host and x.dtype.kind == "f")
+    if on_host and x.dtype.kind == "f" and bool(xp.isnan(y).any()):
         # a NaN reached the output (max propagates it): redo the argmax the way PyTorch's CPU
         # kernel picks among NaNs; the common NaN-free case skips this check per offset
         y, arg = _window_max(xp, win, g, nan_aware=True)

@@ -320,6 +320,10 @@ def roll(a, shifts, dims=None):
 def _check_index(op, index, dim, a):
     if index.array.dtype.kind not in "iu":
         raise TypeError(f"{op}: index must be an integer tensor, got {index.array.dtype}")
+    (d,) = _dims(dim, a.array.ndim, op)
+    n = a.array.shape[d]
+    backend.assert_index_on_device(_xp(index), index.array, n, f"{op}: index out of bounds for "
+                                   f"dim {d} with size {n}; expected indices in [{-n}, {n - 1}].")
 
 
 def gather(a, dim, index):
@@ -386,7 +390,9 @@ def masked_fill(a, mask, value):
     if m.dtype != np.bool_:
         raise TypeError(f"masked_fill: mask must be a bool tensor, got {m.dtype}")
     xp = _xp(a)
-    v = value.item() if isinstance(value, Tensor) else value
+    v = value
+    if isinstance(value, Tensor):  # its array, not .item(): no host sync on a GPU
+        v = value.array.reshape(()) if value.array.size == 1 else value.item()
     y = xp.where(m, xp.asarray(v, dtype=a.array.dtype), a.array)
 
     mt = mask if isinstance(mask, Tensor) else _new(m)  # captured: version-checked
@@ -408,6 +414,10 @@ def triu(a, diagonal=0):
 
 def index_select(a, dim, index):
     (d,) = _dims(dim, a.array.ndim, "index_select")
+    if isinstance(index, Tensor):
+        n = a.array.shape[d]
+        backend.assert_index_on_device(_xp(index), index.array, n, f"index_select: index out of "
+                                       f"bounds for dim {d} with size {n}.")
     return a[(slice(None),) * d + (index,)]
 
 

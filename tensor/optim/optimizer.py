@@ -17,6 +17,20 @@ key names PyTorch uses ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'max_exp_avg
 'square_avg', 'grad_avg', and 'step' as a 0-d float32 tensor), so state_dict() has
 PyTorch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [index, ...]}]}``
 with parameters numbered in param_groups order.
+
+Note [Fused optimizer flags]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Adam, AdamW and SGD take PyTorch's ``foreach=None, fused=None`` (and Adam's
+``capturable=False``). On CUDA, a group with fused=True or foreach=True, or with neither set
+and every parameter a contiguous CUDA float32/float64 array (PyTorch's foreach default),
+updates all its parameters in one multi-tensor launch per dtype (tensor/cuda/kernels/optim.py,
+Note [Multi-tensor table]); other parameters (float16, non-contiguous, CPU) take the
+per-parameter loop. On the CPU the flags are accepted, as PyTorch accepts fused on the CPU, and
+the update is the per-parameter numpy loop: the same results.
+``state['step']`` stays a 0-d float32 tensor; it lives on the parameter's device when fused or
+capturable (as PyTorch's), so the kernel reads it there: with capturable=True nothing
+host-side is baked into a captured CUDA graph except a float lr (pass a 0-d CUDA Tensor lr to
+change it between replays). ZGRAD_FUSED_KERNELS=0 turns the multi-tensor path off.
 """
 from __future__ import annotations
 
@@ -128,6 +142,71 @@ class Optimizer:
     def _update_group(self, group: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _update_group")
 
+    # -- foreach / fused / capturable (Note [Fused optimizer flags]) -------------------------
+    @staticmethod
+    def _check_impl_flags(lr, foreach, fused, capturable=False) -> None:
+        """PyTorch's constructor checks of the implementation flags and a Tensor lr."""
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and "
+                                 "foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+
+    @staticmethod
+    def _check_fused_params(group: dict, params) -> None:
+        """fused=True needs floating-point parameters (PyTorch raises the same, at step)."""
+        if group.get("fused"):
+            for p in params:
+                if p.array.dtype.kind != "f":
+                    raise RuntimeError("`fused=True` requires all the params to be floating "
+                                       "point Tensors of supported devices: ['cpu', 'cuda'] "
+                                       f"but {p.array.dtype} and {p.device}; pass fused=False.")
+
+    @staticmethod
+    def _check_capturable(group: dict, params) -> None:
+        if group.get("capturable"):
+            for p in params:
+                if p.device.type != "cuda":
+                    # AssertionError, as PyTorch's, so ported code that catches it still does
+                    raise AssertionError("If capturable=True, params and state_steps must be "
+                                         f"on supported devices: ['cuda'], got a parameter "
+                                         f"on {p.device}; pass capturable=False on the CPU.")
+
+    def _multi_tensor_partitions(self, group: dict, params):
+        """(multi-tensor partitions {dtype: [p]}, the rest) of params (those with a grad)."""
+        fused, foreach = group.get("fused"), group.get("foreach")
+        if fused is False and foreach is False or not params:
+            return {}, params
+        from ..cuda import kernels  # lazily: CPU-only runs never import it
+        if not kernels.enabled():
+            return {}, params
+        parts, rest = {}, []
+        for p in params:
+            x, g = p.array, p.grad.array
+            if (kernels.fusable(x) and g.dtype == x.dtype and g.shape == x.shape
+                    and g.flags.c_contiguous and g.__class__ is x.__class__):
+                parts.setdefault(x.dtype, []).append(p)
+            else:
+                rest.append(p)
+        if fused is None and foreach is None and rest:  # the default: all or nothing
+            return {}, params
+        return parts, rest
+
+    def _tables(self):
+        t = self.__dict__.get("_mt_tables")
+        if t is None:
+            from ..cuda.kernels.optim import TableCache
+            t = self._mt_tables = TableCache()
+        return t
+
+    @staticmethod
+    def _lr_float(lr):
+        """A float lr for the per-parameter loop (a Tensor lr is read once: a sync on CUDA)."""
+        return float(lr.item()) if isinstance(lr, Tensor) else lr
+
     # -- helpers for subclasses (Note [Optimizer updates]) -----------------------------------
     @staticmethod
     def _check_non_negative(*named_values) -> None:
@@ -136,7 +215,7 @@ class Optimizer:
             if v < 0.0:
                 raise ValueError(f"Invalid {name}: {v}; expected a value >= 0.")
 
-    def _params_with_grad(self, group: dict, weight_decay: float = 0.0):
+    def _params_with_grad(self, group: dict, weight_decay: float = 0.0, params=None):
         """Yield (p, x, g) for each parameter of group that has a gradient.
 
         x is p.array, to update in place; g is the gradient array, negated when
@@ -145,7 +224,7 @@ class Optimizer:
         saved the old value refuses to backpropagate through it.
         """
         maximize = group["maximize"]
-        for p in group["params"]:
+        for p in group["params"] if params is None else params:
             if p.grad is None:
                 continue
             x, g = p.array, p.grad.array
@@ -159,15 +238,24 @@ class Optimizer:
             yield p, x, g
             p._vbox[0] += 1
 
-    def _count_step(self, p, x, names=()) -> dict:
+    def _count_step(self, p, x, names=(), device_step=False, count=True) -> dict:
         """p's state after counting one more step in its 'step'. On p's first step the state is
-        made (lazily, as PyTorch): 'step', then a zero array like x for each of `names`."""
+        made (lazily, as PyTorch): 'step' (on x's device when device_step), then a zero array
+        like x for each of `names`."""
         st = self.state[p]
         if not st:
-            st["step"] = self._step_tensor()
+            st["step"] = self._step_tensor(x if device_step else None)
             for name in names:
                 st[name] = self._zeros_like(x)
-        st["step"].array += 1
+        else:
+            for name in names:  # e.g. amsgrad switched on after a load_state_dict
+                if name not in st:
+                    st[name] = self._zeros_like(x)
+            if device_step and backend.get_array_module(st["step"].array) is not \
+                    backend.get_array_module(x):
+                st["step"] = _new(backend.to_device(st["step"].array, p.device))
+        if count:
+            st["step"].array += 1
         return st
 
     @staticmethod
@@ -175,8 +263,10 @@ class Optimizer:
         return _new(backend.get_array_module(a).zeros_like(a))
 
     @staticmethod
-    def _step_tensor() -> Tensor:
-        return _new(np.zeros((), np.float32))
+    def _step_tensor(like=None) -> Tensor:
+        """A 0-d float32 step counter: on the CPU, or on like's device."""
+        xp = np if like is None else backend.get_array_module(like)
+        return _new(xp.zeros((), np.float32))
 
     # -- state dict --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -226,6 +316,12 @@ class Optimizer:
         self.state = state
         self.param_groups = [dict(s, params=g["params"])
                              for g, s in zip(self.param_groups, saved_groups)]
+        for g in self.param_groups:  # fused / capturable keep 'step' on the device, as PyTorch
+            if g.get("fused") or g.get("capturable"):
+                for p in g["params"]:
+                    st = state.get(p)
+                    if st and isinstance(st.get("step"), Tensor) and p.device.type == "cuda":
+                        st["step"] = _new(backend.to_device(st["step"].array, p.device))
 
     @staticmethod
     def _cast_state(p, name: str, val):

@@ -1,6 +1,7 @@
 """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay."""
 from __future__ import annotations
 
+from ..backend import get_array_module
 from .._tensor import _new
 from .optimizer import Optimizer
 
@@ -13,12 +14,22 @@ class SGD(Optimizer):
         g = g + momentum * b (nesterov) or b
         p = p - lr * g
 
-    See Note [Optimizer updates] for how the arrays are updated in place.
+    See Note [Optimizer updates] for how the arrays are updated in place, and Note [Fused
+    optimizer flags] for foreach / fused (the one-launch CUDA update).
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False):
-        self._check_non_negative(("learning rate", lr), ("momentum value", momentum),
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach=None, differentiable: bool = False, fused=None):
+        self._check_impl_flags(lr, foreach, fused, capturable=True)  # SGD has no capturable
+        if fused and differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if differentiable:
+            raise NotImplementedError("SGD(differentiable=True) is not supported: the update "
+                                      "runs in place outside autograd; pass "
+                                      "differentiable=False.")
+        self._check_non_negative(("learning rate", self._lr_float(lr)),
+                                 ("momentum value", momentum),
                                  ("weight_decay value", weight_decay))
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(f"Nesterov momentum requires a momentum and zero dampening, got "
@@ -26,12 +37,45 @@ class SGD(Optimizer):
                              f"and dampening=0, or nesterov=False.")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+                                      maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
 
     def _update_group(self, group: dict) -> None:
-        lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
+        params = [p for p in group["params"] if p.grad is not None]
+        self._check_fused_params(group, params)
+        parts, rest = self._multi_tensor_partitions(group, params)
+        for dtype, ps in parts.items():
+            self._update_multi_tensor(group, dtype, ps)
+        if rest:
+            self._update_loop(group, rest)
+
+    def _update_multi_tensor(self, group: dict, dtype, params) -> None:
+        """All of params (CUDA arrays of one dtype) in one launch (Note [Fused optimizer flags])."""
+        from ..cuda.kernels.optim import sgd_step
+        mom = group["momentum"]
+        bufs, first = [], []
+        for p in params:
+            if mom != 0:
+                st = self.state[p]
+                buf = st.get("momentum_buffer")
+                first.append(buf is None)
+                if buf is None:  # filled with the gradient by the kernel (first step)
+                    buf = st["momentum_buffer"] = _new(get_array_module(p.array).empty_like(
+                        p.array))
+                else:
+                    buf._vbox[0] += 1
+                bufs.append(buf.array)
+        sgd_step(self._tables(), dtype, [p.array for p in params], [p.grad.array for p in params],
+                 bufs, first, lr=group["lr"], momentum=mom, dampening=group["dampening"],
+                 weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                 maximize=group["maximize"])
+        for p in params:
+            p._vbox[0] += 1
+
+    def _update_loop(self, group: dict, params) -> None:
+        lr, mom, damp = self._lr_float(group["lr"]), group["momentum"], group["dampening"]
         nesterov = group["nesterov"]
-        for p, x, g in self._params_with_grad(group, group["weight_decay"]):
+        for p, x, g in self._params_with_grad(group, group["weight_decay"], params):
             if mom != 0:
                 st = self.state[p]
                 buf = st.get("momentum_buffer")
