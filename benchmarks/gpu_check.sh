@@ -2,7 +2,8 @@
 # The GPU path in one short run (issue 12), for a machine with an NVIDIA GPU, CuPy and PyTorch.
 # Sections, in this order:
 #   env        nvidia-smi, versions, `zgrad env`
-#   tests      the GPU test subset (pytest -m gpu: every test that carries requires_cupy)
+#   tests      the GPU test subset (pytest -m gpu: every test that carries requires_cupy) but
+#              tests/shm and tests/runtime, on 4 workers; tests_mp: those two, in one process
 #   bench      the timing table (benchmarks/bench_gpu.py): MLP, CNN, transformer training steps
 #              in zgrad eager / fused / autocast / CUDA graph beside PyTorch on the same GPU, and
 #              an elementwise op's bandwidth against a device-to-device copy
@@ -68,12 +69,14 @@ section() {
     printf '%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - s0))" >>"$WORK/sections.tsv"
 }
 
-# pytest_part LOGFILE ARGS...: pytest with its full output in LOGFILE; prints failures, skips
-# (a GPU test that skips here did not run) and the summary line
+# pytest_part LOGFILE ARGS...: pytest with its full output in LOGFILE (written as it runs, so
+# kept when the section times out); prints failures, skips (a GPU test that skips here did not
+# run) and the summary line
 pytest_part() {
     local log=$1 start
     shift
-    start=$(($(wc -l <"$log") + 1))  # pytest writes straight into the log: kept on a timeout
+    touch "$log"
+    start=$(($(wc -l <"$log") + 1))
     python3 -m pytest -q -rfEs -p no:cacheprovider --timeout 120 "$@" >>"$log" 2>&1
     local rc=$?
     tail -n +"$start" "$log" | grep -E "^(FAILED|ERROR)" | tail -30
@@ -83,20 +86,11 @@ pytest_part() {
 }
 export -f pytest_part
 
-gpu_tests() {
-    local log=$OUT/pytest_gpu.log xd=() rc=0
-    : >"$log"
-    # single-process tests spread over 4 workers (compiling kernels dominates on a fresh
-    # machine); the multi-process ones (shm, runtime) in one process, since their /dev/shm leak
-    # checks would see the other workers' segments
-    python3 -c "import xdist" 2>/dev/null && xd=(-n 4)
-    echo "--- tests except shm and runtime ${xd[*]}"
-    pytest_part "$log" -m gpu "${xd[@]}" tests --ignore=tests/shm --ignore=tests/runtime || rc=1
-    echo "--- tests/shm tests/runtime (one process)"
-    pytest_part "$log" -m gpu tests/shm tests/runtime || rc=1
-    return $rc
-}
-export -f gpu_tests
+# the single-process GPU tests spread over 4 workers (compiling kernels dominates on a fresh
+# machine); the multi-process ones (shm, runtime) in one process, since their /dev/shm leak
+# checks would see the other workers' segments
+XDIST=
+python3 -c "import xdist" 2>/dev/null && XDIST="-n 4"
 
 train() {
     python3 -m launcher run --nproc-per-node 1 --run-dir "$WORK/run_$1" configs/$1.yaml \
@@ -109,7 +103,7 @@ print(f"{sys.argv[1]}: final test accuracy {s['final_test_accuracy']:.4f}, "
 PY
 }
 export -f train
-export OUT WORK DEVICE BENCH_SMOKE
+export OUT WORK DEVICE BENCH_SMOKE XDIST
 MPJSON="--json $OUT/multiproc.jsonl"
 
 section env 40 bash -c 'rc=0; nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -117,9 +111,12 @@ section env 40 bash -c 'rc=0; nvidia-smi --query-gpu=name,memory.total,driver_ve
     \"numpy\", numpy.__version__, \"torch\", torch.__version__, \"cupy\", cupy.__version__,
     \"gpus\", cupy.cuda.runtime.getDeviceCount())" || rc=1; python3 -m launcher env || rc=1
     exit $rc'
-section tests 150 bash -c gpu_tests
+rm -f "$OUT/pytest_gpu.log"
+section tests 120 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu $XDIST tests \
+    --ignore=tests/shm --ignore=tests/runtime'
+section tests_mp 90 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu tests/shm tests/runtime'
 # its table is printed again at the end, so that the last lines of the output hold it
-section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
+section bench 150 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
     $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
 
 section train_mlp 60 bash -c 'train digits_mlp'
@@ -127,7 +124,7 @@ section train_cnn 60 bash -c 'train digits_cnn'
 section ipc 45 python3 benchmarks/gpu_multiproc.py ipc --device "$DEVICE" $MPJSON
 section zmq 60 python3 benchmarks/gpu_multiproc.py zmq --device "$DEVICE" $MPJSON
 section nccl 45 python3 benchmarks/gpu_multiproc.py nccl --device "$DEVICE" $MPJSON
-section cpu_smoke 45 bash -c ': >"$OUT/pytest_cpu.log"; pytest_part "$OUT/pytest_cpu.log" \
+section cpu_smoke 45 bash -c 'rm -f "$OUT/pytest_cpu.log"; pytest_part "$OUT/pytest_cpu.log" \
     -m "not gpu" tests/tensor/test_fidelity.py tests/tensor/test_amp.py \
     tests/tensor/test_tensor.py tests/shm/test_storage.py'
 

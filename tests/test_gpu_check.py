@@ -78,8 +78,9 @@ def test_bench_gpu_smoke_on_cpu(tmp_path, monkeypatch, capsys):
 
 
 def test_graph_column_follows_torchs_capture_recipe():
-    """With a stand-in `cuda` namespace (capture runs the step once, replay counts): 3 warm-up
-    steps, the refused optimizer options named in the note, replay returns the static loss."""
+    """With a stand-in `cuda` namespace (capture runs the step once, replay counts) and an Adam
+    that refuses capturable= (as a library without it): 3 warm-up steps, each refused option
+    named in the note and the column run without it, replay returns the static loss."""
     import tensor
     bench = _bench_gpu()
     replays = []
@@ -88,16 +89,21 @@ def test_graph_column_follows_torchs_capture_recipe():
         def replay(self):
             replays.append(1)
 
+    def adam(params, lr, capturable=None, **opts):
+        if capturable is not None:
+            raise TypeError("Adam() got an unexpected keyword argument 'capturable'")
+        return tensor.optim.Adam(params, lr=lr, **opts)
+
     cuda = types.SimpleNamespace(CUDAGraph=Graph, graph=lambda g: contextlib.nullcontext())
-    lib = types.SimpleNamespace(__name__="fake", cuda=cuda, optim=tensor.optim, nn=tensor.nn)
+    lib = types.SimpleNamespace(__name__="fake", cuda=cuda, nn=tensor.nn,
+                                optim=types.SimpleNamespace(Adam=adam))
     b = bench.Bench.__new__(bench.Bench)
     tensor.manual_seed(0)
     model = bench.mlp(tensor.nn, (6, 5, 3))
     x, y = tensor.randn(4, 6), tensor.tensor([0, 1, 2, 1])
     step, losses, note = b.graph_column(lib, model, list(model.parameters()), x, y, None)
     assert len(losses) == bench.GRAPH_WARMUP and losses[-1] < losses[0]
-    assert "current stream" in note
-    if "fused=True" in note:  # refused options are named, and the column still runs
-        assert "refused" in note
+    assert "Adam(fused=True, capturable=True) refused" in note
+    assert "Adam(capturable=True) refused" in note and "current stream" in note
     loss = step()
     assert replays == [1] and float(loss) > 0
