@@ -157,7 +157,8 @@ if os.path.exists(os.path.join(work, "bench.txt")):
     print("\n=== the bench table again" + open(os.path.join(work, "bench.txt")).read())
 print("\n=== summary")
 for k, v in s["sections"].items():
-    print(f"  {k:10s} {v['status']:28s} {v['seconds']:4d}s  {' | '.join(v.get('pytest', []))}")
+    print(f"  {k:10s} {v.get('status', '-'):28s} {v.get('seconds', 0):4d}s  "
+          f"{' | '.join(v.get('pytest', []))}")
 for k, v in s["train"].items():
     print(f"  {k}: final test accuracy {v.get('final_test_accuracy', float('nan')):.4f}")
 for r in s["multiproc"]:
