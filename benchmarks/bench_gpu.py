@@ -34,7 +34,9 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -228,7 +230,8 @@ class Bench:
         tensor.manual_seed(0)
         state = numpy_state(build(tensor.nn))
         cells, steps, losses, notes = {}, {}, {}, {}
-        for col in COLUMNS:
+        # the graph columns are built last: a capture that goes wrong cannot spoil the others
+        for col in sorted(COLUMNS, key=lambda c: c.endswith("graph")):
             if col.endswith("graph") and not self.cuda:
                 cells[col] = {"na": "n/a (cpu)"}
                 continue
@@ -359,14 +362,51 @@ class Bench:
             print(f"  {k:11s} {c['ms']:8.3f} {c['GBps']:8.1f} {vs}")
         self.results["bandwidth"] = out
 
-    def goals(self):
-        print("\ngoals (issue 12, on this device):")
-        for model, p, q, limit in GOALS:
-            r = self.results["models"].get(model, {}).get("ratios", {}).get(f"{p}/{q}")
-            key = f"{model}: {p} / {q} < {limit}"
-            self.results["goals"][key] = None if r is None else r < limit
-            verdict = "not measured" if r is None else ("met" if r < limit else "NOT met")
-            print(f"  {key:40s} {'-' if r is None else f'{r:.2f}':>6s}  {verdict}")
+
+
+def report_goals(results: dict) -> None:
+    print("\ngoals (issue 12, on this device):")
+    for model, p, q, limit in GOALS:
+        r = results["models"].get(model, {}).get("ratios", {}).get(f"{p}/{q}")
+        key = f"{model}: {p} / {q} < {limit}"
+        results["goals"][key] = None if r is None else r < limit
+        verdict = "not measured" if r is None else ("met" if r < limit else "NOT met")
+        print(f"  {key:40s} {'-' if r is None else f'{r:.2f}':>6s}  {verdict}")
+
+
+def run_parts(args, parts: list) -> dict:
+    """Each model and the bandwidth in its own process: a CUDA error is sticky for the process
+    that meets it (an illegal address in a replayed graph ends every later launch), so one
+    broken part must not take the others' numbers with it. Their results are merged here."""
+    results = {"meta": {}, "models": {}, "bandwidth": {}, "goals": {}}
+    logf = open(args.log, "w") if args.log else None
+    for part in parts:
+        with tempfile.TemporaryDirectory() as d:
+            js, lg = os.path.join(d, "part.json"), os.path.join(d, "part.log")
+            cmd = [sys.executable, os.path.abspath(__file__), "--one-process", "--no-goals",
+                   "--device", args.device, "--repeats", str(args.repeats), "--steps",
+                   str(args.steps), "--json", js, "--log", lg] + (
+                ["--models", "", "--bandwidth-mib", str(args.bandwidth_mib)]
+                if part == "bandwidth" else ["--models", part, "--bandwidth-mib", "0"])
+            try:
+                rc = subprocess.run(cmd + (["--smoke"] if args.smoke else []),
+                                    timeout=args.part_timeout_s).returncode
+            except subprocess.TimeoutExpired:
+                rc = f"was killed after {args.part_timeout_s:.0f}s"
+            sub = json.load(open(js)) if os.path.exists(js) else {}
+            if logf and os.path.exists(lg):
+                logf.write(open(lg).read())
+        results["meta"] = results["meta"] or sub.get("meta", {})
+        results["models"].update(sub.get("models", {}))
+        if part == "bandwidth":
+            results["bandwidth"] = sub.get("bandwidth", {})
+        if rc != 0:
+            err = f"error: its process {rc if isinstance(rc, str) else f'exited with {rc}'}"
+            where = results["bandwidth"] if part == "bandwidth" else \
+                results["models"].setdefault(part, {})
+            where["error"] = where.get("error", err)
+            print(f"\n{part}: {err}", flush=True)
+    return results
 
 
 def main():
@@ -376,20 +416,43 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="mlp,cnn,transformer")
-    ap.add_argument("--bandwidth-mib", type=int, default=256)
+    ap.add_argument("--bandwidth-mib", type=int, default=None, help="256 (--smoke: 4); 0: none")
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--log", help="tracebacks and loss traces here")
+    ap.add_argument("--one-process", action="store_true",
+                    help="every part in this process (otherwise each model and the bandwidth "
+                         "run in a process of their own: see run_parts)")
+    ap.add_argument("--part-timeout-s", type=float, default=60.0)
+    ap.add_argument("--no-goals", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
-        args.repeats, args.steps, args.bandwidth_mib = 2, 2, 4
-    b = Bench(args)
+        args.repeats, args.steps = 2, 2
+    if args.bandwidth_mib is None:
+        args.bandwidth_mib = 4 if args.smoke else 256
     all_specs = specs(args.smoke)
-    for name in args.models.split(","):
+    names = [n for n in args.models.split(",") if n]
+    for name in names:
         if name not in all_specs:
             raise SystemExit(f"bench_gpu: --models: unknown {name!r}; choose from "
                              f"{', '.join(all_specs)}")
+    parts = names + (["bandwidth"] if args.bandwidth_mib > 0 else [])
+    if not args.one_process and len(parts) > 1:
+        results = run_parts(args, parts)
+    else:
+        results = run_here(args, all_specs, names)
     try:
-        for name in filter(None, args.models.split(",")):
+        if not args.no_goals:
+            report_goals(results)
+    finally:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+
+
+def run_here(args, all_specs, names) -> dict:
+    b = Bench(args)
+    try:
+        for name in names:
             try:
                 b.model(name, all_specs[name])
             except Exception as e:
@@ -401,11 +464,11 @@ def main():
             except Exception as e:
                 b.results["bandwidth"] = {"error": b.fail("bandwidth", e)}
                 print(f"\nbandwidth: {b.results['bandwidth']['error']}")
-        b.goals()
     finally:
-        if args.json:
+        if args.json and args.no_goals:  # a part: its results, even when the run breaks
             with open(args.json, "w") as f:
                 json.dump(b.results, f, indent=1)
+    return b.results
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ section tests 120 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu $XDIST tests
     --ignore=tests/shm --ignore=tests/runtime'
 section tests_mp 90 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu tests/shm tests/runtime'
 # its table is printed again at the end, so that the last lines of the output hold it
-section bench 150 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
+section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
     $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
 
 section train_mlp 60 bash -c 'train digits_mlp'

@@ -61,7 +61,8 @@ def test_bench_gpu_smoke_on_cpu(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
     monkeypatch.setattr(sys, "argv", [
-        "bench_gpu.py", "--device", "cpu", "--smoke", "--models", "mlp", "--bandwidth-mib", "1",
+        "bench_gpu.py", "--device", "cpu", "--smoke", "--one-process", "--models", "mlp",
+        "--bandwidth-mib", "1",
         "--json", str(out), "--log", str(tmp_path / "bench.log")])
     _bench_gpu().main()
     assert "z eager" in capsys.readouterr().out
