@@ -15,7 +15,9 @@ Columns, each with its own copy of the model and optimizer:
            captured once with tensor.cuda.graph and replayed, as torch's whole-network recipe
   t graph  PyTorch, the same with torch.cuda.graph (the reference)
 An option a library refuses (fused=, capturable=) is dropped for that column and the note says
-so; a cell that fails says "error: ..." and the log holds the traceback; the run goes on.
+so; a cell that fails says "error: ..." and the log holds the traceback; the run goes on. Each
+model and the bandwidth run in a process of their own (--part-timeout-s each), so that a sticky
+CUDA error in one leaves the others their numbers.
 
 Timing: wall clock over --steps steps between device synchronizes (launch overhead is the point),
 medians (and best) of --repeats, the columns interleaved in a rotating order; float32, TF32 off
