@@ -118,7 +118,6 @@ section tests_mp 90 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu tests/shm 
 # its table is printed again at the end, so that the last lines of the output hold it
 section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
     $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
-
 section train_mlp 60 bash -c 'train digits_mlp'
 section train_cnn 60 bash -c 'train digits_cnn'
 section ipc 45 python3 benchmarks/gpu_multiproc.py ipc --device "$DEVICE" $MPJSON
