@@ -1,10 +1,13 @@
-"""The shared part of the training-step benchmarks (bench_{cnn,lstm,transformer}_step.py):
-arguments, thread limits, interleaved timing and the report.
+"""The shared part of the training-step benchmarks (bench_{cnn,lstm,transformer}_step.py on
+the CPU, bench_gpu.py on a GPU): the models, the training step, arguments, thread limits,
+interleaved timing and the report.
 
-Each benchmark builds a zero-argument ``step()`` per library (zgrad and torch, same weights)
-and hands them to ``run``, which warms up, times them interleaved (the order rotates and a
-pause lets spinning worker threads, OpenMP in torch and OpenBLAS, go to sleep first, so drift
-hits both alike) and prints medians and best-ofs as ratios to torch.
+The models are written once against a library's ``nn`` (``tensor.nn`` or ``torch.nn``), whose
+module trees match key for key, so one state_dict of numpy arrays starts both from the same
+weights. Each CPU benchmark builds a zero-argument ``step()`` per library and hands them to
+``run``, which warms up, times them interleaved (the order rotates and a pause lets spinning
+worker threads, OpenMP in torch and OpenBLAS, go to sleep first, so drift hits both alike) and
+prints medians and best-ofs as ratios to torch.
 """
 from __future__ import annotations
 
@@ -71,22 +74,95 @@ def run(title: str, steps: dict, args) -> None:
         pstats.Stats(pr).sort_stats("tottime").print_stats(15)
 
 
+def mlp(nn, sizes=(784, 512, 512, 10)):
+    """Linear layers with ReLU between them: sizes[0] -> ... -> sizes[-1]."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def lenet(nn):
+    """LeNet on 1x28x28: conv 6@5x5 -> relu -> maxpool 2 -> conv 16@5x5 -> relu -> maxpool 2
+    -> fc 120 -> relu -> fc 84 -> relu -> fc 10."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10))
+
+
+def transformer(nn, d_model: int, heads: int, ff: int, layers: int, classes: int,
+                dropout: float = 0.1):
+    """TransformerEncoder(layers x TransformerEncoderLayer(d_model, heads, ff, batch_first))
+    and a linear head to `classes` at every position: (B, S, d_model) -> (B, S, classes)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout=dropout,
+                                               batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = nn.Linear(d_model, classes)
+
+        def forward(self, x):
+            return self.head(self.encoder(x))
+    return Net()
+
+
+def numpy_state(model) -> dict:
+    """A model's state_dict as numpy arrays (zgrad or torch, any device)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        out[k] = (v.cpu() if hasattr(v, "cpu") else v).numpy().copy()
+    return out
+
+
+def load_numpy_state(lib, model, state: dict):
+    """Load numpy arrays into `model` (a tensor.nn or torch.nn module); returns the model."""
+    model.load_state_dict({k: lib.tensor(v) for k, v in state.items()})
+    return model
+
+
+def make_step(lib, model, x, y, opt, classes=None, amp_dtype=None, scaler=None,
+              device_type="cpu"):
+    """The training step as a user writes it, for either library: forward, cross-entropy
+    (over every position's logits when `classes` is given: sequence models), zero_grad,
+    backward, optimizer step; returns the loss. With `amp_dtype` the forward runs under
+    lib.autocast(device_type, amp_dtype) and `scaler` (a GradScaler) scales the loss, unscales
+    the gradients and skips steps with inf/NaN in them, as PyTorch's AMP recipe."""
+    F = lib.nn.functional
+
+    def loss_of():
+        out = model(x)
+        if classes is not None:
+            return F.cross_entropy(out.reshape(-1, classes), y.reshape(-1))
+        return F.cross_entropy(out, y)
+
+    def step():
+        if amp_dtype is None:
+            loss = loss_of()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        with lib.autocast(device_type, dtype=amp_dtype):
+            loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+    return step
+
+
 def sequence_steps(zmodel, tmodel, x, y, classes: int, lr: float) -> dict:
     """{"zgrad": step, "torch": step}: SGD on cross-entropy over every position's logits
     (the LSTM and transformer benchmarks); x, y are numpy arrays."""
     import tensor
     import torch
 
-    def make(model, lib, xs, ys):
-        opt = lib.optim.SGD(model.parameters(), lr=lr)
-        F = lib.nn.functional
-
-        def step():
-            loss = F.cross_entropy(model(xs).reshape(-1, classes), ys.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.detach()
-        return step
-    return {"zgrad": make(zmodel, tensor, tensor.tensor(x), tensor.tensor(y)),
-            "torch": make(tmodel, torch, torch.tensor(x), torch.tensor(y))}
+    return {"zgrad": make_step(tensor, zmodel, tensor.tensor(x), tensor.tensor(y),
+                               tensor.optim.SGD(zmodel.parameters(), lr=lr), classes),
+            "torch": make_step(torch, tmodel, torch.tensor(x), torch.tensor(y),
+                               torch.optim.SGD(tmodel.parameters(), lr=lr), classes)}

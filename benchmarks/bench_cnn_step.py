@@ -17,33 +17,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensor  # noqa: E402
-from benchmarks._step_harness import parse_args, run  # noqa: E402
+from benchmarks._step_harness import lenet, make_step, parse_args, run  # noqa: E402
 
 BATCH = 64
 LR = 0.01
 
-
-
-def build(nn):
-    """The same LeNet in tensor.nn or torch.nn (the module trees match key for key)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-        nn.Linear(84, 10))
-
-
-def make_step(lib, model, x, y):
-    F = lib.nn.functional
-    opt = lib.optim.SGD(model.parameters(), lr=LR)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
 
 
 def main():
@@ -53,13 +31,15 @@ def main():
     x = rng.normal(size=(BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)
     tensor.manual_seed(0)
-    zmodel = build(tensor.nn)
-    tmodel = build(torch.nn)
+    zmodel = lenet(tensor.nn)
+    tmodel = lenet(torch.nn)
     # the same starting weights, moved through state_dicts
     tmodel.load_state_dict({k: torch.tensor(v.numpy()) for k, v in zmodel.state_dict().items()})
     run(f"LeNet 1x28x28, batch {BATCH}", {
-        "zgrad": make_step(tensor, zmodel, tensor.tensor(x), tensor.tensor(y)),
-        "torch": make_step(torch, tmodel, torch.tensor(x), torch.tensor(y))}, args)
+        "zgrad": make_step(tensor, zmodel, tensor.tensor(x), tensor.tensor(y),
+                           tensor.optim.SGD(zmodel.parameters(), lr=LR)),
+        "torch": make_step(torch, tmodel, torch.tensor(x), torch.tensor(y),
+                           torch.optim.SGD(tmodel.parameters(), lr=LR))}, args)
 
 
 if __name__ == "__main__":

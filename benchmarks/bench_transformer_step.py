@@ -20,7 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensor  # noqa: E402
-from benchmarks._step_harness import parse_args, run, sequence_steps  # noqa: E402
+from benchmarks._step_harness import (load_numpy_state, numpy_state, parse_args, run,  # noqa: E402
+                                      sequence_steps, transformer)
 
 D_MODEL, HEADS, FF, LAYERS, SEQ, BATCH, CLASSES, LR = 128, 4, 512, 2, 64, 16, 64, 0.01
 
@@ -29,23 +30,9 @@ D_MODEL, HEADS, FF, LAYERS, SEQ, BATCH, CLASSES, LR = 128, 4, 512, 2, 64, 16, 64
 def make_models(torch):
     """The PyTorch model and a zgrad copy of it (same state_dict keys, same weights)."""
     torch.manual_seed(0)
-
-    def net(nn):
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.1,
-                                                   batch_first=True)
-                self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
-                self.head = nn.Linear(D_MODEL, CLASSES)
-
-            def forward(self, x):
-                return self.head(self.encoder(x))
-        return Net()
-
-    tm, zm = net(torch.nn), net(tensor.nn)
-    zm.load_state_dict({k: tensor.tensor(v.numpy()) for k, v in tm.state_dict().items()})
-    return zm, tm
+    tm, zm = (transformer(nn, D_MODEL, HEADS, FF, LAYERS, CLASSES, dropout=0.1)
+              for nn in (torch.nn, tensor.nn))
+    return load_numpy_state(tensor, zm, numpy_state(tm)), tm
 
 
 def main():
