@@ -100,7 +100,37 @@ def test_fused_needs_float_params_at_step():
 @pytest.fixture
 def fake_gpu(monkeypatch):
     from tests.tensor import _fake_cuda as fc
-    return fc.install(monkeypatch)
+    fc = fc.install(monkeypatch)
+    _copies_as_cupy14(monkeypatch, fc)
+    return fc
+
+
+def _copies_as_cupy14(monkeypatch, fc):
+    """CuPy 14's MemoryPointer.copy_from_host_async refuses while the current stream captures
+    ("H2D transfers are disallowed"); its runtime.memcpyAsync binding has no such guard."""
+    import ctypes
+    from types import SimpleNamespace
+    plain = fc.DevArray.data
+
+    def data(self):
+        d = plain.fget(self)
+        copy = d.copy_from_host_async
+
+        def refusing(src, nbytes, stream=None):
+            if fc._Stream.capturing:
+                raise RuntimeError("the current stream is capturing, so H2D transfers are "
+                                   "disallowed")
+            copy(src, nbytes, stream)
+        d.copy_from_host_async = refusing
+        return d
+
+    def memcpy_async(dst, src, nbytes, kind, stream):
+        assert kind == 1 and isinstance(stream, int)
+        ctypes.memmove(dst, src, nbytes)
+    monkeypatch.setattr(fc.DevArray, "data", property(data))
+    monkeypatch.setattr(fc._Stream, "ptr", 0, raising=False)
+    monkeypatch.setattr(fc.FakeCupy.cuda, "runtime", SimpleNamespace(
+        memcpyAsync=memcpy_async, memcpyHostToDevice=1), raising=False)
 
 
 FAKE_OPTS = OPTS + [("Adam", dict(capturable=True, amsgrad=True, weight_decay=0.1))]
