@@ -151,7 +151,11 @@ class GpuStaged:
         cupy = backend.cupy
         self.ctx, self.a = ctx, a
         nbytes = a.size * a.dtype.itemsize
-        self.mem, self.size = pinned.take(nbytes)
+        # with the array's GPU current: this runs on the communication thread, whose current
+        # device is GPU 0, and cudaHostAlloc there would give every rank of a multi-GPU host
+        # a CUDA context (hundreds of MiB) on GPU 0
+        with cupy.cuda.Device(ctx.device_id):
+            self.mem, self.size = pinned.take(nbytes)
         self.flat = np.frombuffer(self.mem, np.uint8, nbytes).view(a.dtype)
         self.copied = True
         if not read or nbytes == 0:

@@ -4,6 +4,9 @@ numpy arrays and records stream waits (tests/runtime/_fake_cupy.py). What they c
 results, argument plumbing into NCCL, that wait() orders the caller's stream instead of
 blocking the host, and that pinned buffers are reused. The real thing runs in
 test_dist_nccl.py and test_ddp_gpu.py on a GPU."""
+import threading
+import types
+
 import numpy as np
 
 from tests.runtime.test_collectives import spawn
@@ -173,3 +176,46 @@ def _auto_one_rank(rank, ws):
 
 def test_auto_backend_builds_nccl_at_the_first_gpu_collective():
     assert spawn(_auto_one_rank, 1, timeout_s=60) == [True]
+
+
+def test_staging_makes_pinned_memory_with_the_arrays_gpu_current(monkeypatch):
+    """Pinned buffers are allocated with the staged array's GPU current: on the
+    communication thread (current device: GPU 0) cudaHostAlloc would otherwise give every
+    rank of a multi-GPU host a CUDA context on GPU 0. In this process, CuPy swapped for the
+    fake's parts through monkeypatch (no install())."""
+    from runtime.distributed import _cuda
+    from tensor import backend
+    from tests.runtime import _fake_cupy as fk
+    current = threading.local()
+
+    class Device(fk.Device):
+        def __enter__(self):
+            self.prev, current.id = getattr(current, "id", 0), self.id
+            return self
+
+        def __exit__(self, *exc):
+            current.id = self.prev
+
+    made_on = []
+
+    def alloc_pinned_memory(size):
+        made_on.append(getattr(current, "id", 0))
+        return bytearray(size)
+
+    class OnGpu1(fk.ndarray):
+        device = property(lambda self: fk._Dev(1))
+
+    cuda = types.SimpleNamespace(Event=fk.Event, Stream=fk.Stream, Device=Device,
+                                 get_current_stream=fk.get_current_stream,
+                                 alloc_pinned_memory=alloc_pinned_memory, runtime=fk.runtime)
+    monkeypatch.setattr(backend, "cupy", types.SimpleNamespace(
+        cuda=cuda, ndarray=fk.ndarray, ascontiguousarray=fk.ascontiguousarray,
+        empty=fk.empty))
+    monkeypatch.setattr(_cuda, "pinned", _cuda._PinnedPool())
+    monkeypatch.setattr(_cuda, "_side", {})
+    x, out = OnGpu1(np.arange(6, dtype=np.float32)), OnGpu1(np.zeros(3))
+    ctx = _cuda.GpuStaging([x, out])
+    staged = ctx.stage(x)
+    ctx.stage(out, read=False)
+    assert made_on == [1, 1], made_on
+    np.testing.assert_array_equal(staged.flat, np.arange(6))
