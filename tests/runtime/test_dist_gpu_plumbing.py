@@ -81,6 +81,31 @@ def test_nccl_backend_calls_with_a_fake_gpu():
     assert spawn(_nccl_one_rank, 1, timeout_s=60) == [True]
 
 
+def _nccl_shutdown(rank, ws, failing):
+    from tests.runtime import _fake_cupy
+    _fake_cupy.install()
+    import runtime.distributed as dist
+    from runtime.distributed import api
+    dist.init_process_group("nccl", timeout=30)
+    comm = api._state.world.nccl.comm
+    ended = []
+    comm.destroy = lambda: ended.append("destroy")
+    comm.abort = lambda: ended.append("abort")
+    if failing:
+        def peer_died():
+            raise RuntimeError("NCCL error: remote process exited")
+        comm.check_async_error = peer_died
+    dist.destroy_process_group()
+    return ended
+
+
+def test_nccl_shutdown_destroys_or_aborts_when_nccl_reports_an_error():
+    # a communicator whose peer died is aborted: destroying it (or waiting on its stream)
+    # would hang destroy_process_group
+    assert spawn(_nccl_shutdown, 1, False, timeout_s=60) == [["destroy"]]
+    assert spawn(_nccl_shutdown, 1, True, timeout_s=60) == [["abort"]]
+
+
 def _zmq_staging(rank, ws):
     from tests.runtime import _fake_cupy
     cp = _fake_cupy.install()
