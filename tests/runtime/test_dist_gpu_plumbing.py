@@ -244,3 +244,28 @@ def test_staging_makes_pinned_memory_with_the_arrays_gpu_current(monkeypatch):
     ctx.stage(out, read=False)
     assert made_on == [1, 1], made_on
     np.testing.assert_array_equal(staged.flat, np.arange(6))
+
+
+def test_pinned_pool_never_lets_go_of_a_buffer_a_copy_may_still_read():
+    """CuPy's pinned pool hands a freed buffer out again at once: a full free list must drop
+    a buffer whose copy finished, never one an asynchronous copy may still be reading."""
+    from runtime.distributed._cuda import _PinnedPool
+
+    class Ev:
+        def __init__(self, done):
+            self.done = done
+    pool = _PinnedPool()
+    n = pool.MAX_PER_SIZE
+    busy = [(bytearray(4096), Ev(False)) for _ in range(n + 1)]
+    for mem, ev in busy:
+        pool.give(mem, 4096, ev)
+    kept = [m for m, _ in pool._free[4096]]
+    assert all(any(m is k for k in kept) for m, _ in busy), "an in-flight buffer was dropped"
+    busy[0][1].done = True                      # its copy finished: it may go now
+    extra = bytearray(4096)
+    pool.give(extra, 4096, Ev(False))
+    kept = [m for m, _ in pool._free[4096]]
+    assert not any(m is busy[0][0] for m in kept) and any(m is extra for m in kept)
+    idle = bytearray(4096)
+    pool.give(idle, 4096, None)                 # full of busy buffers: an idle one just goes
+    assert not any(m is idle for m, _ in pool._free[4096])
