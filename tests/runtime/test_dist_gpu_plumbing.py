@@ -81,6 +81,33 @@ def test_nccl_backend_calls_with_a_fake_gpu():
     assert spawn(_nccl_one_rank, 1, timeout_s=60) == [True]
 
 
+def _future_polled(rank, ws, backend_name):
+    from tests.runtime import _fake_cupy
+    cp = _fake_cupy.install()
+    import runtime.distributed as dist
+    dist.init_process_group(backend_name, timeout=30)
+    x = cp.ndarray(np.arange(4, dtype=np.float32))
+    work = dist.all_reduce(x, async_op=True)
+    gpu_event = work._event if backend_name == "nccl" else None
+    ordered = []
+
+    def callback(fut):
+        cur = cp.get_current_stream()
+        ev = gpu_event if gpu_event is not None else work._after[0]
+        ordered.append(bool(cur.waited) and cur.waited[-1] is ev)
+        return fut.value()
+    chained = work.get_future().then(callback)
+    while not chained.done():   # polled, never wait()ed: the callback still runs after
+        pass                    # the current stream was made to wait for the GPU part
+    dist.destroy_process_group()
+    return ordered
+
+
+def test_a_polled_work_future_orders_the_stream_before_its_callbacks():
+    assert spawn(_future_polled, 1, "nccl", timeout_s=60) == [[True]]
+    assert spawn(_future_polled, 2, "zmq", timeout_s=60) == [[True], [True]]
+
+
 def _nccl_shutdown(rank, ws, failing):
     from tests.runtime import _fake_cupy
     _fake_cupy.install()
