@@ -4,6 +4,9 @@ numpy arrays and records stream waits (tests/runtime/_fake_cupy.py). What they c
 results, argument plumbing into NCCL, that wait() orders the caller's stream instead of
 blocking the host, and that pinned buffers are reused. The real thing runs in
 test_dist_nccl.py and test_ddp_gpu.py on a GPU."""
+import threading
+import types
+
 import numpy as np
 
 from tests.runtime.test_collectives import spawn
@@ -76,6 +79,58 @@ def _nccl_one_rank(rank, ws):
 
 def test_nccl_backend_calls_with_a_fake_gpu():
     assert spawn(_nccl_one_rank, 1, timeout_s=60) == [True]
+
+
+def _future_polled(rank, ws, backend_name):
+    from tests.runtime import _fake_cupy
+    cp = _fake_cupy.install()
+    import runtime.distributed as dist
+    dist.init_process_group(backend_name, timeout=30)
+    x = cp.ndarray(np.arange(4, dtype=np.float32))
+    work = dist.all_reduce(x, async_op=True)
+    gpu_event = work._event if backend_name == "nccl" else None
+    ordered = []
+
+    def callback(fut):
+        cur = cp.get_current_stream()
+        ev = gpu_event if gpu_event is not None else work._after[0]
+        ordered.append(bool(cur.waited) and cur.waited[-1] is ev)
+        return fut.value()
+    chained = work.get_future().then(callback)
+    while not chained.done():   # polled, never wait()ed: the callback still runs after
+        pass                    # the current stream was made to wait for the GPU part
+    dist.destroy_process_group()
+    return ordered
+
+
+def test_a_polled_work_future_orders_the_stream_before_its_callbacks():
+    assert spawn(_future_polled, 1, "nccl", timeout_s=60) == [[True]]
+    assert spawn(_future_polled, 2, "zmq", timeout_s=60) == [[True], [True]]
+
+
+def _nccl_shutdown(rank, ws, failing):
+    from tests.runtime import _fake_cupy
+    _fake_cupy.install()
+    import runtime.distributed as dist
+    from runtime.distributed import api
+    dist.init_process_group("nccl", timeout=30)
+    comm = api._state.world.nccl.comm
+    ended = []
+    comm.destroy = lambda: ended.append("destroy")
+    comm.abort = lambda: ended.append("abort")
+    if failing:
+        def peer_died():
+            raise RuntimeError("NCCL error: remote process exited")
+        comm.check_async_error = peer_died
+    dist.destroy_process_group()
+    return ended
+
+
+def test_nccl_shutdown_destroys_or_aborts_when_nccl_reports_an_error():
+    # a communicator whose peer died is aborted: destroying it (or waiting on its stream)
+    # would hang destroy_process_group
+    assert spawn(_nccl_shutdown, 1, False, timeout_s=60) == [["destroy"]]
+    assert spawn(_nccl_shutdown, 1, True, timeout_s=60) == [["abort"]]
 
 
 def _zmq_staging(rank, ws):
@@ -173,3 +228,71 @@ def _auto_one_rank(rank, ws):
 
 def test_auto_backend_builds_nccl_at_the_first_gpu_collective():
     assert spawn(_auto_one_rank, 1, timeout_s=60) == [True]
+
+
+def test_staging_makes_pinned_memory_with_the_arrays_gpu_current(monkeypatch):
+    """Pinned buffers are allocated with the staged array's GPU current: on the
+    communication thread (current device: GPU 0) cudaHostAlloc would otherwise give every
+    rank of a multi-GPU host a CUDA context on GPU 0. In this process, CuPy swapped for the
+    fake's parts through monkeypatch (no install())."""
+    from runtime.distributed import _cuda
+    from tensor import backend
+    from tests.runtime import _fake_cupy as fk
+    current = threading.local()
+
+    class Device(fk.Device):
+        def __enter__(self):
+            self.prev, current.id = getattr(current, "id", 0), self.id
+            return self
+
+        def __exit__(self, *exc):
+            current.id = self.prev
+
+    made_on = []
+
+    def alloc_pinned_memory(size):
+        made_on.append(getattr(current, "id", 0))
+        return bytearray(size)
+
+    class OnGpu1(fk.ndarray):
+        device = property(lambda self: fk._Dev(1))
+
+    cuda = types.SimpleNamespace(Event=fk.Event, Stream=fk.Stream, Device=Device,
+                                 get_current_stream=fk.get_current_stream,
+                                 alloc_pinned_memory=alloc_pinned_memory, runtime=fk.runtime)
+    monkeypatch.setattr(backend, "cupy", types.SimpleNamespace(
+        cuda=cuda, ndarray=fk.ndarray, ascontiguousarray=fk.ascontiguousarray,
+        empty=fk.empty))
+    monkeypatch.setattr(_cuda, "pinned", _cuda._PinnedPool())
+    monkeypatch.setattr(_cuda, "_side", {})
+    x, out = OnGpu1(np.arange(6, dtype=np.float32)), OnGpu1(np.zeros(3))
+    ctx = _cuda.GpuStaging([x, out])
+    staged = ctx.stage(x)
+    ctx.stage(out, read=False)
+    assert made_on == [1, 1], made_on
+    np.testing.assert_array_equal(staged.flat, np.arange(6))
+
+
+def test_pinned_pool_never_lets_go_of_a_buffer_a_copy_may_still_read():
+    """CuPy's pinned pool hands a freed buffer out again at once: a full free list must drop
+    a buffer whose copy finished, never one an asynchronous copy may still be reading."""
+    from runtime.distributed._cuda import _PinnedPool
+
+    class Ev:
+        def __init__(self, done):
+            self.done = done
+    pool = _PinnedPool()
+    n = pool.MAX_PER_SIZE
+    busy = [(bytearray(4096), Ev(False)) for _ in range(n + 1)]
+    for mem, ev in busy:
+        pool.give(mem, 4096, ev)
+    kept = [m for m, _ in pool._free[4096]]
+    assert all(any(m is k for k in kept) for m, _ in busy), "an in-flight buffer was dropped"
+    busy[0][1].done = True                      # its copy finished: it may go now
+    extra = bytearray(4096)
+    pool.give(extra, 4096, Ev(False))
+    kept = [m for m, _ in pool._free[4096]]
+    assert not any(m is busy[0][0] for m in kept) and any(m is extra for m in kept)
+    idle = bytearray(4096)
+    pool.give(idle, 4096, None)                 # full of busy buffers: an idle one just goes
+    assert not any(m is idle for m, _ in pool._free[4096])
