@@ -77,6 +77,13 @@ def _setup(st, pg, required: bool, device_id):
     shared = _shared_gpus(st, pg, device)
     if shared:
         if required:
+            # every rank raises; the store's host (group rank 0) tears it down on the way out,
+            # so it first waits until every rank has its answer (else a slow rank's read of it
+            # would time out with a store error instead of this message)
+            st.store.set(f"g{pg.gid}/nccl_gpu_seen/{pg.rank()}", b"1")
+            if pg.rank() == 0:
+                st.store.multi_get([f"g{pg.gid}/nccl_gpu_seen/{r}" for r in range(pg.size())],
+                                   pg.timeout_s, f"nccl setup of group {pg.gid}")
             raise RuntimeError(f"init_process_group: backend='nccl' but {shared}; NCCL needs one "
                                "GPU per rank. Use one process per GPU (zgrad run gives local "
                                "rank i the GPU cuda:i), or backend='zmq', which may share one.")
