@@ -1,0 +1,247 @@
+"""``cupy.cuda`` of the fake: devices, streams, events, stream capture, memory pools, allocators,
+pinned memory and runtime copies.
+
+It models ordering, not speed: every kernel and copy runs at once. Streams record what they
+were told to do (``log``: ("record", event), ("wait", event), ("launch", graph)), so tests
+check that the right stream waited and that the host was not blocked. The current stream and
+the allocator are per thread, as in CuPy; so is the null stream (``Stream.null``), so that a
+thread sees only its own waits. What a test reads back lives in ``log`` (reset by install):
+``calls`` (RawKernel launches by name), ``checks`` (ElementwiseKernel launches: name, host
+copies of the arguments), ``events_synchronized`` (host waits: thread name, event),
+``pinned_allocations``, ``devices_used`` (Device.use()), ``syncs`` (Device.synchronize()).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import threading
+import types
+
+_ptrs = itertools.count(0x1000, 0x10)
+
+
+class Log:
+    def __init__(self, device_count=1):
+        self.device_count, self.current_device = device_count, 0
+        self.calls, self.checks, self.events_synchronized = [], [], []
+        self.pinned_allocations, self.devices_used, self.syncs = 0, [], 0
+        self.pinned = []          # the pinned host buffers (kept alive), for is_memory_pinned
+        self.default_pool = MemoryPool()
+
+
+class _Local(threading.local):
+    def __init__(self):
+        self.stack = []           # streams made current by `with stream` / use()
+        self.allocator = None
+        self.null = None
+
+
+state = _Local()
+
+
+def reset(device_count=1):
+    """A fresh log and this thread's stream stack: what install() does for each test."""
+    global log
+    log = Log(device_count)
+
+
+def _check_device(i):
+    if not 0 <= i < log.device_count:
+        raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {i} (the fake has "
+                           f"{log.device_count} device(s))")
+
+
+class Device:
+    def __init__(self, device=None):
+        self.id = log.current_device if device is None else int(device)
+        self.pci_bus_id = f"0000:{self.id:02x}:00.0"
+        self._prev = []
+
+    def __enter__(self):
+        _check_device(self.id)
+        self._prev.append(log.current_device)
+        log.current_device = self.id
+        return self
+
+    def __exit__(self, *exc):
+        log.current_device = self._prev.pop()
+
+    def use(self):
+        _check_device(self.id)
+        log.devices_used.append(self.id)
+        log.current_device = self.id
+
+    def synchronize(self):
+        log.syncs += 1
+
+
+class _StreamType(type):
+    @property
+    def null(cls):  # one per thread (see the module docstring)
+        if state.null is None:
+            state.null = Stream(null=True)
+        return state.null
+
+
+class Stream(metaclass=_StreamType):
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self.ptr = 0 if null else next(_ptrs)
+        self.device_id = -1 if null else log.current_device
+        self.non_blocking, self.priority = non_blocking, priority
+        self.capturing = None       # the capture mode while capturing
+        self.log = []
+
+    @property
+    def waited(self):
+        return [e for kind, e in self.log if kind == "wait"]
+
+    def __enter__(self):
+        state.stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        assert state.stack.pop() is self
+
+    def use(self):
+        state.stack[:] = [self]
+        return self
+
+    def begin_capture(self, mode=None):
+        assert self.ptr != 0, "CUDA can't capture the legacy default stream"
+        assert self.capturing is None, "capture already running"
+        self.capturing = 0 if mode is None else mode   # CuPy's default: global (0)
+
+    def end_capture(self):
+        assert self.capturing is not None, "no capture running"
+        self.capturing = None
+        return Graph()
+
+    def is_capturing(self):
+        return self.capturing is not None
+
+    def record(self, event=None):
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        self.log.append(("wait", event))
+
+    @property
+    def done(self):
+        return True
+
+    def synchronize(self):
+        pass
+
+
+def get_current_stream(device_id=-1):
+    return state.stack[-1] if state.stack else Stream.null
+
+
+class Event:
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.ptr = next(_ptrs)
+        self.block, self.disable_timing = block, disable_timing
+        self.recorded_on = None
+
+    def record(self, stream=None):
+        self.recorded_on = get_current_stream() if stream is None else stream
+        self.recorded_on.log.append(("record", self))
+
+    @property
+    def done(self):
+        return True
+
+    def synchronize(self):
+        # CUDA returns at once for an event never recorded: a wait on nothing is a bug here
+        assert self.recorded_on is not None, "synchronize() of an event never recorded"
+        log.events_synchronized.append((threading.current_thread().name, self))
+
+
+class Graph:
+    def launch(self, stream=None):
+        (stream or get_current_stream()).log.append(("launch", self))
+
+
+class MemoryPool:
+    __slots__ = ("used", "total", "mallocs")   # no __weakref__, like cupy.cuda.MemoryPool
+
+    def __init__(self):
+        self.used = self.total = 0
+        self.mallocs = []
+
+    def malloc(self, size):
+        self.mallocs.append(size)
+        self.used += size
+        self.total = max(self.total, self.used)
+        return ("ptr", size)
+
+    def used_bytes(self):
+        return self.used
+
+    def total_bytes(self):
+        return self.total
+
+    def free_all_blocks(self, stream=None):
+        self.total = self.used
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    old = state.allocator
+    state.allocator = allocator
+    try:
+        yield
+    finally:
+        state.allocator = old
+
+
+def set_capturing(on: bool):
+    """Test hook: make this thread's current stream a side stream under capture (on) or end
+    that capture (off), for code that only asks ``get_current_stream().is_capturing()``."""
+    if on:
+        s = Stream(non_blocking=True)
+        s.begin_capture()
+        state.stack.append(s)
+    elif state.stack and state.stack[-1].is_capturing():
+        state.stack.pop().end_capture()
+
+
+def alloc_pinned_memory(size):
+    if get_current_stream().is_capturing():  # as CUDA (and tensor.cuda.graphs' guard) refuse
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: pinned allocation during a "
+                           "stream capture")
+    log.pinned_allocations += 1
+    buf = bytearray(size)
+    log.pinned.append(buf)
+    return buf
+
+
+def _is_memory_pinned(ptr):
+    for b in log.pinned:
+        start = ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b)) if len(b) else -1
+        if start <= ptr < start + len(b):
+            return True
+    return False
+
+
+def memcpy(dst, src, size, kind=None, stream=None):
+    ctypes.memmove(dst, src, size)
+
+
+runtime = types.SimpleNamespace(
+    getDevice=lambda: log.current_device, getDeviceCount=lambda: log.device_count,
+    memGetInfo=lambda: (6, 8), memcpyAsync=memcpy, memcpyHostToDevice=1, memcpyDeviceToHost=2,
+    getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,
+                                   "minor": 0, "multiProcessorCount": 132})
+
+cuda = types.ModuleType("cupy.cuda")
+cuda.__dict__.update(
+    Stream=Stream, Event=Event, Device=Device, MemoryPool=MemoryPool, Graph=Graph,
+    runtime=runtime, get_current_stream=get_current_stream, using_allocator=using_allocator,
+    alloc_pinned_memory=alloc_pinned_memory, get_elapsed_time=lambda a, b: 1.5,
+    pinned_memory=types.SimpleNamespace(is_memory_pinned=_is_memory_pinned))
+
+log = Log()
