@@ -63,7 +63,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
     for name, value in (("stack", []), ("allocator", None), ("null", None)):
         mp.setattr(runtime.state, name, value)  # this thread's streams, fresh, undone after
     from tensor import _device_checks, backend
-    from tensor.cuda import kernels as fused_kernels
+    from tensor.cuda import _util, graphs, kernels as fused_kernels
     mp.setattr(backend, "cupy", cupy)
     if fused:
         mp.delenv(fused_kernels.ENV_SWITCH, raising=False)
@@ -74,6 +74,8 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
         for name in names:  # fresh per test: nothing compiled or flagged leaks between fakes
             mp.setattr(mod, name, {})
     mp.setattr(_device_checks, "_slot_info", [])
+    mp.setattr(_util, "_available", [])                  # asked again: the fake has a GPU
+    mp.setattr(graphs.graph, "_capture_streams", {})      # streams of an earlier fake
     special = types.ModuleType("cupyx.scipy.special")
     special.erf = arrays.erf
     scipy = types.ModuleType("cupyx.scipy")

@@ -9,7 +9,7 @@ import tensor
 import tensor.cuda as tcuda
 from tensor import backend
 from tensor import random as trandom
-from tensor.cuda import _capture, _util, graphs, memory
+from tensor.cuda import _capture, memory
 from tests import fakecuda
 from tests.helpers import requires_cupy
 
@@ -80,8 +80,6 @@ def test_capture_error_names_the_op_and_the_callers_line(monkeypatch):
 @pytest.fixture
 def fake(monkeypatch):
     cp = fakecuda.install(monkeypatch)
-    monkeypatch.setattr(_util, "_available", [True])
-    monkeypatch.setattr(graphs.graph, "_capture_streams", {})
     monkeypatch.setattr(trandom.default_generator, "_cupy_rng", object())
     yield cp
     assert getattr(trandom._capture, "keep", None) is None

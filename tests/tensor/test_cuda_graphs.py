@@ -9,9 +9,9 @@ import pytest
 
 import tensor
 import tensor.cuda as tcuda
-from tensor import backend, nn
+from tensor import nn
 from tensor import random as trandom
-from tensor.cuda import _capture, _util, graphs, memory
+from tensor.cuda import _capture, graphs, memory
 from tests import fakecuda
 from tests.helpers import requires_cupy
 
@@ -19,8 +19,6 @@ from tests.helpers import requires_cupy
 @pytest.fixture
 def fake(monkeypatch):
     cp = fakecuda.install(monkeypatch)
-    monkeypatch.setattr(_util, "_available", [True])
-    monkeypatch.setattr(graphs.graph, "_capture_streams", {})
     monkeypatch.setattr(trandom.default_generator, "_cupy_rng", object())
     yield cp
     assert graphs._graph_in_capture() is None and fakecuda.runtime.state.allocator is None

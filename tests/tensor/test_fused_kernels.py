@@ -49,10 +49,7 @@ def test_env_switch_and_cpu_arrays_never_fuse(monkeypatch):
     from tensor.cuda import kernels
     assert not kernels.fusable(np.zeros(3, np.float32))
 
-    class FakeCupy:  # enabled() only asks whether CuPy exists
-        pass
-    monkeypatch.setattr(kernels.backend, "cupy", FakeCupy)
-    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    fakecuda.install(monkeypatch, fused=True)  # CuPy present, the switch unset
     assert kernels.enabled()
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
     assert not kernels.enabled()
