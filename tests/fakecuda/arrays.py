@@ -123,6 +123,13 @@ def _call(fn, where, args, kw, allow_numpy=False, parent=None):
                  parent)
 
 
+def _host_read():
+    """A device -> host read waits for the stream: CUDA refuses that inside a capture."""
+    if runtime.get_current_stream().is_capturing():
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when "
+                           "stream is capturing (a host read of a device array)")
+
+
 class _MemoryPointer:
     """What ``ndarray.data`` is: the address, and the async host copies CuPy's pointer has."""
 
@@ -192,6 +199,7 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         return lambda *a, **k: _call(attr, f"ndarray.{name}", a, k, parent=self)
 
     def get(self, stream=None, order="C", out=None, blocking=True):
+        _host_read()
         if out is None:
             return self._a.copy()
         out[...] = self._a
@@ -201,9 +209,11 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         self._a[...] = arr
 
     def item(self):
+        _host_read()
         return self._a.item()
 
     def tolist(self):
+        _host_read()
         return self._a.tolist()
 
     def __len__(self):
@@ -213,12 +223,15 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         return (_wrap(e) for e in self._a)
 
     def __bool__(self):
+        _host_read()
         return bool(self._a)
 
     def __float__(self):
+        _host_read()
         return float(self._a)
 
     def __int__(self):
+        _host_read()
         return int(self._a)
 
     def __index__(self):
@@ -227,6 +240,7 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         return int(self._a)
 
     def __complex__(self):
+        _host_read()
         return complex(self._a)
 
     def __repr__(self):
@@ -369,8 +383,7 @@ def _make_module():
         setattr(m, n, (lambda f: lambda a, *r, **k: _call(
             f, "asarray", (np.array(a) if isinstance(a, (np.ndarray, np.generic)) else a,) + r,
             k, True))(getattr(np, n)))
-    m.asnumpy = lambda a, stream=None, **k: a._a.copy() if isinstance(a, ndarray) \
-        else np.asarray(a)
+    m.asnumpy = lambda a, stream=None, **k: a.get() if isinstance(a, ndarray) else np.asarray(a)
     m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
     rnd = _Module("cupy.random", np.random)
     rnd.default_rng = rnd.Generator = Generator

@@ -227,13 +227,24 @@ def _is_memory_pinned(ptr):
     return False
 
 
-def memcpy(dst, src, size, kind=None, stream=None):
+def memcpy(dst, src, size):
     ctypes.memmove(dst, src, size)
+
+
+def _memcpy_async(dst, src, size, kind, stream):
+    """cupy.cuda.runtime.memcpyAsync: a binding of intptr_t arguments (a stream's .ptr, not
+    the Stream) and a cudaMemcpyKind."""
+    for name, v in (("dst", dst), ("src", src), ("size", size), ("stream", stream)):
+        if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+            raise TypeError(f"memcpyAsync: {name} must be an integer, got {type(v).__name__}")
+    assert kind in (0, 1, 2, 3, 4), f"memcpyAsync: {kind!r} is not a cudaMemcpyKind"
+    memcpy(dst, src, size)
 
 
 runtime = types.SimpleNamespace(
     getDevice=lambda: log.current_device, getDeviceCount=lambda: log.device_count,
-    memGetInfo=lambda: (6, 8), memcpyAsync=memcpy, memcpyHostToDevice=1, memcpyDeviceToHost=2,
+    memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async, memcpyHostToHost=0,
+    memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,
                                    "minor": 0, "multiProcessorCount": 132})
 
