@@ -125,9 +125,7 @@ def _call(fn, where, args, kw, allow_numpy=False, parent=None):
 
 def _host_read():
     """A device -> host read waits for the stream: CUDA refuses that inside a capture."""
-    if runtime.get_current_stream().is_capturing():
-        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when "
-                           "stream is capturing (a host read of a device array)")
+    runtime._no_sync_in_capture(runtime.get_current_stream())
 
 
 class _MemoryPointer:

@@ -41,7 +41,7 @@ state = _Local()
 
 
 def reset(device_count=1):
-    """A fresh log and this thread's stream stack: what install() does for each test."""
+    """A fresh log (install() also gives this thread fresh streams)."""
     global log
     log = Log(device_count)
 
@@ -73,6 +73,7 @@ class Device:
         log.current_device = self.id
 
     def synchronize(self):
+        _no_sync_in_capture(get_current_stream())
         log.syncs += 1
 
 
@@ -133,7 +134,13 @@ class Stream(metaclass=_StreamType):
         return True
 
     def synchronize(self):
-        pass
+        _no_sync_in_capture(self)
+
+
+def _no_sync_in_capture(stream):
+    if stream.is_capturing():
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when "
+                           "stream is capturing (a host synchronization or read)")
 
 
 def get_current_stream(device_id=-1):
