@@ -19,7 +19,8 @@ Deferring is memory-safe only because CuPy's integer-array indexing (getitem, se
 take_along_axis, scatter_add) wraps out-of-range indices instead of reading or writing out
 of bounds (CuPy's documented difference from NumPy): a bad index computes garbage until the
 next sync raises, it never faults. Flags written during a CUDA-graph capture are written
-again on every replay, so captured steps keep their checks; the flag buffer is allocated at
+again on every replay, so captured steps keep their checks (a graph notes the devices it
+flags at capture and marks them pending after each replay); the flag buffer is allocated at
 the first check, which must therefore happen before capture (warm-up steps do that).
 """
 from __future__ import annotations
@@ -133,6 +134,19 @@ def host_reads_free(xp) -> bool:
     data-dependent fast path (max_pool2d's NaN-free argmax) takes the always-right path on a
     GPU instead of waiting for the device to decide (Note [Device asserts])."""
     return xp is numpy
+
+
+def devices_flagged_on(stream) -> tuple:
+    """The devices whose flag buffers work queued on `stream` may have written since their last
+    check: a CUDA graph notes them when its capture ends, for note_flagged after each replay."""
+    return tuple(d for d, streams in _pending.items() if stream.ptr in streams)
+
+
+def note_flagged(devices, stream) -> None:
+    """Mark `devices`' flag buffers as written by work on `stream` (a replayed graph's checks),
+    so that the next check_device_errors() reads them."""
+    for d in devices:
+        _pending.setdefault(d, {})[stream.ptr] = stream
 
 
 def check_device_errors() -> None:

@@ -164,7 +164,18 @@ def check_same_device(op: str, *arrays):
 
 
 def scatter_add(xp, out, idx, src):
-    """out[idx] += src with repeated indices accumulating (numpy's and CuPy's add.at)."""
+    """out[idx] += src with repeated indices accumulating (numpy's and CuPy's add.at).
+
+    On the GPU, integer and bool arrays that CuPy's scatter kernels refuse (only 32-bit ints
+    and uint64 are there) add as uint64: two's-complement sums wrap alike, and the cast back
+    wraps (or tests != 0) as numpy's add.at on the narrow type does."""
+    k = out.dtype.kind
+    if xp is not numpy and (k == "b" or (k in "iu" and out.dtype.itemsize != 4
+                                         and out.dtype != numpy.uint64)):
+        w = out.astype(numpy.int64).view(numpy.uint64)
+        xp.add.at(w, idx, xp.asarray(src).astype(numpy.int64).view(numpy.uint64))
+        out[...] = w.view(numpy.int64)
+        return out
     xp.add.at(out, idx, src)
     return out
 

@@ -78,7 +78,7 @@ import gc
 import itertools
 import threading
 
-from .. import backend
+from .. import _device_checks, backend
 from .. import random as _random
 from . import _blas
 from . import memory as _memory
@@ -122,6 +122,7 @@ class CUDAGraph:
         self._graph = None      # cupy.cuda.Graph once captured
         self._pool = None
         self._keep = None       # objects the graph's kernels use that must outlive it
+        self._flags = ()        # devices whose device-assert flags the graph writes
         self._capture = None    # state while capturing
 
     def capture_begin(self, pool=None, capture_error_mode: str = "global") -> None:
@@ -193,6 +194,7 @@ class CUDAGraph:
                                "default stream, another thread's CUDA call under "
                                "capture_error_mode='global').") from e
         self._keep = keep
+        self._flags = _device_checks.devices_flagged_on(stream)
 
     def _abort_capture(self) -> None:
         """End a capture that raised: leave the stream usable, drop the partial graph."""
@@ -210,7 +212,10 @@ class CUDAGraph:
         if self._graph is None:
             raise RuntimeError("CUDAGraph.replay: nothing was captured; capture first with "
                                "`with tensor.cuda.graph(g): ...`.")
-        self._graph.launch(backend.cupy.cuda.get_current_stream())
+        stream = backend.cupy.cuda.get_current_stream()
+        self._graph.launch(stream)
+        if self._flags:   # its device asserts fired again: the next host read checks them
+            _device_checks.note_flagged(self._flags, stream)
 
     def reset(self) -> None:
         """Drop the captured graph and its hold on the memory pool."""
@@ -218,6 +223,7 @@ class CUDAGraph:
             self._abort_capture()
         self._graph = None      # the executable graph goes before the memory it uses
         self._keep = None
+        self._flags = ()
         self._pool = None
 
     def pool(self) -> _Pool:

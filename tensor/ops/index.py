@@ -46,7 +46,7 @@ def _convert_index(idx, xp):
             elif d.dtype.kind != "b":
                 raise IndexError(f"tensors used as indices must be long, int or bool tensors, "
                                  f"got {d.dtype}")
-            out.append(d if type(d) is type(xp.empty(0)) else xp.asarray(backend.to_numpy(d)))
+            out.append(d if isinstance(d, xp.ndarray) else xp.asarray(backend.to_numpy(d)))
         elif isinstance(i, (list, np.ndarray)) or backend.is_array(i):
             arr = xp.asarray(i)
             if arr.dtype.kind in "iu":

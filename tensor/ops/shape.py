@@ -340,19 +340,6 @@ def gather(a, dim, index):
     return from_op(y, (a, index), backward, "gather")
 
 
-def _scatter_add_array(xp, y, idx, src):
-    """backend.scatter_add; on the GPU, integer and bool arrays that CuPy's scatter kernels
-    refuse (only 32-bit ints and uint64 are there) add as uint64: two's-complement sums wrap
-    alike, and the cast back wraps (or tests != 0) as numpy's add.at on the narrow type."""
-    if xp is not np and (y.dtype.kind == "b" or (y.dtype.kind in "iu" and y.dtype.itemsize != 4
-                                                and y.dtype != np.uint64)):
-        w = y.astype(np.int64).view(np.uint64)
-        backend.scatter_add(xp, w, idx, src.astype(np.int64).view(np.uint64))
-        y[...] = w.view(np.int64)
-        return
-    backend.scatter_add(xp, y, idx, src)
-
-
 def scatter_add(a, dim, index, src):
     """out = a.clone(); out[index[i][j]][j] += src[i][j] for dim=0 (as torch.scatter_add)."""
     _check_index("scatter_add", index, dim, a)
@@ -360,7 +347,7 @@ def scatter_add(a, dim, index, src):
     xp = _xp(a)
     y = a.array.copy()
     idx = _scatter_index(xp, index.array, d)
-    _scatter_add_array(xp, y, idx, src.array[tuple(slice(0, s) for s in index.array.shape)]
+    backend.scatter_add(xp, y, idx, src.array[tuple(slice(0, s) for s in index.array.shape)]
                        .astype(y.dtype, copy=False))
 
     def backward(gy):

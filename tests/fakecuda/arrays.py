@@ -136,6 +136,10 @@ class _MemoryPointer:
         BY_PTR[self.ptr] = arr
 
     def copy_from_host_async(self, src_ptr, nbytes, stream=None):
+        # CuPy 14 refuses this one while capturing; runtime.memcpyAsync has no such guard
+        if (stream or runtime.get_current_stream()).is_capturing():
+            raise RuntimeError("the current stream is capturing, so H2D transfers are "
+                               "disallowed")
         runtime.memcpy(self.ptr, src_ptr, nbytes)
 
     def copy_to_host_async(self, dst_ptr, nbytes, stream=None):

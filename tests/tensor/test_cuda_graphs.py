@@ -50,6 +50,25 @@ def test_capture_uses_a_side_stream_and_a_private_pool(fake):
         g.replay()
 
 
+def test_replays_mark_the_device_asserts_captured_in_them_pending(fake, monkeypatch):
+    from tensor import _device_checks
+    monkeypatch.setattr(_device_checks, "_pending", {})
+    quiet, checked = tcuda.CUDAGraph(), tcuda.CUDAGraph()
+    with tcuda.graph(quiet):
+        pass
+    with tcuda.graph(checked):
+        s = fake.cuda.get_current_stream()
+        _device_checks._pending.setdefault(0, {})[s.ptr] = s   # a device assert in the step
+    _device_checks._pending.clear()                            # the first host read checked it
+    quiet.replay()
+    assert _device_checks._pending == {}
+    checked.replay()              # its flags were written again: the next host read reads them
+    cur = fake.cuda.get_current_stream()
+    assert _device_checks._pending == {0: {cur.ptr: cur}}
+    checked.reset()
+    assert checked._flags == ()
+
+
 def test_graphs_share_a_pool_through_handles(fake):
     g1, g2, g3 = tcuda.CUDAGraph(), tcuda.CUDAGraph(), tcuda.CUDAGraph()
     with tcuda.graph(g1):

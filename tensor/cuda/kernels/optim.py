@@ -19,8 +19,8 @@ Lifetime: the pinned buffer must outlive its asynchronous copy, and a CUDA graph
 the copy reads the pinned buffer again at every replay. So an entry made outside a capture
 records an event after its copy and, when evicted (least recently used beyond
 ``MAX_ENTRIES``), waits for that event first; an entry made while the stream is capturing is
-never evicted: it lives as long as the optimizer (no graph keep-alive hook exists in
-tensor.cuda.graphs yet; one named keep_alive would be called).
+never evicted: it lives as long as the optimizer, and tensor.cuda.graphs.keep_alive ties it to
+the graph too.
 
 Capture: a graph normally finds its tables already cached by the warm-up steps and captures no
 copy at all. But the usual recipe zeroes the gradients with set_to_none before capturing, so
@@ -28,7 +28,8 @@ the captured backward allocates them anew (from the graph's private pool): new p
 miss while capturing. No pinned memory may be allocated then (tensor.cuda.graphs refuses it,
 and cudaHostAlloc is not capturable), so each miss outside a capture also sets aside a spare
 pinned block (4x the largest table, at least 64 KiB); a miss during a capture carves its host
-table from that block, and the next step outside the capture sets aside a fresh one.
+table from that block (its copy becomes a memcpy node of the graph, see _copy_table), and the
+next step outside the capture sets aside a fresh one.
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ class TableCache:
         np.cumsum(np.asarray(sizes, np.int64), out=host[1:n + 1])
         host[n + 1:] = cells
         dev = cp.empty(count, np.int64)
-        dev.data.copy_from_host_async(host.ctypes.data, count * 8, stream)
+        _copy_table(cp, dev, host, count * 8, stream, forever)
         event = None
         if forever:
             _keep_alive((dev, host))
@@ -139,6 +140,20 @@ class TableCache:
         for k in evictable[:max(0, len(evictable) - MAX_ENTRIES)]:
             ent = self._entries.pop(k)
             ent.event.synchronize()  # its copy read the pinned buffer; long done in practice
+
+
+def _copy_table(cp, dev, host, nbytes: int, stream, capturing: bool) -> None:
+    """Queue the pinned host table's copy to the device on `stream`. CuPy 14's
+    MemoryPointer.copy_from_host_async refuses while the stream captures ("H2D transfers are
+    disallowed"), but CUDA captures an async copy from pinned memory as a memcpy node that
+    rereads the (kept-alive) host table at every replay: so a capture calls cudaMemcpyAsync
+    through CuPy's runtime binding, which has no such guard."""
+    if capturing:
+        rt = cp.cuda.runtime
+        rt.memcpyAsync(dev.data.ptr, host.ctypes.data, nbytes, rt.memcpyHostToDevice,
+                       stream.ptr)
+    else:
+        dev.data.copy_from_host_async(host.ctypes.data, nbytes, stream)
 
 
 def _lr_args(lr):
