@@ -60,7 +60,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
     """
     mp = _ForProcess if monkeypatch is None else monkeypatch
     runtime.reset(device_count)
-    for name, value in (("stack", []), ("allocator", None), ("null", None)):
+    for name, value in (("stack", []), ("allocator", None), ("null", None), ("device", 0)):
         mp.setattr(runtime.state, name, value)  # this thread's streams, fresh, undone after
     from tensor import _device_checks, backend
     from tensor.cuda import _util, graphs, kernels as fused_kernels

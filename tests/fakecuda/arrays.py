@@ -68,7 +68,7 @@ def _wrap(v, parent=None):
         w = ndarray(v)
         if parent is not None and v.base is not None and (v.base is parent._a or
                                                           v.base is parent._a.base):
-            w._own = parent if parent._own is None else parent._own
+            w._own, w._dev = (parent if parent._own is None else parent._own), parent._dev
         return w
     if isinstance(v, np.generic):
         return ndarray(np.asarray(v))
@@ -153,12 +153,11 @@ class _core_ndarray:  # noqa: N801 (cupy._core.ndarray: the operators live on th
 class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
     """A device array stand-in: a numpy array that refuses to mix with numpy arrays."""
 
-    __slots__ = ("_a", "_own", "__weakref__")
+    __slots__ = ("_a", "_own", "_dev", "__weakref__")
     __array_priority__ = 100
-    device = runtime.Device(0)
 
-    def __init__(self, a):
-        self._a, self._own = a, None
+    def __init__(self, a):  # on the current device, as CuPy's new arrays
+        self._a, self._own, self._dev = a, None, runtime.state.device
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
@@ -190,6 +189,7 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
     base = property(lambda s: s._own if s._own is not None or s._a.base is None
                     else ndarray(s._a.base))
     data = property(_MemoryPointer)
+    device = property(lambda s: runtime.Device(s._dev))
 
     def __getattr__(self, name):
         if name in MISSING_ATTR or name.startswith("__"):

@@ -5,10 +5,12 @@ It models ordering, not speed: every kernel and copy runs at once. Streams recor
 were told to do (``log``: ("record", event), ("wait", event), ("launch", graph)), so tests
 check that the right stream waited and that the host was not blocked. The current stream and
 the allocator are per thread, as in CuPy; so is the null stream (``Stream.null``), so that a
-thread sees only its own waits. What a test reads back lives in ``log`` (reset by install):
-``calls`` (RawKernel launches by name), ``checks`` (ElementwiseKernel launches: name, host
-copies of the arguments), ``events_synchronized`` (host waits: thread name, event),
-``pinned_allocations``, ``devices_used`` (Device.use()), ``syncs`` (Device.synchronize()).
+thread sees only its own waits, and so is the current device, as in CUDA (a new thread starts
+on device 0). What a test reads back lives in ``log`` (reset by install): ``calls`` (RawKernel
+launches by name), ``checks`` (ElementwiseKernel launches: name, host copies of the
+arguments), ``events_synchronized`` (host waits: thread name, event), ``pinned_allocations``
+(the device current at each), ``devices_used`` (Device.use()), ``syncs``
+(Device.synchronize()).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ _ptrs = itertools.count(0x1000, 0x10)
 
 class Log:
     def __init__(self, device_count=1):
-        self.device_count, self.current_device = device_count, 0
+        self.device_count = device_count
         self.calls, self.checks, self.events_synchronized = [], [], []
-        self.pinned_allocations, self.devices_used, self.syncs = 0, [], 0
+        self.pinned_allocations, self.devices_used, self.syncs = [], [], 0
         self.pinned = []          # the pinned host buffers (kept alive), for is_memory_pinned
         self.default_pool = MemoryPool()
 
@@ -35,6 +37,7 @@ class _Local(threading.local):
         self.stack = []           # streams made current by `with stream` / use()
         self.allocator = None
         self.null = None
+        self.device = 0           # the current device
 
 
 state = _Local()
@@ -54,23 +57,23 @@ def _check_device(i):
 
 class Device:
     def __init__(self, device=None):
-        self.id = log.current_device if device is None else int(device)
+        self.id = state.device if device is None else int(device)
         self.pci_bus_id = f"0000:{self.id:02x}:00.0"
         self._prev = []
 
     def __enter__(self):
         _check_device(self.id)
-        self._prev.append(log.current_device)
-        log.current_device = self.id
+        self._prev.append(state.device)
+        state.device = self.id
         return self
 
     def __exit__(self, *exc):
-        log.current_device = self._prev.pop()
+        state.device = self._prev.pop()
 
     def use(self):
         _check_device(self.id)
         log.devices_used.append(self.id)
-        log.current_device = self.id
+        state.device = self.id
 
     def synchronize(self):
         _no_sync_in_capture(get_current_stream())
@@ -88,7 +91,7 @@ class _StreamType(type):
 class Stream(metaclass=_StreamType):
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
         self.ptr = 0 if null else next(_ptrs)
-        self.device_id = -1 if null else log.current_device
+        self.device_id = -1 if null else state.device
         self.non_blocking, self.priority = non_blocking, priority
         self.capturing = None       # the capture mode while capturing
         self.log = []
@@ -220,7 +223,7 @@ def alloc_pinned_memory(size):
     if get_current_stream().is_capturing():  # as CUDA (and tensor.cuda.graphs' guard) refuse
         raise RuntimeError("cudaErrorStreamCaptureUnsupported: pinned allocation during a "
                            "stream capture")
-    log.pinned_allocations += 1
+    log.pinned_allocations.append(state.device)
     buf = bytearray(size)
     log.pinned.append(buf)
     return buf
@@ -249,7 +252,7 @@ def _memcpy_async(dst, src, size, kind, stream):
 
 
 runtime = types.SimpleNamespace(
-    getDevice=lambda: log.current_device, getDeviceCount=lambda: log.device_count,
+    getDevice=lambda: state.device, getDeviceCount=lambda: log.device_count,
     memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async, memcpyHostToHost=0,
     memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,

@@ -92,7 +92,7 @@ def _zmq_staging(rank, ws):
         ev, dev = w._after
         assert cur.waited[-1] is ev and dev == 0, "the caller's stream waits for the copy back"
     # one buffer per size class in flight at a time, reused: no allocation per call
-    assert fakecuda.log.pinned_allocations <= 2, fakecuda.log.pinned_allocations
+    assert len(fakecuda.log.pinned_allocations) <= 2, fakecuda.log.pinned_allocations
     # a strided array: staged through a contiguous copy and written back in place
     big = cp.asarray(np.zeros((4, 6), np.float64))
     view = big[:, 1:3]
