@@ -14,8 +14,10 @@ makes ``import cupy``, ``cupy.cuda`` and ``cupy.cuda.nccl`` resolve to it. The p
   - kernels.py: RawModule/RawKernel and ElementwiseKernel running numpy transcriptions of the
     fused kernels and of the device-assert kernels, launch arguments checked against the C;
   - nccl.py: a communicator of one rank.
-It checks protocol, not CUDA, and results are numpy's: the GPU tests (requires_cupy) check the
-real thing, and ``arrays.missing_in(cupy)`` checks the names the fake served exist in CuPy.
+Every test gets the same strictness (no lenient mode: the code under test must pass what CuPy
+would refuse); ``fused`` only chooses which paths run. It checks protocol, not CUDA, and the
+results are numpy's: the GPU tests (requires_cupy) check the real thing, and
+``arrays.missing_in(cupy)`` checks that the names the fake served exist in CuPy.
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@ pinned memory and runtime copies.
 
 It models ordering, not speed: every kernel and copy runs at once. Streams record what they
 were told to do (``log``: ("record", event), ("wait", event), ("launch", graph)), so tests
-check that the right stream waited and that the host was not blocked. The current stream and
+check that the right stream waited and that the host was not blocked. What CUDA refuses in a
+stream capture fails here too: a host synchronize or read, a pinned allocation, and (CuPy 14)
+MemoryPointer.copy_from_host_async; runtime.memcpyAsync is allowed. The current stream and
 the allocator are per thread, as in CuPy; so is the null stream (``Stream.null``), so that a
 thread sees only its own waits, and so is the current device, as in CUDA (a new thread starts
 on device 0). What a test reads back lives in ``log`` (reset by install): ``calls`` (RawKernel
