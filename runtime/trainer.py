@@ -22,6 +22,11 @@ Note [Training loop]
   and counters continue the run exactly.
 - Run folder: ``logging.run_dir``, else the config file's folder (``zgrad run`` writes the
   config there). Rank 0 writes metrics.jsonl, config.yaml (if absent) and summary.json.
+- No host sync per step for the logged loss: each micro-batch's loss stays on its device
+  until the next log or checkpoint (or every ``_FOLD_EVERY`` micro-batches) and is then read
+  in one copy, then summed in float64 one by one, as reading it every step would give. On a
+  GPU a ``loss.item()`` per step would make the host wait for every step's kernels, so the
+  launches of step k+1 could not overlap the kernels of step k.
 """
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ from .registry import (build_datasets, build_scheduler, dataset_info, loss_funct
                        optimizer_class)
 
 
+_FOLD_EVERY = 64   # micro-batch losses held on the device at most (see Note [Training loop])
+
+
 class Trainer:
     """One rank's run of a Config (Note [Training loop]). ``Trainer(cfg, run_dir).fit()``."""
 
@@ -53,6 +61,7 @@ class Trainer:
         self.rank, self.world_size, self.local_rank, self.local_world_size = rank_env()
         self.step = self.epoch = self.batch_in_epoch = 0
         self._loss_sum, self._loss_n = 0.0, 0   # micro-batch losses since the last log
+        self._losses: list = []                  # ... those still on the device (see Note)
         self.device = resolve_device(cfg.train.device, self.local_rank)
         self.ckpt_dir = cfg.checkpoint.dir or os.path.join(self.run_dir, "checkpoints")
         self._owns_group = False
@@ -298,8 +307,10 @@ class Trainer:
         with sync:   # forward too: DDP decides at forward time whether backward syncs
             loss = self.loss_fn(self.model(x), y)
             (loss * (1.0 / group_size)).backward()
-        self._loss_sum += float(loss.item())
+        self._losses.append(loss.detach())   # read at the next log (Note [Training loop])
         self._loss_n += 1
+        if len(self._losses) >= _FOLD_EVERY:
+            self._fold_losses()
         self._samples += len(y)
         self._meter.add(len(y) * self.world_size)
         self.batch_in_epoch = i + 1
@@ -329,8 +340,20 @@ class Trainer:
         if t.max_steps is not None and self.step >= t.max_steps:
             self._stop = True
 
+    def _fold_losses(self) -> None:
+        """Add the losses still on the device to the running sum (one copy to the host)."""
+        if not self._losses:
+            return
+        from tensor import backend
+        arrays = [t.array.reshape(-1) for t in self._losses]
+        host = backend.to_numpy(backend.get_array_module(arrays[0]).concatenate(arrays))
+        for v in host:
+            self._loss_sum += float(v)
+        self._losses = []
+
     def _reduce_loss(self) -> tuple[float, int]:
         """(sum, count) of the micro-batch losses since the last log, over all ranks."""
+        self._fold_losses()
         sums = np.array([self._loss_sum, self._loss_n], np.float64)
         if self.world_size > 1:
             import runtime.distributed as dist

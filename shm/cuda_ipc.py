@@ -166,9 +166,16 @@ def _producer_event(device: int):
         return ev, bytes(cupy.cuda.runtime.ipcGetEventHandle(ev.ptr))
 
 
+def _rebuild_empty(shape, dtype, device):
+    with cupy.cuda.Device(device):
+        return cupy.empty(shape, dtype)
+
+
 def reduce_cupy(a):
     """ForkingPickler reducer for cupy.ndarray: an IPC handle plus offset, shape, dtype, strides."""
     device = a.device.id
+    if a.size == 0:   # CuPy gives an empty array no memory (pointer 0): nothing to export
+        return _rebuild_empty, (a.shape, a.dtype.str, device)
     mem = a.data.mem
     with cupy.cuda.Device(device):
         base, block_size = _address_range(a.data.ptr, device)

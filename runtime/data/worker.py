@@ -68,10 +68,25 @@ def shard(iterable):
     return itertools.islice(iterable, rank * nw + wid, None, world * nw)
 
 
+_inherited_cuda: list = []   # CUDA objects a forked worker inherited and must never touch
+
+
 def seed_worker(seed: int) -> None:
     """Seed zgrad's, numpy's global and Python's RNGs in a worker (PyTorch seeds torch and
-    random with base_seed + worker_id; numpy's legacy RNG takes 32 bits)."""
+    random with base_seed + worker_id; numpy's legacy RNG takes 32 bits).
+
+    A worker forked after the parent drew random numbers on a GPU (dropout in training, then
+    the eval loader's workers start) inherits the parent's CuPy generator, whose cuRAND
+    states live in the parent's CUDA context. CUDA cannot be used in a child forked after
+    the parent initialised it, so reseeding that generator (tensor.manual_seed re-initialises
+    its states with a kernel) would kill the worker. It is dropped first: the worker's seed
+    is then recorded for a GPU stream made afresh, as PyTorch queues a forked child's CUDA
+    seed. Dropped but kept referenced: freeing its device memory would be a CUDA call too."""
     import tensor
+    gen = tensor.random.default_generator
+    if getattr(gen, "_cupy_rng", None) is not None:
+        _inherited_cuda.append(gen._cupy_rng)
+        gen._cupy_rng = None
     random.seed(seed)
     tensor.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)

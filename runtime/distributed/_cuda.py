@@ -110,11 +110,23 @@ class _PinnedPool:
 
     def give(self, mem, size: int, event=None):
         """Return `mem` (of size class `size`); reused once `event` (the copy reading it) has
-        fired."""
+        fired.
+
+        With MAX_PER_SIZE buffers of the class already kept, one whose copy has finished is
+        let go instead; a buffer a copy may still read is never dropped: CuPy's pinned pool
+        hands freed memory out again at once, to the next staging or a loader's pin, while
+        the DMA would still be reading it."""
         with self._lock:
             free = self._free.setdefault(size, [])
-            if len(free) < self.MAX_PER_SIZE:
-                free.append((mem, event))
+            if len(free) >= self.MAX_PER_SIZE:
+                for k, (_, ev) in enumerate(free):
+                    if ev is None or event_done(ev):
+                        del free[k]
+                        break
+                else:
+                    if event is None or event_done(event):
+                        return
+            free.append((mem, event))
 
 
 pinned = _PinnedPool()
@@ -151,7 +163,11 @@ class GpuStaged:
         cupy = backend.cupy
         self.ctx, self.a = ctx, a
         nbytes = a.size * a.dtype.itemsize
-        self.mem, self.size = pinned.take(nbytes)
+        # with the array's GPU current: this runs on the communication thread, whose current
+        # device is GPU 0, and cudaHostAlloc there would give every rank of a multi-GPU host
+        # a CUDA context (hundreds of MiB) on GPU 0
+        with cupy.cuda.Device(ctx.device_id):
+            self.mem, self.size = pinned.take(nbytes)
         self.flat = np.frombuffer(self.mem, np.uint8, nbytes).view(a.dtype)
         self.copied = True
         if not read or nbytes == 0:

@@ -389,8 +389,21 @@ class NcclComm:
         return works
 
     def shutdown(self):
+        """Destroy the communicator once this rank's queued calls are done. When they do not
+        finish within the group's timeout, or NCCL reports an asynchronous error (a peer
+        died mid-collective), abort it instead: waiting on the stream (or ncclCommDestroy,
+        which also waits for them) would hang destroy_process_group forever."""
         try:
-            self.stream.synchronize()   # this rank's queued calls first
+            with self.cupy.cuda.Device(self.device.id):
+                done = _cuda.record(self.stream)
+            _cuda.wait_event_host(done, self.pg.timeout_s, "destroy_process_group",
+                                  self.check)
+            self.check()
             self.comm.destroy()
-        except Exception:
-            pass
+        except Exception as e:  # noqa: BLE001 - any failure: abort, never hang
+            _log.warning("destroy_process_group: aborting the NCCL communicator of group %s "
+                         "(%s)", self.pg.gid, e)
+            try:
+                self.comm.abort()
+            except Exception:  # noqa: BLE001 - nothing more to do on the way out
+                pass

@@ -145,15 +145,20 @@ class WorkFuture(Future):
     def _poll(self, block: bool, timeout=None):
         if self._done:
             return
-        if block:
-            try:
-                self._work.wait(timeout)
-            except TimeoutError:
-                raise
-            except BaseException:  # noqa: BLE001 - recorded below as the future's exception
-                pass
-        elif not self._work._host_done():
+        if not block and (not self._work._host_done() or (
+                getattr(self._work, "_blocking", False) and not self._work.is_completed())):
             return
+        # also when polled (done(), value(), a then() chain's done()): wait() orders the
+        # current stream after the GPU part before the value is handed out and callbacks
+        # run, as PyTorch runs them on a stream synchronised with the kernels; the host part
+        # is over here, so it does not block
+        try:
+            self._work.wait(timeout)
+        except TimeoutError:
+            if block:
+                raise
+        except BaseException:  # noqa: BLE001 - recorded below as the future's exception
+            pass
         with self._lock:
             if self._claimed:
                 return

@@ -222,6 +222,23 @@ def test_pin_memory_gives_page_locked_batches_on_cuda():
     assert float(x.sum()) == 15 * (3 + 4 + 5)
 
 
+def test_forked_workers_leave_the_parents_cuda_generator_alone(monkeypatch):
+    """A worker forked after the parent drew random numbers on a GPU (the eval loader's
+    workers start after training ran dropout there) must not reseed the inherited CuPy
+    generator: that is a kernel launch, and CUDA is unusable in a forked child."""
+    import tensor.random as trandom
+
+    def cuda_call(rng, seed):
+        raise RuntimeError("a CUDA kernel launched in a forked loader worker")
+    inherited = object()
+    monkeypatch.setattr(trandom, "_reinit_in_place", cuda_call)
+    monkeypatch.setattr(trandom.default_generator, "_cupy_rng", inherited)
+    out = list(DataLoader(Squares(6), batch_size=3, num_workers=2,
+                          multiprocessing_context="fork"))
+    assert _ids(out) == list(range(6))
+    assert trandom.default_generator._cupy_rng is inherited, "the parent's stays as it was"
+
+
 # -- prefetch bound ----------------------------------------------------------------------------------
 class Counting(Dataset):
     def __init__(self, n, counter):

@@ -78,6 +78,58 @@ def test_nccl_backend_calls_with_a_fake_gpu():
     assert spawn(_nccl_one_rank, 1, timeout_s=60) == [True]
 
 
+def _future_polled(rank, ws, backend_name):
+    from tests import fakecuda
+    cp = fakecuda.install()
+    import runtime.distributed as dist
+    dist.init_process_group(backend_name, timeout=30)
+    x = cp.asarray(np.arange(4, dtype=np.float32))
+    work = dist.all_reduce(x, async_op=True)
+    gpu_event = work._event if backend_name == "nccl" else None
+    ordered = []
+
+    def callback(fut):
+        cur = cp.cuda.get_current_stream()
+        ev = gpu_event if gpu_event is not None else work._after[0]
+        ordered.append(bool(cur.waited) and cur.waited[-1] is ev)
+        return fut.value()
+    chained = work.get_future().then(callback)
+    while not chained.done():   # polled, never wait()ed: the callback still runs after
+        pass                    # the current stream was made to wait for the GPU part
+    dist.destroy_process_group()
+    return ordered
+
+
+def test_a_polled_work_future_orders_the_stream_before_its_callbacks():
+    assert spawn(_future_polled, 1, "nccl", timeout_s=60) == [[True]]
+    assert spawn(_future_polled, 2, "zmq", timeout_s=60) == [[True], [True]]
+
+
+def _nccl_shutdown(rank, ws, failing):
+    from tests import fakecuda
+    fakecuda.install()
+    import runtime.distributed as dist
+    from runtime.distributed import api
+    dist.init_process_group("nccl", timeout=30)
+    comm = api._state.world.nccl.comm
+    ended = []
+    comm.destroy = lambda: ended.append("destroy")
+    comm.abort = lambda: ended.append("abort")
+    if failing:
+        def peer_died():
+            raise RuntimeError("NCCL error: remote process exited")
+        comm.check_async_error = peer_died
+    dist.destroy_process_group()
+    return ended
+
+
+def test_nccl_shutdown_destroys_or_aborts_when_nccl_reports_an_error():
+    # a communicator whose peer died is aborted: destroying it (or waiting on its stream)
+    # would hang destroy_process_group
+    assert spawn(_nccl_shutdown, 1, False, timeout_s=60) == [["destroy"]]
+    assert spawn(_nccl_shutdown, 1, True, timeout_s=60) == [["abort"]]
+
+
 def _zmq_staging(rank, ws):
     from tests import fakecuda
     cp = fakecuda.install()
@@ -173,3 +225,46 @@ def _auto_one_rank(rank, ws):
 
 def test_auto_backend_builds_nccl_at_the_first_gpu_collective():
     assert spawn(_auto_one_rank, 1, timeout_s=60) == [True]
+
+
+def test_staging_makes_pinned_memory_with_the_arrays_gpu_current(monkeypatch):
+    """Pinned buffers are allocated with the staged array's GPU current: on the
+    communication thread (current device: GPU 0) cudaHostAlloc would otherwise give every
+    rank of a multi-GPU host a CUDA context on GPU 0. In this process, through monkeypatch."""
+    from runtime.distributed import _cuda
+    from tests import fakecuda
+    cp = fakecuda.install(monkeypatch, device_count=2)
+    monkeypatch.setattr(_cuda, "pinned", _cuda._PinnedPool())
+    monkeypatch.setattr(_cuda, "_side", {})
+    with cp.cuda.Device(1):
+        x, out = cp.asarray(np.arange(6, dtype=np.float32)), cp.zeros(3)
+    ctx = _cuda.GpuStaging([x, out])
+    staged = ctx.stage(x)
+    ctx.stage(out, read=False)
+    assert fakecuda.log.pinned_allocations == [1, 1], fakecuda.log.pinned_allocations
+    np.testing.assert_array_equal(staged.flat, np.arange(6))
+
+
+def test_pinned_pool_never_lets_go_of_a_buffer_a_copy_may_still_read():
+    """CuPy's pinned pool hands a freed buffer out again at once: a full free list must drop
+    a buffer whose copy finished, never one an asynchronous copy may still be reading."""
+    from runtime.distributed._cuda import _PinnedPool
+
+    class Ev:
+        def __init__(self, done):
+            self.done = done
+    pool = _PinnedPool()
+    n = pool.MAX_PER_SIZE
+    busy = [(bytearray(4096), Ev(False)) for _ in range(n + 1)]
+    for mem, ev in busy:
+        pool.give(mem, 4096, ev)
+    kept = [m for m, _ in pool._free[4096]]
+    assert all(any(m is k for k in kept) for m, _ in busy), "an in-flight buffer was dropped"
+    busy[0][1].done = True                      # its copy finished: it may go now
+    extra = bytearray(4096)
+    pool.give(extra, 4096, Ev(False))
+    kept = [m for m, _ in pool._free[4096]]
+    assert not any(m is busy[0][0] for m in kept) and any(m is extra for m in kept)
+    idle = bytearray(4096)
+    pool.give(idle, 4096, None)                 # full of busy buffers: an idle one just goes
+    assert not any(m is idle for m, _ in pool._free[4096])

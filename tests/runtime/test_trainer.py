@@ -392,3 +392,38 @@ def test_tensorboard_scalars_beside_metrics_jsonl(tmp_path):
     (events,) = os.listdir(tmp_path / "tensorboard")
     data = (tmp_path / "tensorboard" / events).read_bytes()
     assert b"samples_per_s" in data and b"test_accuracy" in data
+
+
+def test_training_steps_leave_the_loss_on_its_device(tmp_path, monkeypatch):
+    """No host read of the loss per step (on a GPU each would wait for the step's kernels):
+    the losses are read in one copy at each log, and the logged mean is what reading each
+    loss at once and summing in float64 gives."""
+    import runtime.trainer as trainer_mod
+    seen, reads = [], [0]
+    step = trainer_mod.Trainer._micro_step
+    item = tensor.Tensor.item
+
+    def counting_item(t):
+        reads[0] += 1
+        return item(t)
+
+    class Recording(list):   # every loss the step hands over, before a log folds them
+        def append(self, t):
+            seen.append(float(t.numpy()))
+            super().append(t)
+
+    def micro_step(self, x, y, n):
+        if not isinstance(self._losses, Recording):
+            self._losses = Recording(self._losses)
+        with monkeypatch.context() as m:
+            m.setattr(tensor.Tensor, "item", counting_item)
+            step(self, x, y, n)
+    monkeypatch.setattr(trainer_mod.Trainer, "_micro_step", micro_step)
+    cfg = load_config(TEST_CFG, [f"logging.run_dir={tmp_path}", "train.epochs=1"])
+    run(cfg, str(tmp_path))
+    assert reads[0] == 0, f"{reads[0]} Tensor.item() calls in {len(seen)} training steps"
+    first = [r for r in _lines(tmp_path) if "loss" in r][0]
+    want = 0.0
+    for v in seen[:10]:
+        want += v
+    assert first["step"] == 10 and first["loss"] == want / 10
