@@ -7,27 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
 from runtime.config import load_config
 from runtime.rank_env import resolve_device
 from tensor import backend
+from tests import fakecuda
 from tests.helpers import requires_cupy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _fake_cupy(count: int, used: list):
-    class Device:
-        def __init__(self, i=0):
-            self.i = i
-
-        def use(self):
-            used.append(self.i)
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: count)
-    return types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device, runtime=runtime))
 
 
 @pytest.mark.parametrize("name,env,local_rank,want", [
@@ -38,14 +27,14 @@ def _fake_cupy(count: int, used: list):
     ("cuda:1", None, 0, 1),
 ])
 def test_resolve_device_selects_the_ranks_gpu(monkeypatch, name, env, local_rank, want):
-    used = []
-    monkeypatch.setattr(backend, "cupy", _fake_cupy(2, used))
+    fakecuda.install(monkeypatch, device_count=2)
     if env is None:
         monkeypatch.delenv("ZGRAD_DEVICE", raising=False)
     else:
         monkeypatch.setenv("ZGRAD_DEVICE", env)
     assert resolve_device(name, local_rank) == f"cuda:{want}"
-    assert used == [want], "the GPU must be made current before the model is built"
+    assert fakecuda.log.devices_used == [want], \
+        "the GPU must be made current before the model is built"
 
 
 def test_resolve_device_errors_and_cpu(monkeypatch):
@@ -53,7 +42,7 @@ def test_resolve_device_errors_and_cpu(monkeypatch):
     assert resolve_device("auto", 0) == "cpu" and resolve_device("cpu", 3) == "cpu"
     with pytest.raises(RuntimeError, match="needs CuPy and a CUDA GPU"):
         resolve_device("cuda", 0)
-    monkeypatch.setattr(backend, "cupy", _fake_cupy(2, []))
+    fakecuda.install(monkeypatch, device_count=2)
     with pytest.raises(ValueError, match="sees 2 GPU"):
         resolve_device("cuda:2", 0)
 

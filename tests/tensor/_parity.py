@@ -5,7 +5,7 @@ harness deep-copies it to the target, feeds both the same inputs, runs forward a
 of a fixed random projection of every output, and compares outputs, input gradients,
 parameter gradients and buffers (running statistics) within float32 tolerance. The target is
 a parameter: "cpu" (a second CPU copy: checks the harness and the state copy), "fake" (the
-strict CuPy stand-in of _fake_cupy.py: catches numpy arrays meeting device arrays) or
+strict CuPy stand-in of tests/fakecuda: catches numpy arrays meeting device arrays) or
 "cuda" (a real GPU).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import tensor
 from tensor import backend
 from tests.helpers import requires_cupy
-from tests.tensor import _fake_cupy
+from tests import fakecuda
 
 RTOL, ATOL = 2e-4, 2e-5   # float32, reduction order differs on a GPU
 
@@ -26,7 +26,7 @@ RTOL, ATOL = 2e-4, 2e-5   # float32, reduction order differs on a GPU
 @pytest.fixture(params=["cpu", "fake", pytest.param("cuda", marks=requires_cupy)])
 def target(request, monkeypatch):
     if request.param == "fake":
-        _fake_cupy.install(monkeypatch)
+        fakecuda.install(monkeypatch)
     return request.param
 
 

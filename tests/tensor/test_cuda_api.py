@@ -9,8 +9,8 @@ import tensor
 import tensor.cuda as tcuda
 from tensor import backend
 from tensor import random as trandom
-from tensor.cuda import _capture, _util, graphs, memory
-from tests.fake_cupy import make_fake_cupy
+from tensor.cuda import _capture, memory
+from tests import fakecuda
 from tests.helpers import requires_cupy
 
 no_cuda = pytest.mark.skipif(tcuda.is_available(), reason="checks the answers without CUDA")
@@ -79,12 +79,8 @@ def test_capture_error_names_the_op_and_the_callers_line(monkeypatch):
 # -- the protocol, against a recording fake of CuPy ------------------------------------------------
 @pytest.fixture
 def fake(monkeypatch):
-    cp = make_fake_cupy()
-    monkeypatch.setattr(backend, "cupy", cp)
-    monkeypatch.setattr(_util, "_available", [True])
-    monkeypatch.setattr(graphs.graph, "_capture_streams", {})
+    cp = fakecuda.install(monkeypatch)
     monkeypatch.setattr(trandom.default_generator, "_cupy_rng", object())
-    cp.state.stack.clear()
     yield cp
     assert getattr(trandom._capture, "keep", None) is None
 
@@ -137,7 +133,7 @@ def test_device_properties_have_torchs_names(fake):
 
 
 def test_memory_peaks_are_sampled_and_reset(fake):
-    pool = fake.default_pool
+    pool = fakecuda.log.default_pool
     pool.used = pool.total = 0
     memory._peaks.clear()
     pool.malloc(100)
@@ -154,9 +150,9 @@ def test_memory_peaks_are_sampled_and_reset(fake):
 def test_synchronize_reports_deferred_device_errors(fake, monkeypatch):
     seen = []
     monkeypatch.setattr(backend, "check_device_errors", lambda: seen.append(1), raising=False)
-    before = fake.state.syncs
+    before = fakecuda.log.syncs
     tcuda.synchronize()
-    assert seen == [1] and fake.state.syncs == before + 1
+    assert seen == [1] and fakecuda.log.syncs == before + 1
 
 
 # -- on a GPU -------------------------------------------------------------------------------------
@@ -239,29 +235,10 @@ def test_gpu_cuda_seed_is_independent_of_cpu_draws_and_reseeds_in_place():
     assert np.array_equal(e, f) and e.min() >= 0 and e.max() < 10
 
 
-# -- the CUDA random stream's bookkeeping, against a fake device generator ------------------------
-class _FakeBitGen:
-    def __init__(self, seed):
-        self._state = np.array([seed], np.uint64)   # stands for the device array of cuRAND states
-
-
-class _FakeDeviceRng:
-    def __init__(self, seed):
-        self.bit_generator = _FakeBitGen(seed)
-
-    def random(self, shape, dtype=np.float64):
-        # a draw is a function of the state, and advances it (as the cuRAND kernels do)
-        r = np.random.default_rng(int(self.bit_generator._state[0])).random(shape, dtype=dtype)
-        self.bit_generator._state += 1
-        return r
-
-
+# -- the CUDA random stream's bookkeeping, against the fake's device generator -------------------
 @pytest.fixture
 def fake_rng(monkeypatch):
-    import types
-    monkeypatch.setattr(backend, "cupy", types.SimpleNamespace(
-        random=types.SimpleNamespace(default_rng=_FakeDeviceRng), ndarray=_FakeBitGen,
-        asarray=np.asarray))
+    fakecuda.install(monkeypatch)   # its draws are a function of bit_generator._state
     gen = trandom.Generator()
     gen.manual_seed(11)
     return gen

@@ -13,6 +13,7 @@ import tensor
 import tensor.nn as nn
 import tensor.nn.functional as F
 from tensor import backend
+from tests import fakecuda
 from tests.helpers import requires_cupy
 
 
@@ -43,89 +44,18 @@ def test_host_reads_free_only_on_numpy():
     assert backend.host_reads_free(np)
 
 
-# -- the deferred (CuPy) path, run against a stand-in for CuPy's API ---------------------------
-class _FakeStream:
-    def __init__(self, ptr):
-        self.ptr, self.waited = ptr, []
-
-    def record(self):
-        return ("event", self.ptr)
-
-    def wait_event(self, event):
-        self.waited.append(event)
-
-    def is_capturing(self):
-        return False
-
-
-class _FakeCupy:
-    """Just what backend's device asserts call: arrays are numpy subclasses on 'device 0'."""
-
-    class ndarray(np.ndarray):
-        device = type("Dev", (), {"id": 0})()
-
-        def get(self):
-            return np.asarray(self).view(np.ndarray).copy()
-
-    def __init__(self):
-        self.stream = _FakeStream(0)
-        self.launches = 0
-        fake = self
-
-        class Kernel:
-            def __init__(self, ins, outs, op, name):
-                self.name = name
-
-            def __call__(self, x, *args):
-                fake.launches += 1
-                x, buf = np.asarray(x), args[-1]
-                if self.name == "zgrad_device_assert":
-                    bad, slot = x, args[0]
-                else:
-                    bad, slot = (x < args[0]) | (x >= args[1]), args[2]
-                if bad.any():
-                    buf[slot] = 1
-
-        runtime = type("R", (), {"getDevice": staticmethod(lambda: 0)})
-        self.ElementwiseKernel = Kernel
-        self.cuda = type("C", (), {"runtime": runtime,
-                                   "get_current_stream": staticmethod(lambda: fake.stream),
-                                   "Device": staticmethod(lambda i: _NullCtx())})
-
-    def asarray(self, a):
-        return np.asarray(a).view(self.ndarray)
-
-    def zeros(self, n, dt):
-        return np.zeros(n, dt).view(self.ndarray)
-
-    def asnumpy(self, a):
-        return np.asarray(a).view(np.ndarray).copy()
-
-
-class _NullCtx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
+# -- the deferred (CuPy) path, run against the fake CuPy (tests/fakecuda) ----------------------
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    from tensor import _device_checks
-    fake = _FakeCupy()
-    monkeypatch.setattr(backend, "cupy", fake)
-    for name, value in (("_slots", {}), ("_slot_info", []), ("_flag_bufs", {}),
-                        ("_pending", {}), ("_kernels", {})):
-        monkeypatch.setattr(_device_checks, name, value)
-    return fake
+    return fakecuda.install(monkeypatch)
 
 
 def test_deferred_assert_raises_at_the_next_host_read_then_clears(fake_cupy):
     xp = fake_cupy
     backend.assert_in_range(xp, xp.asarray([0, 3]), 0, 3, "first: out of range")
     backend.device_assert(xp, xp.asarray([True]), "second: bad", ValueError)
-    assert fake_cupy.launches == 2  # queued, nothing raised, nothing read
+    assert [name for name, _ in fakecuda.log.checks] == [  # queued, nothing raised or read
+        "zgrad_assert_range", "zgrad_device_assert"]
     with pytest.raises(IndexError, match="first: out of range .*detected on the GPU"):
         backend.to_numpy(xp.asarray([1.0]))   # .item(), printing, .cpu() all read through here
     backend.check_device_errors()             # cleared, nothing pending
@@ -138,13 +68,12 @@ def test_deferred_assert_raises_at_the_next_host_read_then_clears(fake_cupy):
 
 
 def test_deferred_checks_on_another_stream_are_waited_for(fake_cupy):
-    xp, main = fake_cupy, fake_cupy.stream
-    side = fake_cupy.stream = _FakeStream(7)
-    backend.device_assert(xp, xp.asarray([True]), "side: bad")
-    fake_cupy.stream = main
+    xp, main = fake_cupy, fake_cupy.cuda.get_current_stream()
+    with xp.cuda.Stream(non_blocking=True) as side:
+        backend.device_assert(xp, xp.asarray([True]), "side: bad")
     with pytest.raises(IndexError, match="side: bad"):
         backend.check_device_errors()
-    assert main.waited == [("event", 7)] and side.waited == []
+    assert [e.recorded_on for e in main.waited] == [side] and side.waited == []
 
 
 def test_deferred_checks_past_the_slot_limit_share_one_generic_slot(fake_cupy, monkeypatch):

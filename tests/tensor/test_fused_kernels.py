@@ -2,8 +2,8 @@
 
 Three layers: every kernel source compiles offline with NVRTC for compute_90 (needs CuPy's
 NVRTC bindings, not a GPU); on the CPU the fused paths run end to end on a fake device
-(tests/tensor/_fake_cuda.py: numpy transcriptions of the kernels, launch arguments checked
-against the C signatures); on a GPU each fused op against its eager path on the same device,
+(tests/fakecuda: numpy transcriptions of the kernels, launch arguments checked against the
+C signatures); on a GPU each fused op against its eager path on the same device,
 and float64 directional-derivative checks. The optimizers' multi-tensor kernels are tested in
 test_fused_optim.py.
 """
@@ -14,6 +14,8 @@ import pytest
 
 import tensor
 import tensor.nn.functional as F
+from tensor import backend
+from tests import fakecuda
 from tests.helpers import requires_cupy
 
 try:
@@ -47,10 +49,7 @@ def test_env_switch_and_cpu_arrays_never_fuse(monkeypatch):
     from tensor.cuda import kernels
     assert not kernels.fusable(np.zeros(3, np.float32))
 
-    class FakeCupy:  # enabled() only asks whether CuPy exists
-        pass
-    monkeypatch.setattr(kernels.backend, "cupy", FakeCupy)
-    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    fakecuda.install(monkeypatch, fused=True)  # CuPy present, the switch unset
     assert kernels.enabled()
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
     assert not kernels.enabled()
@@ -75,23 +74,21 @@ def test_graph_backward_gives_differentiable_gradients():
     np.testing.assert_allclose(h1.numpy(), h2.numpy(), rtol=1e-12)
 
 
-# -- CPU: the fused paths end to end on a fake device (tests/tensor/_fake_cuda.py) -------------
+# -- CPU: the fused paths end to end on a fake device (tests/fakecuda) --------------------------
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    from tests.tensor import _fake_cuda as fc
-    return fc.install(monkeypatch)
+    return fakecuda.install(monkeypatch, fused=True)
 
 
-def _fake_vs_cpu(fc, fn, arrays, gy_seed=7):
+def _fake_vs_cpu(cp, fn, arrays, gy_seed=7):
     """fn on fake-device leaves (fused) and on CPU leaves (eager): outputs and gradients."""
     out = []
-    for wrap in (fc.dev, np.array):
+    for wrap in (cp.asarray, np.array):
         leaves = [tensor.Tensor(wrap(a.copy())).requires_grad_() for a in arrays]
         y = fn(*leaves)
         gy = np.asarray(np.random.default_rng(gy_seed).normal(size=tuple(y.shape)), y.array.dtype)
         gs = tensor.autograd.grad([y], leaves, [tensor.Tensor(wrap(gy))])
-        out.append((np.asarray(y.array).view(np.ndarray),
-                    [np.asarray(g.array).view(np.ndarray) for g in gs]))
+        out.append((backend.to_numpy(y.array), [backend.to_numpy(g.array) for g in gs]))
     return out
 
 
@@ -100,7 +97,7 @@ def _fake_vs_cpu(fc, fn, arrays, gy_seed=7):
 def test_fake_device_gelu(fake_gpu, dtype, approximate):
     x = (np.random.default_rng(0).normal(size=(6, 7)) * 3).astype(dtype)
     res = _fake_vs_cpu(fake_gpu, lambda t: F.gelu(t, approximate=approximate), [x])
-    assert fake_gpu.calls == ["gelu_fwd", "gelu_bwd"]
+    assert fakecuda.log.calls == ["gelu_fwd", "gelu_bwd"]
     _assert_close_pairs(res, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
@@ -116,8 +113,8 @@ def test_fake_device_layer_norm(fake_gpu, xshape, nshape, has_w, has_b):
     def fn(x, *wb):
         return F.layer_norm(x, nshape, wb[0] if has_w else None, wb[-1] if has_b else None)
     res = _fake_vs_cpu(fake_gpu, fn, arrays)
-    assert fake_gpu.calls[:2] == ["ln_fwd", "ln_bwd_dx"]
-    assert ("ln_bwd_dwdb_partial" in fake_gpu.calls) == (has_w or has_b)
+    assert fakecuda.log.calls[:2] == ["ln_fwd", "ln_bwd_dx"]
+    assert ("ln_bwd_dwdb_partial" in fakecuda.log.calls) == (has_w or has_b)
     _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
 
 
@@ -135,11 +132,11 @@ def test_fake_device_cross_entropy(fake_gpu, kw):
         t[::3] = kw["ignore_index"]
 
     def fn(logits):
-        wrap = fake_gpu.dev if isinstance(logits.array, fake_gpu.DevArray) else np.asarray
+        wrap = fake_gpu.asarray if isinstance(logits.array, fake_gpu.ndarray) else np.asarray
         wt = tensor.Tensor(wrap(w)) if w is not None else None
         return F.cross_entropy(logits, tensor.Tensor(wrap(t)), weight=wt, **kw)
     res = _fake_vs_cpu(fake_gpu, fn, [x])
-    assert fake_gpu.calls[0] == "xent_fwd" and fake_gpu.calls[-1] == "xent_bwd"
+    assert fakecuda.log.calls[0] == "xent_fwd" and fakecuda.log.calls[-1] == "xent_bwd"
     _assert_close_pairs(res, rtol=1e-10, atol=1e-12)
 
 
@@ -149,22 +146,27 @@ def test_fake_device_softmax(fake_gpu, fn_name, shape, dim):
     x = np.random.default_rng(0).normal(size=shape) * 3
     res = _fake_vs_cpu(fake_gpu, lambda t: getattr(F, fn_name)(t, dim), [x])
     last = dim in (-1, len(shape) - 1)
-    assert fake_gpu.calls == (["softmax_fwd", "softmax_bwd"] if last else [])
+    assert fakecuda.log.calls == (["softmax_fwd", "softmax_bwd"] if last else [])
     _assert_close_pairs(res, rtol=1e-12, atol=1e-14)
 
 
 def test_fake_device_cross_entropy_flags_bad_targets_for_the_device_assert(fake_gpu):
-    x = tensor.Tensor(fake_gpu.dev(np.zeros((4, 3)))).requires_grad_()
-    t = tensor.Tensor(fake_gpu.dev(np.array([0, 3, -100, -1])))
+    from tensor import _device_checks
+    x = tensor.Tensor(fake_gpu.asarray(np.zeros((4, 3)))).requires_grad_()
+    t = tensor.Tensor(fake_gpu.asarray(np.array([0, 3, -100, -1])))
     loss = F.cross_entropy(x, t)
-    assert np.isnan(float(np.asarray(loss.array)))
-    (bad, msg), = fake_gpu.asserts
-    assert bad.tolist() == [False, True, False, True] and "out of bounds for 3 classes" in msg
+    (name, (bad, slot, _)), = fakecuda.log.checks   # the mask went to the deferred assert
+    assert name == "zgrad_device_assert" and bad.tolist() == [False, True, False, True]
+    assert "out of bounds for 3 classes" in _device_checks._slot_info[slot][1]
+    with pytest.raises(IndexError, match="out of bounds for 3 classes"):
+        backend.to_numpy(loss.array)                # raised at the next host read
+    assert np.isnan(loss.array.get())
 
 
 def test_fake_kernel_checks_arguments_against_the_c_signature(fake_gpu):
-    x = fake_gpu.dev(np.zeros(4, np.float32))
-    k = fake_gpu.fake_kernel("gelu", "gelu_fwd", np.float32)
+    from tensor.cuda.kernels import kernel
+    x = fake_gpu.asarray(np.zeros(4, np.float32))
+    k = kernel("gelu", "gelu_fwd", np.float32)
     k((1,), (256,), (x, x.copy(), np.int64(4), np.int32(0)))
     for bad in [(x, x, np.int32(4), np.int32(0)),            # long long n given an int32
                 (x, x.astype(np.float64), np.int64(4), np.int32(0)),  # T* of the wrong dtype

@@ -1,7 +1,7 @@
 """The optimizers' foreach / fused / capturable flags and the multi-tensor CUDA updates.
 
 On the CPU: PyTorch's checks and identical updates, then the multi-tensor path end to end on
-a fake device (tests/tensor/_fake_cuda.py); on a GPU: the multi-tensor kernels against the
+a fake device (tests/fakecuda); on a GPU: the multi-tensor kernels against the
 per-parameter loop, and a capturable Adam replayed from a CUDA graph.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import tensor
 import tensor.nn as nn
 from tensor import optim
+from tests import fakecuda
 from tests.helpers import requires_cupy
 
 
@@ -96,41 +97,10 @@ def test_fused_needs_float_params_at_step():
         opt.step()
 
 
-# -- CPU: the fused paths end to end on a fake device (tests/tensor/_fake_cuda.py) -------------
+# -- CPU: the fused paths end to end on a fake device (tests/fakecuda) --------------------------
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    from tests.tensor import _fake_cuda as fc
-    fc = fc.install(monkeypatch)
-    _copies_as_cupy14(monkeypatch, fc)
-    return fc
-
-
-def _copies_as_cupy14(monkeypatch, fc):
-    """CuPy 14's MemoryPointer.copy_from_host_async refuses while the current stream captures
-    ("H2D transfers are disallowed"); its runtime.memcpyAsync binding has no such guard."""
-    import ctypes
-    from types import SimpleNamespace
-    plain = fc.DevArray.data
-
-    def data(self):
-        d = plain.fget(self)
-        copy = d.copy_from_host_async
-
-        def refusing(src, nbytes, stream=None):
-            if fc._Stream.capturing:
-                raise RuntimeError("the current stream is capturing, so H2D transfers are "
-                                   "disallowed")
-            copy(src, nbytes, stream)
-        d.copy_from_host_async = refusing
-        return d
-
-    def memcpy_async(dst, src, nbytes, kind, stream):
-        assert kind == 1 and isinstance(stream, int)
-        ctypes.memmove(dst, src, nbytes)
-    monkeypatch.setattr(fc.DevArray, "data", property(data))
-    monkeypatch.setattr(fc._Stream, "ptr", 0, raising=False)
-    monkeypatch.setattr(fc.FakeCupy.cuda, "runtime", SimpleNamespace(
-        memcpyAsync=memcpy_async, memcpyHostToDevice=1), raising=False)
+    return fakecuda.install(monkeypatch, fused=True)
 
 
 FAKE_OPTS = OPTS + [("Adam", dict(capturable=True, amsgrad=True, weight_decay=0.1))]
@@ -143,22 +113,22 @@ def test_fake_device_multi_tensor_optimizers(fake_gpu, name, kw, flags):
     cls = getattr(optim, name)
     ref, _ = _run(lambda ps: cls(ps, lr=0.05, **{k: v for k, v in kw.items()
                                                  if k != "capturable"}))
-    fake_params = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy())))
+    fake_params = [nn.Parameter(tensor.Tensor(fake_gpu.asarray(p.detach().numpy())))
                    for p in _params()]
     got, opt = _run(lambda ps: cls(ps, lr=0.05, **kw, **flags), params=fake_params)
     kname = "sgd_mt" if name == "SGD" else "adam_mt"
-    assert fake_gpu.calls.count(kname) == 4  # one launch per step for all three params
+    assert fakecuda.log.calls.count(kname) == 4  # one launch per step for all three params
     for a, b in zip(ref, got):
-        np.testing.assert_allclose(np.asarray(b.array), a.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(b.array.get(), a.detach().numpy(), rtol=1e-12)
     if name != "SGD":
         st = opt.state[got[0]]["step"].array
         on_dev = bool(flags.get("fused") or kw.get("capturable"))
-        assert isinstance(st, fake_gpu.DevArray) == on_dev and float(st) == 4.0
-        assert fake_gpu.calls.count("zg_inc_steps") == (4 if on_dev else 0)
-    n_tables, n_calls = len(opt._mt_tables), fake_gpu.calls.count(kname)
+        assert isinstance(st, fake_gpu.ndarray) == on_dev and float(st) == 4.0
+        assert fakecuda.log.calls.count("zg_inc_steps") == (4 if on_dev else 0)
+    n_tables, n_calls = len(opt._mt_tables), fakecuda.log.calls.count(kname)
     assert 1 <= n_tables <= 4  # fresh gradient arrays: a table per distinct set of pointers
     opt.step()  # the same arrays again: the cached table, still one launch
-    assert len(opt._mt_tables) == n_tables and fake_gpu.calls.count(kname) == n_calls + 1
+    assert len(opt._mt_tables) == n_tables and fakecuda.log.calls.count(kname) == n_calls + 1
 
 
 def _cuda(a, requires_grad=True):
@@ -167,28 +137,30 @@ def _cuda(a, requires_grad=True):
 
 def test_fake_device_table_miss_during_a_capture_uses_the_spare_pinned_block(fake_gpu):
     # the graph recipe: warm-up step, zero_grad(set_to_none), capture -> fresh gradient arrays
-    ps = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy()))) for p in _params()]
+    ps = [nn.Parameter(tensor.Tensor(fake_gpu.asarray(p.detach().numpy()))) for p in _params()]
     ref = _params()
     opt = optim.Adam(ps, lr=0.05, capturable=True)
     ref_opt = optim.Adam(ref, lr=0.05)
     rng = np.random.default_rng(1)
+    held = []  # old gradients stay alive: new ones get fresh addresses, as from a capture's pool
     for step in range(2):
         gs = [rng.normal(size=tuple(p.shape)) for p in ps]
         for p, q, g in zip(ps, ref, gs):
-            p.grad = tensor.Tensor(fake_gpu.dev(g.copy()))
+            held.append(p.grad)
+            p.grad = tensor.Tensor(fake_gpu.asarray(g))
             q.grad = tensor.tensor(g.copy())
-        fake_gpu._Stream.capturing = step == 1
+        fakecuda.runtime.set_capturing(step == 1)
         opt.step()
+        fakecuda.runtime.set_capturing(False)
         ref_opt.step()
-    fake_gpu._Stream.capturing = False
     tables = opt._mt_tables
     assert [e.pinned_forever for e in tables._entries.values()] == [False, True]
     assert tables._spare[2] > 0  # carved from the block set aside by the warm-up's miss
     for a, b in zip(ref, ps):
-        np.testing.assert_allclose(np.asarray(b.array), a.detach().numpy(), rtol=1e-12)
-    fake_gpu._Stream.capturing = True
+        np.testing.assert_allclose(b.array.get(), a.detach().numpy(), rtol=1e-12)
+    fakecuda.runtime.set_capturing(True)
     for p in ps:  # a second miss in a capture: the spare is used up
-        p.grad = tensor.Tensor(fake_gpu.dev(np.ones(tuple(p.shape))))
+        p.grad = tensor.Tensor(fake_gpu.asarray(np.ones(tuple(p.shape))))
     tables._spare[2] = tables._spare[1]
     with pytest.raises(RuntimeError, match="warm-up"):
         opt.step()
@@ -196,7 +168,7 @@ def test_fake_device_table_miss_during_a_capture_uses_the_spare_pinned_block(fak
 
 @pytest.mark.parametrize("kw", [dict(fused=True), dict(capturable=True), dict(foreach=True)])
 def test_fake_device_state_dict_round_trip_keeps_step_where_torch_does(fake_gpu, kw):
-    ps = [nn.Parameter(tensor.Tensor(fake_gpu.dev(p.detach().numpy().copy()))) for p in _params()]
+    ps = [nn.Parameter(tensor.Tensor(fake_gpu.asarray(p.detach().numpy()))) for p in _params()]
     _, opt = _run(lambda ps: optim.Adam(ps, lr=0.05, **kw), steps=2, params=ps)
     sd = opt.state_dict()
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
@@ -204,9 +176,9 @@ def test_fake_device_state_dict_round_trip_keeps_step_where_torch_does(fake_gpu,
     opt2.load_state_dict(sd)
     on_dev = "foreach" not in kw
     for st in opt2.state.values():
-        assert isinstance(st["step"].array, fake_gpu.DevArray) == on_dev
+        assert isinstance(st["step"].array, fake_gpu.ndarray) == on_dev
         assert st["step"].array.dtype == np.float32 and float(st["step"].array) == 2.0
-        assert isinstance(st["exp_avg"].array, fake_gpu.DevArray)
+        assert isinstance(st["exp_avg"].array, fake_gpu.ndarray)
 
 
 # -- GPU optimizers -----------------------------------------------------------------------------

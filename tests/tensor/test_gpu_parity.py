@@ -4,7 +4,7 @@ The harness (tests/tensor/_parity.py) builds each case on the CPU in float32 fro
 seed, deep-copies it to the target and compares forward, backward (and optimizer steps)
 within float32 tolerance. Targets: "cpu" (a second CPU copy, checks the harness and state
 copying), "fake" (a strict CuPy stand-in that fails where a numpy array meets a device array,
-see _fake_cupy.py) and "cuda" (a real GPU; skipped without CuPy and one). Optimizers,
+see tests/fakecuda) and "cuda" (a real GPU; skipped without CuPy and one). Optimizers,
 autocast, GradScaler and random factories are in test_gpu_parity_train.py.
 """
 from __future__ import annotations
@@ -281,14 +281,14 @@ class _Skewed(nn.Module):
 
 
 def test_harness_fails_on_a_device_mismatch(monkeypatch):
-    _parity._fake_cupy.install(monkeypatch)
+    _parity.fakecuda.install(monkeypatch)
     with pytest.raises(AssertionError, match="output 0"):
         check_case("fake", _Skewed, [(3, 4)])
 
 
 def test_fake_cupy_refuses_what_cupy_refuses(monkeypatch):
     """The fake target is only worth running if it fails where CuPy would."""
-    _parity._fake_cupy.install(monkeypatch)
+    _parity.fakecuda.install(monkeypatch)
     a = tensor.ones(2, 3, device="cuda").array
     with pytest.raises(TypeError):
         a + np.ones((2, 3), np.float32)            # host and device arrays in one kernel

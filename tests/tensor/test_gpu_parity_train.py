@@ -187,7 +187,7 @@ def test_gradcheck_and_gradgradcheck_on_device(target):
 def test_fake_cupy_served_only_what_cupy_has(tmp_path):
     """Run after the fake cases above: every function the fake served exists in CuPy."""
     import cupy
-    if not _parity._fake_cupy.USED:  # run without the fake cases (pytest -m gpu): run them now
+    if not _parity.fakecuda.arrays.USED:  # run without the fake cases (pytest -m gpu): run them now
         out = tmp_path / "used.json"
         here = os.path.dirname(__file__)
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -196,9 +196,9 @@ def test_fake_cupy_served_only_what_cupy_has(tmp_path):
                            env=dict(os.environ, ZGRAD_FAKE_USED_OUT=str(out)),
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:]
-        _parity._fake_cupy.USED.update((w, tuple(k)) for w, k in json.loads(out.read_text()))
-    assert _parity._fake_cupy.USED, "the fake cases served nothing"
-    assert _parity._fake_cupy.missing_in(cupy) == []
+        _parity.fakecuda.arrays.USED.update((w, tuple(k)) for w, k in json.loads(out.read_text()))
+    assert _parity.fakecuda.arrays.USED, "the fake cases served nothing"
+    assert _parity.fakecuda.arrays.missing_in(cupy) == []
 
 
 def test_cpu_scalar_tensor_joins_a_device_op(target):

@@ -1,165 +1,114 @@
-"""A CPU stand-in for CuPy and the fused kernels, to test tensor/cuda/kernels without a GPU.
+"""The fake's kernels: numpy transcriptions of the CUDA kernels zgrad compiles.
 
-``DevArray`` is a numpy array that poses as a CuPy one (``.device.id``, ``.data.ptr``);
-``FakeCupy`` is the slice of the cupy module the fused paths call. ``FakeKernel`` replaces a
-compiled RawKernel: it checks every launch argument against the kernel's C signature, parsed
-from the real source in tensor/cuda/kernels/_sources.py (a pointer gets an array of the
-pointee's dtype, ``int`` an np.int32, ``long long`` an np.int64, ``double`` an np.float64,
-``T`` a scalar of the instance's dtype), then runs a numpy transcription of the kernel body.
-So the Python launch code (argument order, types, shapes, the optimizer's pointer table) runs
-for real on the CPU; the CUDA C itself is checked by the NVRTC compile and on hardware.
+``RawModule(code=..., name_expressions=...)`` stands for the NVRTC-compiled module of
+tensor/cuda/kernels: ``get_function("gelu_fwd<float>")`` gives a ``RawKernel`` that checks
+every launch against the kernel's C signature, parsed from the very source it was given (a
+pointer gets a device array of the pointee's dtype, C-contiguous; ``int`` an np.int32, ``long
+long`` an np.int64, ``double`` an np.float64, ``T`` a scalar of the instance's dtype), and then
+runs a numpy transcription of the kernel body. So the Python launch code (argument order,
+types, shapes, the optimizer's pointer table) runs for real on the CPU; the CUDA C itself is
+checked by the NVRTC compile and on hardware. ``ElementwiseKernel`` does the same for the
+device-assert kernels of tensor/_device_checks.py (by kernel name). Launches are recorded in
+runtime.log: ``calls`` (RawKernel names), ``checks`` (ElementwiseKernel name, host arguments).
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import re
-from types import SimpleNamespace
 
 import numpy as np
 
-from tensor.cuda.kernels._sources import MODULES
-from tensor.cuda.kernels._sources_optim import OPTIM
+from . import arrays, runtime
 
-_REGISTRY = {}  # data pointer -> the DevArray that owns it (for the optimizer's pointer table)
-
-
-class DevArray(np.ndarray):
-    """A numpy array posing as a CuPy array on device 0."""
-
-    device = SimpleNamespace(id=0)
-
-    @property
-    def data(self):
-        ptr = self.__array_interface__["data"][0]
-        _REGISTRY[ptr] = self
-        arr = self
-
-        def copy_from_host_async(src_ptr, nbytes, stream=None):
-            ctypes.memmove(arr.__array_interface__["data"][0], src_ptr, nbytes)
-        return SimpleNamespace(ptr=ptr, copy_from_host_async=copy_from_host_async)
+_CTYPES = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}
 
 
-def dev(a) -> DevArray:
-    return np.asarray(a, order="C").view(DevArray)
-
-
-class _Stream:
-    capturing = False  # tests set it to play a graph capture
-
-    def is_capturing(self):
-        return _Stream.capturing
-
-
-def _alloc_pinned(nbytes):
-    if _Stream.capturing:  # as tensor.cuda.graphs' guard (and CUDA) refuse it
-        raise RuntimeError("pinned allocation during a capture")
-    return bytearray(nbytes)
-
-
-class _Event:
-    def __init__(self, disable_timing=False):
-        self.recorded = False
-
-    def record(self, stream=None):
-        self.recorded = True
-
-    def synchronize(self):
-        assert self.recorded
-
-
-class _Device:
-    id = 0
-
-    def __init__(self, index=0):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class FakeCupy:
-    """The cupy functions the fused paths call, on DevArrays."""
-    ndarray = DevArray
-    cuda = SimpleNamespace(Device=_Device,
-                           get_current_stream=lambda: _Stream(), Event=_Event,
-                           alloc_pinned_memory=_alloc_pinned)
-
-    @staticmethod
-    def get_array_module(*arrays):
-        return FAKE if any(isinstance(a, DevArray) for a in arrays) else np
-
-    def __getattr__(self, name):  # the rest of cupy's namespace: numpy's, arrays on the "device"
-        f = getattr(np, name)
-        if not callable(f) or isinstance(f, type):
-            return f
-
-        def on_device(*args, **kwargs):
-            out = f(*args, **kwargs)
-            return out.view(DevArray) if type(out) is np.ndarray else out
-        return on_device
-
-    empty_like = staticmethod(lambda a: dev(np.empty_like(a)))
-    zeros_like = staticmethod(lambda a: dev(np.zeros_like(a)))
-    empty = staticmethod(lambda shape, dtype=np.float64: dev(np.empty(shape, dtype)))
-    zeros = staticmethod(lambda shape, dtype=np.float64: dev(np.zeros(shape, dtype)))
-    ascontiguousarray = staticmethod(lambda a, dtype=None: dev(np.asarray(a, dtype, order="C")))
-    asnumpy = staticmethod(lambda a: np.asarray(a).view(np.ndarray).copy())
-    asarray = staticmethod(lambda a, dtype=None: dev(np.asarray(a, dtype)))
-
-
-FAKE = FakeCupy()  # what tests put in tensor.backend.cupy
-
-
-# -- signatures -----------------------------------------------------------------------------
-def _signatures():
+# -- RawModule / RawKernel --------------------------------------------------------------------
+def _signatures(code):
     sigs = {}
-    for src, _ in MODULES.values():
-        for m in re.finditer(r"__global__ void (\w+)\(([^)]*)\)", src):
-            params = [" ".join(p.split()) for p in m.group(2).split(",")]
-            sigs[m.group(1)] = [re.sub(r"\s*__restrict__\s*", " ", p).strip() for p in params]
+    for m in re.finditer(r"__global__ void (\w+)\(([^)]*)\)", code):
+        params = [" ".join(p.split()) for p in m.group(2).split(",")]
+        sigs[m.group(1)] = [re.sub(r"\s*__restrict__\s*", " ", p).strip() for p in params]
     return sigs
 
 
-_SIGS = _signatures()
+class RawModule:
+    def __init__(self, code, options=(), name_expressions=None, **kw):
+        self._sigs, self._names = _signatures(code), list(name_expressions or [])
+
+    def get_function(self, expr):
+        m = re.fullmatch(r"(\w+)(?:<(\w+)>)?", expr)
+        assert m and m.group(1) in self._sigs, f"no kernel {expr!r} in the module's source"
+        assert m.group(2) is None or expr in self._names, f"{expr} is not in name_expressions"
+        return RawKernel(m.group(1), self._sigs[m.group(1)], _CTYPES.get(m.group(2)))
 
 
-def _check_args(name, dtype, args):
-    sig = _SIGS[name]
+def _check_args(name, sig, dtype, args):
     assert len(args) == len(sig), f"{name}: {len(args)} arguments for {len(sig)}: {sig}"
-    tdt = None if dtype is None else np.dtype(dtype)
     for a, decl in zip(args, sig):
         ctype = decl.rsplit(" ", 1)[0].replace("const ", "").strip()
         if ctype.endswith("*"):
-            assert isinstance(a, DevArray), f"{name}: {decl} got {type(a).__name__}"
+            assert isinstance(a, arrays.ndarray), f"{name}: {decl} got {type(a).__name__}"
             pointee = ctype[:-1].strip()
-            want = {"T": tdt, "long long": np.dtype(np.int64), "float": np.dtype(np.float32),
+            want = {"T": dtype, "long long": np.dtype(np.int64), "float": np.dtype(np.float32),
                     "double": np.dtype(np.float64), "void": a.dtype,
                     "bool": np.dtype(np.bool_)}[pointee]
             assert a.dtype == want, f"{name}: {decl} got a {a.dtype} array"
             assert a.flags.c_contiguous, f"{name}: {decl} is not contiguous"
         else:
-            want = {"T": tdt.type if tdt is not None else None, "int": np.int32,
+            want = {"T": dtype.type if dtype is not None else None, "int": np.int32,
                     "long long": np.int64, "double": np.float64}[ctype]
             assert type(a) is want, f"{name}: {decl} got {type(a).__name__}"
 
 
-class FakeKernel:
-    def __init__(self, name, dtype):
-        self.name, self.dtype = name, dtype
+class RawKernel:
+    def __init__(self, name, sig, dtype):
+        self.name, self.sig, self.dtype = name, sig, dtype
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
         assert all(g >= 1 for g in grid) and 1 <= math.prod(block) <= 1024, (grid, block)
-        _check_args(self.name, self.dtype, args)
-        _BODIES[self.name](grid, *args)
+        _check_args(self.name, self.sig, self.dtype, args)
+        runtime.log.calls.append(self.name)
+        _BODIES[self.name](grid, *arrays.unwrap(tuple(args), self.name))
 
 
-def fake_kernel(module, name, dtype=None):
-    assert name in MODULES[module][1] or name in re.findall(r"void (\w+)\(", OPTIM)
-    return FakeKernel(name, dtype)
+# -- ElementwiseKernel: the device-assert kernels ---------------------------------------------
+def _flag(flags, slot, bad):
+    if np.any(bad):
+        flags[int(slot)] = 1
+
+
+def _unscale(x, inv, g, found):
+    g[...] = (x.astype(np.float64) * inv).astype(g.dtype)
+    _flag(found, 0, ~np.isfinite(g))
+
+
+ELEMENTWISE = {
+    "zgrad_device_assert": lambda bad, slot, flags: _flag(flags, slot, bad),
+    "zgrad_assert_range": lambda x, lo, hi, slot, flags: _flag(flags, slot,
+                                                               (x < lo) | (x >= hi)),
+    "zgrad_unscale_check": _unscale,
+}
+
+
+class ElementwiseKernel:
+    def __init__(self, in_params, out_params, operation, name="kernel", **kw):
+        if name not in ELEMENTWISE:
+            raise NotImplementedError(f"fake cupy: no numpy transcription of ElementwiseKernel "
+                                      f"{name!r}; add one to tests/fakecuda/kernels.ELEMENTWISE")
+        self.name = name
+        self.params = [p.split() for p in (in_params + "," + out_params).split(",")]
+        self.n_in = len(in_params.split(","))
+
+    def __call__(self, *args, **kw):
+        assert len(args) == len(self.params), \
+            f"{self.name}: {len(args)} arguments for {[' '.join(p) for p in self.params]}"
+        for k, (a, p) in enumerate(zip(args, self.params)):
+            assert not (p[0] == "raw" or k >= self.n_in) or isinstance(a, arrays.ndarray), \
+                f"{self.name}: {' '.join(p)} needs a device array, got {type(a).__name__}"
+        host = arrays.unwrap(args, self.name, allow_numpy=True)
+        runtime.log.checks.append((self.name, [np.array(a, copy=True) for a in host]))
+        ELEMENTWISE[self.name](*host)
 
 
 # -- kernel bodies (numpy transcriptions of _sources.py) -------------------------------------
@@ -292,7 +241,7 @@ def _table(tab, ntens, ncol):
 
 
 def _arr(ptr):
-    return _REGISTRY[int(ptr)]
+    return arrays.BY_PTR[int(ptr)]._a
 
 
 def _lr(lr_dev, lr_kind, lr_host):
@@ -354,33 +303,3 @@ _BODIES = {"gelu_fwd": _gelu_fwd, "gelu_bwd": _gelu_bwd, "ln_fwd": _ln_fwd,
            "xent_reduce": _xent_reduce, "xent_bwd": _xent_bwd, "softmax_fwd": _softmax_fwd,
            "softmax_bwd": _softmax_bwd, "zg_inc_steps": _zg_inc_steps,
            "adam_mt": _adam_mt, "sgd_mt": _sgd_mt}
-
-
-def install(monkeypatch):
-    """Put the fake in place for one test: backend.cupy -> FAKE, the fused modules' kernel()
-    -> fake_kernel; launches are recorded by name in the returned module's ``calls``."""
-    import sys
-
-    from tensor import backend
-    from tensor.cuda import kernels
-    from tensor.cuda.kernels import ops as kops, optim as kopt
-    monkeypatch.setattr(backend, "cupy", FAKE)
-    monkeypatch.setattr(kops, "kernel", fake_kernel)
-    monkeypatch.setattr(kopt, "kernel", fake_kernel)
-    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
-    calls = []
-    real = FakeKernel.__call__
-
-    def recording_call(self, *args):
-        calls.append(self.name)
-        return real(self, *args)
-    monkeypatch.setattr(FakeKernel, "__call__", recording_call)
-    mod = sys.modules[__name__]
-    monkeypatch.setattr(mod, "calls", calls, raising=False)
-    monkeypatch.setattr(_Stream, "capturing", False)
-    # tensor.backend's deferred device asserts launch CuPy kernels: record their masks instead
-    asserts = []
-    monkeypatch.setattr(backend, "device_assert", lambda xp, bad, message, *a, **k:
-                        asserts.append((np.asarray(bad).copy(), message)), raising=False)
-    monkeypatch.setattr(mod, "asserts", asserts, raising=False)
-    return mod
