@@ -5,13 +5,15 @@
 #   ipc, zmq, nccl  processes sharing the GPU (benchmarks/gpu_multiproc.py): CUDA IPC through
 #              the queue, 2 zmq ranks on CUDA tensors, nccl at world size 1. Seconds each, so
 #              they come first: a slow section later cannot squeeze them out
-#   tests      the GPU test subset (pytest -m gpu: every test that carries requires_cupy) but
-#              tests/shm and tests/runtime, on 4 workers; tests_mp: those two, in one process
-#              (-v: a section stopped at its limit still names each test that finished)
 #   bench      the timing table (benchmarks/bench_gpu.py): MLP, CNN, transformer training steps
 #              in zgrad eager / fused / autocast / CUDA graph beside PyTorch on the same GPU, and
 #              an elementwise op's bandwidth against a device-to-device copy
 #   train_*    the digits MLP and the digits CNN trained on the GPU through the launcher
+#   tests      the GPU test subset (pytest -m gpu: every test that carries requires_cupy) but
+#              tests/shm and tests/runtime, on 4 workers; tests_mp: those two, in one process
+#              (-v: a section stopped at its limit still names each test that finished). Last
+#              of the GPU sections: kernel compiles on a fresh machine make them the slowest,
+#              and the table and the trainings must not be squeezed out by them
 #   cpu_smoke  a few CPU test files: CuPy being installed changes nothing for them
 # Each section has a time limit and the run a deadline (DEADLINE_S, 480 s; about 5 minutes
 # expected): a section that fails or times out is reported and the rest go on; exit status 1
@@ -116,6 +118,11 @@ section env 40 bash -c 'rc=0; nvidia-smi --query-gpu=name,memory.total,driver_ve
 section ipc 30 python3 benchmarks/gpu_multiproc.py ipc --device "$DEVICE" $MPJSON
 section zmq 45 python3 benchmarks/gpu_multiproc.py zmq --device "$DEVICE" $MPJSON
 section nccl 30 python3 benchmarks/gpu_multiproc.py nccl --device "$DEVICE" $MPJSON
+# its table is printed again at the end, so that the last lines of the output hold it
+section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
+    $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
+section train_mlp 60 bash -c 'train digits_mlp'
+section train_cnn 60 bash -c 'train digits_cnn'
 rm -f "$OUT/pytest_gpu.log"
 section tests 120 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu $XDIST tests \
     --ignore=tests/shm --ignore=tests/runtime'
@@ -123,11 +130,6 @@ section tests 120 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu $XDIST tests
 # 60 s per test, so that one hung test (a collective that never completes) leaves the rest
 section tests_mp 120 bash -c 'pytest_part "$OUT/pytest_gpu.log" -m gpu --timeout 60 \
     tests/shm tests/runtime'
-# its table is printed again at the end, so that the last lines of the output hold it
-section bench 180 bash -c 'set -o pipefail; python3 benchmarks/bench_gpu.py --device "$DEVICE" \
-    $BENCH_SMOKE --json "$OUT/bench.json" --log "$OUT/bench.log" | tee "$WORK/bench.txt"'
-section train_mlp 60 bash -c 'train digits_mlp'
-section train_cnn 60 bash -c 'train digits_cnn'
 section cpu_smoke 45 bash -c 'rm -f "$OUT/pytest_cpu.log"; pytest_part "$OUT/pytest_cpu.log" \
     -m "not gpu" tests/tensor/test_fidelity.py tests/tensor/test_amp.py \
     tests/tensor/test_tensor.py tests/shm/test_storage.py'
