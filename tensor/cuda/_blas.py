@@ -160,6 +160,10 @@ def prepare() -> bool:
         h = ctypes.c_void_p()
         _check(lib.cublasCreate_v2(ctypes.byref(h)), "cublasCreate")
         _handles[dev] = h
+        cp = backend.cupy
+        for dt in _TYPES:   # the copy and fill kernels plan() may launch inside a capture:
+            cp.ascontiguousarray(cp.zeros((2, 3), dt).T)   # compiled and loaded now, not there
+            cp.empty((2,), dt)[...] = 0
     return True
 
 
