@@ -100,7 +100,16 @@ def xp_for(dev: device):
     if cupy is None:
         raise RuntimeError("device 'cuda' requested but CuPy is not installed. "
                            "Install it with: pip install 'zgrad[gpu]' (needs an NVIDIA GPU).")
+    if not _gpu_seen[0]:   # asked once: after a GPU was seen, this is the hot path of every move
+        if not cuda_is_available():
+            raise RuntimeError("device 'cuda' requested but CuPy (installed) sees no CUDA GPU. "
+                               "Check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, "
+                               "or use device='cpu'.")
+        _gpu_seen[0] = True
     return cupy
+
+
+_gpu_seen = [False]
 
 
 def device_of(x) -> device:

@@ -67,6 +67,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
     from tensor import _device_checks, backend
     from tensor.cuda import _util, graphs, kernels as fused_kernels
     mp.setattr(backend, "cupy", cupy)
+    mp.setattr(backend, "_gpu_seen", [False])             # asked again: device_count may be 0
     if fused:
         mp.delenv(fused_kernels.ENV_SWITCH, raising=False)
     else:
