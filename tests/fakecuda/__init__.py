@@ -52,13 +52,15 @@ class _ForProcess:
         os.environ.pop(k, None)
 
 
-def install(monkeypatch=None, *, fused=False, device_count=1):
+def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False):
     """Make the fake tensor.backend's CuPy (for this test, or this process without a
     monkeypatch) and return it, with a fresh ``runtime.log`` (what the test reads back).
 
     fused: let tensor.cuda.kernels take its fused paths (RawModule runs the transcriptions);
       off, ZGRAD_FUSED_KERNELS=0 and the eager xp paths run, as the parity tests want.
     device_count: what cupy.cuda.runtime.getDeviceCount() says.
+    import_cupy: with a monkeypatch, `import cupy` (and cupy.cuda, cupy.cuda.nccl) finds the
+      fake too, as it always does without one (``pytest --fake-gpu``: the GPU tests import it).
     """
     mp = _ForProcess if monkeypatch is None else monkeypatch
     runtime.reset(device_count)
@@ -86,7 +88,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
     cupyx = types.ModuleType("cupyx")
     cupyx.scipy = scipy
     mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
-    if monkeypatch is None:  # a whole process: `import cupy` finds the fake too
+    if monkeypatch is None or import_cupy:  # a whole process: `import cupy` finds the fake
         mods.update({"cupy": cupy, "cupy.cuda": runtime.cuda, "cupy.cuda.nccl": nccl.nccl})
     for name, mod in mods.items():
         mp.setitem(sys.modules, name, mod)
