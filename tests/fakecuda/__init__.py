@@ -87,6 +87,8 @@ def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False)
     scipy.special = special
     cupyx = types.ModuleType("cupyx")
     cupyx.scipy = scipy
+    cupyx.allow_synchronize = runtime.allow_synchronize
+    cupyx.DeviceSynchronized = runtime.DeviceSynchronized
     mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
     if monkeypatch is None or import_cupy:  # a whole process: `import cupy` finds the fake
         mods.update({"cupy": cupy, "cupy.cuda": runtime.cuda, "cupy.cuda.nccl": nccl.nccl})

@@ -124,8 +124,38 @@ def _call(fn, where, args, kw, allow_numpy=False, parent=None):
 
 
 def _host_read():
-    """A device -> host read waits for the stream: CUDA refuses that inside a capture."""
+    """A device -> host read waits for the stream: CUDA refuses that inside a capture, and
+    under cupyx.allow_synchronize(False) CuPy raises DeviceSynchronized."""
     runtime._no_sync_in_capture(runtime.get_current_stream())
+    runtime._declare_synchronize()
+
+
+def _wrapped_index(shape, key):
+    """key with its integer-array parts taken modulo their axis' size: CuPy's integer-array
+    indexing (getitem, setitem, take, take_along_axis, scatter) wraps out-of-range indices
+    where numpy raises (CuPy's documented difference; Note [Device asserts] relies on it)."""
+    parts = list(key) if isinstance(key, tuple) else [key]
+
+    def width(p):  # the axes p consumes
+        if p is None:
+            return 0
+        if isinstance(p, np.ndarray) and p.dtype == np.bool_:
+            return p.ndim
+        return 1
+    axis, out = 0, []
+    for i, p in enumerate(parts):
+        if p is Ellipsis:
+            axis = len(shape) - sum(width(q) for q in parts[i + 1:] if q is not Ellipsis)
+            out.append(p)
+            continue
+        if isinstance(p, list) and p and all(isinstance(e, (int, np.integer)) for e in p):
+            p = np.asarray(p)
+        if isinstance(p, np.ndarray) and p.dtype.kind in "iu" and axis < len(shape) \
+                and shape[axis] > 0:
+            p = np.mod(p, shape[axis])
+        out.append(p)
+        axis += width(p)
+    return tuple(out) if isinstance(key, tuple) else out[0]
 
 
 class _MemoryPointer:
@@ -249,14 +279,14 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         return "fake_cupy." + repr(self._a)
 
     def __getitem__(self, key):
-        k = unwrap(key, "__getitem__", allow_numpy=True)
+        k = _wrapped_index(self._a.shape, unwrap(key, "__getitem__", allow_numpy=True))
         y = self._a[k]
         if isinstance(y, np.generic):  # CuPy's element is a 0-d view, not a copied scalar
             y = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
         return _wrap(y, self)
 
     def __setitem__(self, key, value):
-        k = unwrap(key, "__setitem__", allow_numpy=True)
+        k = _wrapped_index(self._a.shape, unwrap(key, "__setitem__", allow_numpy=True))
         advanced = any(isinstance(e, (np.ndarray, list)) for e in
                        (k if isinstance(k, tuple) else (k,)))
         # CuPy's setitem without an array index fills from a scalar or copies a cupy array
@@ -315,7 +345,8 @@ class _Ufunc:
                             "CuPy's scatter kernels (int32, uint32, uint64, float16, float32, "
                             "float64 only)")
         vals = unwrap(b, f"{self.__name__}.at", allow_numpy=True)
-        self._uf.at(unwrap(a, "ufunc.at"), unwrap(indices, "ufunc.at", True),
+        self._uf.at(unwrap(a, "ufunc.at"),
+                    _wrapped_index(a.shape, unwrap(indices, "ufunc.at", True)),
                     None if vals is None else np.asarray(vals).astype(a.dtype))
 
     def reduce(self, *a, **k):
@@ -385,6 +416,21 @@ def _make_module():
         setattr(m, n, (lambda f: lambda a, *r, **k: _call(
             f, "asarray", (np.array(a) if isinstance(a, (np.ndarray, np.generic)) else a,) + r,
             k, True))(getattr(np, n)))
+    def along_axis(name):  # CuPy's take/put_along_axis index with wrapped integer arrays
+        f = getattr(np, name)
+
+        pos = 1 if name == "put_along_axis" else 0   # axis' place among the rest
+
+        def call(a, indices, *rest, **kw):
+            ax = rest[pos] if len(rest) > pos else kw.get("axis")
+            n = a.size if ax is None else a.shape[ax]
+            idx = unwrap(indices, name) if isinstance(indices, ndarray) else np.asarray(indices)
+            if idx.dtype.kind in "iu" and n:
+                idx = ndarray(np.mod(idx, n))
+            return _call(f, f"cupy.{name}", (a, idx) + rest, kw)
+        return call
+    for n in ("take", "take_along_axis", "put_along_axis"):
+        setattr(m, n, along_axis(n))
     m.asnumpy = lambda a, stream=None, **k: a.get() if isinstance(a, ndarray) else np.asarray(a)
     m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
     rnd = _Module("cupy.random", np.random)

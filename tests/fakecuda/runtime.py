@@ -40,6 +40,7 @@ class _Local(threading.local):
         self.allocator = None
         self.null = None
         self.device = 0           # the current device
+        self.sync_allowed = True  # cupyx.allow_synchronize
 
 
 state = _Local()
@@ -142,6 +143,33 @@ class Stream(metaclass=_StreamType):
         _no_sync_in_capture(self)
 
 
+class DeviceSynchronized(RuntimeError):
+    """cupyx.DeviceSynchronized: a host synchronization under allow_synchronize(False)."""
+
+    def __init__(self, message=None):
+        super().__init__(message or "Device synchronization was detected while disallowed.")
+
+
+@contextlib.contextmanager
+def allow_synchronize(allow):
+    """cupyx.allow_synchronize (deprecated in CuPy, which warns): the fake detects the host
+    reads of device arrays (get, item, bool, float, ...), as CuPy's ndarray.get does."""
+    import warnings
+    warnings.warn("cupyx.allow_synchronize will be removed in future releases as it is not "
+                  "possible to reliably detect synchronizations.")
+    old = state.sync_allowed
+    state.sync_allowed = allow
+    try:
+        yield
+    finally:
+        state.sync_allowed = old
+
+
+def _declare_synchronize():
+    if not state.sync_allowed:
+        raise DeviceSynchronized()
+
+
 def _no_sync_in_capture(stream):
     if stream.is_capturing():
         raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when "
@@ -239,6 +267,26 @@ def _is_memory_pinned(ptr):
     return False
 
 
+class PointerAttributes:
+    """cupy.cuda.runtime.PointerAttributes: device, devicePointer, hostPointer, type."""
+
+    def __init__(self, device, devicePointer, hostPointer, type=-1):  # noqa: A002 (CuPy's)
+        self.device, self.devicePointer, self.hostPointer, self.type = \
+            device, devicePointer, hostPointer, type
+
+
+def _pointer_attributes(ptr):
+    """cupy.cuda.runtime.pointerGetAttributes: pinned host memory is memoryTypeHost (1), a
+    fake device array's memory memoryTypeDevice (2), anything else unregistered (0)."""
+    from .arrays import BY_PTR
+    if _is_memory_pinned(ptr):
+        return PointerAttributes(state.device, ptr, ptr, 1)
+    for base, arr in list(BY_PTR.items()):
+        if base <= ptr < base + max(arr.nbytes, 1):
+            return PointerAttributes(arr._dev, ptr, 0, 2)
+    return PointerAttributes(-2, 0, 0, 0)
+
+
 def memcpy(dst, src, size):
     ctypes.memmove(dst, src, size)
 
@@ -255,7 +303,9 @@ def _memcpy_async(dst, src, size, kind, stream):
 
 runtime = types.SimpleNamespace(
     getDevice=lambda: state.device, getDeviceCount=lambda: log.device_count,
-    memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async, memcpyHostToHost=0,
+    memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async,
+    pointerGetAttributes=_pointer_attributes, PointerAttributes=PointerAttributes,
+    memoryTypeUnregistered=0, memoryTypeHost=1, memoryTypeDevice=2, memoryTypeManaged=3, memcpyHostToHost=0,
     memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,
                                    "minor": 0, "multiProcessorCount": 132})

@@ -54,6 +54,8 @@ def test_cuda_config_loads():
 
 
 @requires_cupy
+@pytest.mark.real_gpu_only("the launcher's workers are new Python processes, which the fake "
+                           "installed in the test process does not reach")
 @pytest.mark.parametrize("backend_name", ["nccl", "zmq"])
 def test_zgrad_run_cuda_config_trains_on_the_gpu(tmp_path, backend_name):
     import cupy
