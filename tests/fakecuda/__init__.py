@@ -89,7 +89,12 @@ def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False)
     cupyx.scipy = scipy
     cupyx.allow_synchronize = runtime.allow_synchronize
     cupyx.DeviceSynchronized = runtime.DeviceSynchronized
-    mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+    gen_api = types.ModuleType("cupy.random._generator_api")
+    gen_api.init_curand = arrays.init_curand
+    # always: with a real CuPy importable, tensor.random's in-place reseed would otherwise
+    # hand the fake's pointer to the real init_curand
+    mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special,
+            "cupy.random._generator_api": gen_api}
     if monkeypatch is None or import_cupy:  # a whole process: `import cupy` finds the fake
         mods.update({"cupy": cupy, "cupy.cuda": runtime.cuda, "cupy.cuda.nccl": nccl.nccl})
     for name, mod in mods.items():

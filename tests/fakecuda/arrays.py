@@ -360,8 +360,22 @@ class _Ufunc:
 
 
 class _BitGenerator:
-    def __init__(self, seed):  # _state stands for the device array of cuRAND states
-        self._state = ndarray(np.array([int(seed) % 2 ** 64], np.uint64))
+    """cupy.random.XORWOW's attributes that tensor.random reads: ``_state`` (the device array
+    of cuRAND states: here one uint64), ``_size`` (how many states), ``generator`` (the
+    RandGenerators enum that init_curand takes) and ``_seed``."""
+
+    def __init__(self, seed):  # CuPy's BitGenerator: an int seed -> SeedSequence -> a uint32
+        seed = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+        self._seed, self._size, self.generator = seed, 1, 0   # generator: CURAND_XOR_WOW
+        self._state = ndarray(np.array([self._seed], np.uint64))
+
+
+def init_curand(generator, state, seed, size):
+    """cupy.random._generator_api.init_curand(generator, state_ptr, seed, size): re-seed the
+    cuRAND states at ``state`` in place (a kernel on the current stream)."""
+    arr = BY_PTR[int(state)]
+    assert generator == 0 and size == arr.size, (generator, size, arr.size)
+    arr._a[...] = int(seed) % 2 ** 64
 
 
 class Generator:
