@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # hardware run. Each GPU test gets fakecuda.install(monkeypatch, fused=True, import_cupy=True)
 # (the fused paths run, as they do on a GPU by default; `import cupy` in the test finds the
 # fake) and ZGRAD_FAKE_GPU=1 in its environment: ranks that tests.helpers.spawn_ranks starts
-# with the "spawn" method install the fake themselves from it (forked ranks inherit it). A
+# with the "spawn" method install the fake themselves from it (forked ranks inherit it), and
+# so do new Python processes (the launcher's workers) through tests/fakecuda/site, which the
+# fixture puts first on PYTHONPATH (a test that sets PYTHONPATH must keep what it had). A
 # test the fake cannot stand in for carries `pytest.mark.real_gpu_only("why")` and is skipped
 # in this mode only. Without the option nothing changes: GPU tests skip without CuPy and a GPU.
 
@@ -68,4 +70,8 @@ def _fake_gpu(request, monkeypatch):
         return
     from tests import fakecuda
     monkeypatch.setenv("ZGRAD_FAKE_GPU", "1")
+    site = os.path.join(os.path.dirname(os.path.abspath(fakecuda.__file__)), "site")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(   # new processes: site/sitecustomize.py
+        [site, os.path.dirname(os.path.dirname(site))] + os.environ.get("PYTHONPATH", "")
+        .split(os.pathsep)).rstrip(os.pathsep))
     yield fakecuda.install(monkeypatch, fused=True, import_cupy=True)
