@@ -8,12 +8,15 @@ makes ``import cupy``, ``cupy.cuda`` and ``cupy.cuda.nccl`` resolve to it. The p
   - arrays.py: ``cupy`` itself, over numpy's namespace, and its ``ndarray``: a wrapper that
     refuses to mix with numpy arrays as CuPy does (so numpy-on-CuPy bugs fail on the CPU) and
     whose ``.data.ptr`` points into real memory (so pointer tables and copies work);
-  - runtime.py: ``cupy.cuda``: devices, streams and events that record waits, stream capture,
-    memory pools, allocators, pinned memory, runtime copies; ``runtime.log`` is what a test
+  - runtime.py: ``cupy.cuda``: devices, streams and events that record waits, stream capture
+    that CUDA graphs replay (Note [Fake graph capture]), memory pools, allocators, pinned
+    memory, runtime copies; ``runtime.log`` is what a test
     reads back (kernel launches, host waits, pinned allocations, devices made current);
   - kernels.py: RawModule/RawKernel and ElementwiseKernel running numpy transcriptions of the
     fused kernels and of the device-assert kernels, launch arguments checked against the C;
-  - nccl.py: a communicator of one rank.
+  - nccl.py: a communicator of one rank;
+  - site/sitecustomize.py: a new Python process of a ``pytest --fake-gpu`` test installs it
+    (Note [Fake GPU runs] in tests/conftest.py).
 Every test gets the same strictness (no lenient mode: the code under test must pass what CuPy
 would refuse); ``fused`` only chooses which paths run. It checks protocol, not CUDA, and the
 results are numpy's: the GPU tests (requires_cupy) check the real thing, and
