@@ -363,8 +363,8 @@ runtime = types.SimpleNamespace(
     getDevice=lambda: state.device, getDeviceCount=lambda: log.device_count,
     memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async,
     pointerGetAttributes=_pointer_attributes, PointerAttributes=PointerAttributes,
-    memoryTypeUnregistered=0, memoryTypeHost=1, memoryTypeDevice=2, memoryTypeManaged=3, memcpyHostToHost=0,
-    memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
+    memoryTypeUnregistered=0, memoryTypeHost=1, memoryTypeDevice=2, memoryTypeManaged=3,
+    memcpyHostToHost=0, memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,
                                    "minor": 0, "multiProcessorCount": 132})
 
