@@ -62,16 +62,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _fake_gpu(request, monkeypatch):
-    """Under --fake-gpu, a GPU test runs with tests/fakecuda installed (Note [Fake GPU runs])."""
+def _fake_gpu(request):
+    """Under --fake-gpu, a GPU test runs with tests/fakecuda installed (Note [Fake GPU runs]);
+    otherwise it does nothing (and asks for no other fixture)."""
     if not (request.config.getoption("fake_gpu") and
             request.node.get_closest_marker("gpu") is not None):
-        yield None
-        return
+        return None
     from tests import fakecuda
+    monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setenv("ZGRAD_FAKE_GPU", "1")
     site = os.path.join(os.path.dirname(os.path.abspath(fakecuda.__file__)), "site")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(   # new processes: site/sitecustomize.py
         [site, os.path.dirname(os.path.dirname(site))] + os.environ.get("PYTHONPATH", "")
         .split(os.pathsep)).rstrip(os.pathsep))
-    yield fakecuda.install(monkeypatch, fused=True, import_cupy=True)
+    return fakecuda.install(monkeypatch, fused=True, import_cupy=True)
