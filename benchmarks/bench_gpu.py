@@ -288,22 +288,25 @@ class Bench:
         self.free()
 
     def time_columns(self, name, steps, cells, times, notes):
-        """Time every built column `self.args.repeats` times, interleaved in a rotating order
-        (fewer when the deadline comes; at least once). Times add to `times`; a column that
-        fails with times already taken keeps them (the failure goes into its note)."""
+        """Time every built column `self.args.repeats` times, interleaved in a rotating order;
+        past the deadline only a column not yet timed runs (once). Times add to `times`; a
+        column that fails with times already taken keeps them (the failure goes into its
+        note)."""
         a = self.args
         names = [k for k in steps if "error" not in cells.get(k, {})]
         if not names:
             return
         stopped = set()
         for r in range(a.repeats):
-            if r and self.late():
-                for k in names:
-                    notes[k] = _join(notes.get(k), f"repeats cut to {r} by the deadline")
-                break
-            for k in names[r % len(names):] + names[:r % len(names)]:
-                if k in stopped:
-                    continue
+            todo = [k for k in names[r % len(names):] + names[:r % len(names)]
+                    if k not in stopped]
+            if self.late():
+                cut = [k for k in todo if times.get(k)]
+                for k in cut:
+                    if "deadline" not in notes.get(k, ""):
+                        notes[k] = _join(notes.get(k), "repeats cut by the deadline")
+                todo = [k for k in todo if k not in cut]
+            for k in todo:
                 try:
                     self.sync()
                     t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def test_the_deadline_cuts_repeats_but_keeps_one(monkeypatch):
     res = b.run_here(args, b.specs(True), ["mlp"])
     cells = res["models"]["mlp"]["cells"]
     assert [c for c, v in cells.items() if "ms" in v] == ["z eager"]
-    assert len(cells["z eager"]["all_ms"]) == 1 and "repeats cut to 1" in cells["z eager"]["note"]
+    assert len(cells["z eager"]["all_ms"]) == 1 and "repeats cut" in cells["z eager"]["note"]
     assert "not run" in cells["t eager"]["error"] and cells["z graph"] == {"na": "n/a (cpu)"}
     # the bandwidth rows: one timed round (after the warm-up round), then the deadline
     assert len(res["bandwidth"]) == 7 and all(v["ms"] > 0 for v in res["bandwidth"].values())
