@@ -116,6 +116,9 @@ class Bench:
         try:
             import torch
             if self.cuda:
+                # a torch without a usable CUDA would fail every sync(), zgrad's cells too
+                if not torch.cuda.is_available():
+                    raise RuntimeError(f"torch {torch.__version__} sees no CUDA device")
                 torch.backends.cuda.matmul.allow_tf32 = False  # float32 against float32
                 torch.backends.cudnn.allow_tf32 = False
             else:

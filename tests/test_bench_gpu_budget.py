@@ -106,3 +106,21 @@ def test_a_part_past_its_deadline_reports_instead_of_crashing():
                               json=None, deadline=0.0, bandwidth_mib=0, no_goals=True)
     cells = b.run_here(args, b.specs(True), ["mlp"])["models"]["mlp"]["cells"]
     assert all("not run" in cells[c]["error"] for c in cells if "graph" not in c), cells
+
+
+def test_a_torch_without_cuda_leaves_the_zgrad_columns_their_numbers(monkeypatch):
+    """torch imports but sees no GPU (here: the CPU build, with the fake CuPy as zgrad's GPU):
+    its columns say so, and zgrad's are timed (torch.cuda.synchronize() in every sync() failed
+    them all)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    from tests import fakecuda
+    fakecuda.install(monkeypatch, fused=True)
+    b = _bench_gpu()
+    args = argparse.Namespace(device="cuda", smoke=True, repeats=1, steps=1, log=None,
+                              json=None, deadline=None, bandwidth_mib=0, no_goals=True)
+    cells = b.run_here(args, b.specs(True), ["mlp"])["models"]["mlp"]["cells"]
+    for col in ("z eager", "z fused", "z amp", "z graph"):
+        assert cells[col]["ms"] > 0, cells[col]
+    assert "sees no CUDA device" in cells["t eager"]["error"]
