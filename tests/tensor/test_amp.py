@@ -207,9 +207,9 @@ def test_grad_scaler_refuses_fp16_gradients_as_pytorch():
     tp = torch.zeros(2, dtype=torch.float16, requires_grad=True)
     tp.grad = torch.ones(2, dtype=torch.float16)
     tscaler = torch.amp.GradScaler("cpu")
-    tscaler.scale(tp.sum())                 # torch's scale is created lazily, by scale()
+X
     with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients."):
         tscaler.unscale_(torch.optim.SGD([tp], lr=0.1))
-    scaler.scale(p.sum())
+    scaler.scale(tensor.zeros(()))
     with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients."):
         scaler.unscale_(opt)
