@@ -207,7 +207,7 @@ def test_grad_scaler_refuses_fp16_gradients_as_pytorch():
     tp = torch.zeros(2, dtype=torch.float16, requires_grad=True)
     tp.grad = torch.ones(2, dtype=torch.float16)
     tscaler = torch.amp.GradScaler("cpu")
-X
+    tscaler.scale(torch.zeros(()))          # torch makes its scale lazily, in scale()
     with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients."):
         tscaler.unscale_(torch.optim.SGD([tp], lr=0.1))
     scaler.scale(tensor.zeros(()))
