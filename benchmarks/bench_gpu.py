@@ -16,16 +16,26 @@ Columns, each with its own copy of the model and optimizer:
   t graph  PyTorch, the same with torch.cuda.graph (the reference)
 An option a library refuses (fused=, capturable=) is dropped for that column and the note says
 so; a cell that fails says "error: ..." and the log holds the traceback; the run goes on. Each
-model and the bandwidth run in a process of their own (--part-timeout-s each), so that a sticky
-CUDA error in one leaves the others their numbers.
+model and the bandwidth run in a process of their own, so that a sticky CUDA error in one leaves
+the others their numbers; the parts share --budget-s (165 s: gpu_check.sh's bench section has
+180 s) and each gets a deadline before its kill, so a slow part (kernel compiles on a fresh
+machine) reports fewer repeats instead of nothing. bench.json is rewritten after every part.
+
+Note [Two timing phases]
+~~~~~~~~~~~~~~~~~~~~~~~~
+A captured graph that faults (an illegal address in a replay) is a sticky CUDA error: every
+later launch in that process fails, torch's included. So each model is timed in two phases:
+first the eager columns (built, traced, timed), then the graph columns are built and every
+column is timed again, interleaved. A fault in phase 2 leaves the eager columns their phase-1
+numbers (the note says "later timing failed"); without one, medians span both phases.
 
 Timing: wall clock over --steps steps between device synchronizes (launch overhead is the point),
-medians (and best) of --repeats, the columns interleaved in a rotating order; float32, TF32 off
-in PyTorch. Correctness: every column's first 5 losses (a graph column: its 3 warm-up steps,
+medians (and best) over the repeats, the columns interleaved in a rotating order; float32, TF32
+off in PyTorch. Correctness: every column's first 5 losses (a graph column: its 3 warm-up steps,
 then replays) against PyTorch eager's (amp: against PyTorch amp), as "loss diff".
 
-    python benchmarks/bench_gpu.py [--repeats 7] [--steps 20] [--models mlp,cnn,transformer]
-                                   [--json PATH] [--log PATH]
+    python benchmarks/bench_gpu.py [--repeats 5] [--steps 10] [--models mlp,transformer,cnn]
+                                   [--budget-s 165] [--json PATH] [--log PATH]
     python benchmarks/bench_gpu.py --device cpu --smoke   # the CPU-side logic, tiny sizes
 """
 from __future__ import annotations
@@ -59,6 +69,9 @@ GOALS = (("mlp", "z eager", "t eager", 1.5), ("transformer", "z eager", "t eager
 LR = 1e-3
 TRACE = 5          # losses recorded per column, before the timing (they warm it up too)
 GRAPH_WARMUP = 3   # eager steps on a side stream before capture, as torch's recipe
+RESERVE_S = 25.0   # kept for each later part when a part's time limit is set (run_parts)
+MIN_PART_S = 10.0  # a part is not started with less than this left of the budget
+DEADLINE_MARGIN_S = 12.0   # a part stops timing this long before it would be killed
 
 
 def specs(smoke: bool) -> dict:
@@ -82,6 +95,10 @@ class Refused(Exception):
     """A library refused an option or lacks an API a column needs."""
 
 
+def _join(a, b) -> str:
+    return f"{a}; {b}" if a else b
+
+
 def short(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:110] if lines else ''}"
@@ -99,6 +116,9 @@ class Bench:
         try:
             import torch
             if self.cuda:
+                # a torch without a usable CUDA would fail every sync(), zgrad's cells too
+                if not torch.cuda.is_available():
+                    raise RuntimeError(f"torch {torch.__version__} sees no CUDA device")
                 torch.backends.cuda.matmul.allow_tf32 = False  # float32 against float32
                 torch.backends.cudnn.allow_tf32 = False
             else:
@@ -224,49 +244,39 @@ class Bench:
     # --- one model ----------------------------------------------------------------------------
 
     def model(self, name: str, spec):
+        """Build, trace and time every column of one model; see Note [Two timing phases]."""
         title, build, x_shape, classes, per_position = spec
-        a = self.args
         rng = np.random.default_rng(0)
         x = rng.normal(size=x_shape).astype(np.float32)
         y = rng.integers(0, classes, x_shape[:2] if per_position else x_shape[:1])
         tensor.manual_seed(0)
         state = numpy_state(build(tensor.nn))
-        cells, steps, losses, notes = {}, {}, {}, {}
-        # the graph columns are built last: a capture that goes wrong cannot spoil the others
-        for col in sorted(COLUMNS, key=lambda c: c.endswith("graph")):
-            if col.endswith("graph") and not self.cuda:
-                cells[col] = {"na": "n/a (cpu)"}
-                continue
-            try:
-                step, trace, notes[col] = self.column(col, spec, state, x, y)
-                while len(trace) < TRACE:
-                    trace.append(float(step()))
-                steps[col], losses[col] = step, trace
-            except Refused as e:
-                self.log(f"--- {name} {col}: {e}")
-                cells[col] = {"error": str(e)}
-            except Exception as e:
-                cells[col] = {"error": self.fail(f"{name} {col} (building)", e)}
-        self.sync()
-        times = {k: [] for k in steps}
-        names = list(steps)
-        for r in range(a.repeats):
-            for k in names[r % len(names):] + names[:r % len(names)]:
-                if k in cells:
-                    continue
-                try:
-                    self.sync()
-                    t0 = time.perf_counter()
-                    for _ in range(a.steps):
-                        steps[k]()
-                    self.sync()
-                    times[k].append((time.perf_counter() - t0) / a.steps)
-                except Exception as e:
-                    cells[k] = {"error": self.fail(f"{name} {k} (timing)", e)}
+        cells, steps, losses, notes, times = {}, {}, {}, {}, {}
+        for graphs in (False, True):
+            for col in (c for c in COLUMNS if c.endswith("graph") == graphs):
+                if graphs and not self.cuda:
+                    cells[col] = {"na": "n/a (cpu)"}
+                elif self.late():
+                    cells[col] = {"error": "not run: this part's time ran out (--part-timeout-s)"}
+                else:
+                    try:
+                        step, trace, notes[col] = self.column(col, spec, state, x, y)
+                        while len(trace) < TRACE:
+                            trace.append(float(step()))
+                        steps[col], losses[col] = step, trace
+                    except Refused as e:
+                        self.log(f"--- {name} {col}: {e}")
+                        cells[col] = {"error": str(e)}
+                    except Exception as e:
+                        cells[col] = {"error": self.fail(f"{name} {col} (building)", e)}
+            if graphs and not any(c.endswith("graph") for c in steps):
+                break   # nothing new to time: phase 1's numbers stand
+            self.time_columns(name, steps, cells, times, notes)
         for k, v in times.items():
-            if k not in cells:
-                cells[k] = {"ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3,
-                            "all_ms": [t * 1e3 for t in v]}
+            cells[k] = {"ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3,
+                        "all_ms": [t * 1e3 for t in v]}
+        for k in steps:
+            cells.setdefault(k, {"error": "error: no timing finished (see the log)"})
             cells[k].update(losses=losses[k], note=notes.get(k, ""))
         for k in cells:
             ref = "t amp" if k == "z amp" else "t eager"
@@ -280,6 +290,45 @@ class Bench:
         del steps
         self.free()
 
+    def time_columns(self, name, steps, cells, times, notes):
+        """Time every built column `self.args.repeats` times, interleaved in a rotating order;
+        past the deadline only a column not yet timed runs (once). Times add to `times`; a
+        column that fails with times already taken keeps them (the failure goes into its
+        note)."""
+        a = self.args
+        names = [k for k in steps if "error" not in cells.get(k, {})]
+        if not names:
+            return
+        stopped = set()
+        for r in range(a.repeats):
+            todo = [k for k in names[r % len(names):] + names[:r % len(names)]
+                    if k not in stopped]
+            if self.late():
+                cut = [k for k in todo if times.get(k)]
+                for k in cut:
+                    if "deadline" not in notes.get(k, ""):
+                        notes[k] = _join(notes.get(k), "repeats cut by the deadline")
+                todo = [k for k in todo if k not in cut]
+            for k in todo:
+                try:
+                    self.sync()
+                    t0 = time.perf_counter()
+                    for _ in range(a.steps):
+                        steps[k]()
+                    self.sync()
+                    times.setdefault(k, []).append((time.perf_counter() - t0) / a.steps)
+                except Exception as e:
+                    stopped.add(k)
+                    err = self.fail(f"{name} {k} (timing)", e)
+                    if times.get(k):
+                        notes[k] = _join(notes.get(k), f"later timing failed: {err}")
+                    else:
+                        cells[k] = {"error": err}
+
+    def late(self) -> bool:
+        """True once this process's deadline (--deadline, set by run_parts) has passed."""
+        return self.args.deadline is not None and time.time() > self.args.deadline
+
     def free(self):
         gc.collect()
         if self.cuda:
@@ -289,9 +338,9 @@ class Bench:
 
     def print_model(self, name, title, cells):
         a = self.args
-        print(f"\n{name}: {title}, Adam, float32, {self.device}; ms/step, median (best) of "
-              f"{a.repeats} x {a.steps} steps")
-        print(f"  {'column':8s} {'ms/step':>9s} {'best':>9s} {'vs t eager':>10s} "
+        print(f"\n{name}: {title}, Adam, float32, {self.device}; ms/step, median (best) over n "
+              f"repeats of {a.steps} steps")
+        print(f"  {'column':8s} {'ms/step':>9s} {'best':>9s} {'n':>3s} {'vs t eager':>10s} "
               f"{'loss diff':>9s}  note")
         base = cells.get("t eager", {}).get("ms")
         for col in COLUMNS:
@@ -301,7 +350,8 @@ class Bench:
                 continue
             vs = f"{c['ms'] / base:10.2f}" if base else f"{'-':>10s}"
             diff = f"{c['loss_diff']:9.1e}" if "loss_diff" in c else f"{'-':>9s}"
-            print(f"  {col:8s} {c['ms']:9.3f} {c['best_ms']:9.3f} {vs} {diff}  {c['note']}")
+            print(f"  {col:8s} {c['ms']:9.3f} {c['best_ms']:9.3f} {len(c['all_ms']):3d} {vs} "
+                  f"{diff}  {c['note']}")
             self.log(f"{name} {col} losses: " + " ".join(f"{v:.6f}" for v in c["losses"]))
 
     # --- bandwidth ----------------------------------------------------------------------------
@@ -332,6 +382,8 @@ class Bench:
         names = list(rows)
         with tensor.no_grad():
             for r in range(self.args.repeats + 1):  # the first round warms up
+                if r > 1 and self.late():
+                    break
                 for k in names[r % len(names):] + names[:r % len(names)]:
                     if k in errors:
                         continue
@@ -352,10 +404,11 @@ class Bench:
                 out[k] = {"ms": t * 1e3, "GBps": nbytes / t / 1e9}
         ref = out.get("memcpy d2d", {}).get("GBps")
         print(f"\nbandwidth: float32, {self.args.bandwidth_mib} MiB, {self.device}; GB/s counts "
-              f"the array read once and written once; median of {self.args.repeats} x 10")
+              f"the array read once and written once; median over up to {self.args.repeats} "
+              f"repeats of 10")
         print(f"  {'op':11s} {'ms':>8s} {'GB/s':>8s} {'vs memcpy':>9s}")
         for k in rows:
-            c = out[k]
+            c = out.setdefault(k, {"error": "error: not timed (the deadline came first)"})
             if "error" in c:
                 print(f"  {k:11s} {c['error']}")
                 continue
@@ -376,28 +429,49 @@ def report_goals(results: dict) -> None:
         print(f"  {key:40s} {'-' if r is None else f'{r:.2f}':>6s}  {verdict}")
 
 
+def part_limits(budget_end: float, now: float, parts_left: int, cap: float) -> tuple:
+    """(timeout, deadline) of the next part: what is left of the budget less RESERVE_S for each
+    part after it, at most `cap`, at least the smaller of RESERVE_S and what is left; the part
+    stops timing at its deadline, DEADLINE_MARGIN_S before its kill, to print and write its
+    numbers. (0, None) when nothing useful is left."""
+    left = budget_end - now
+    if left < MIN_PART_S:
+        return 0.0, None
+    limit = max(min(cap, left - RESERVE_S * (parts_left - 1)), min(left, RESERVE_S))
+    return limit, now + max(limit - DEADLINE_MARGIN_S, limit / 2)
+
+
 def run_parts(args, parts: list) -> dict:
     """Each model and the bandwidth in its own process: a CUDA error is sticky for the process
     that meets it (an illegal address in a replayed graph ends every later launch), so one
-    broken part must not take the others' numbers with it. Their results are merged here."""
+    broken part must not take the others' numbers with it. Their results are merged here and
+    written to --json after each part, so a run stopped from outside keeps what finished."""
     results = {"meta": {}, "models": {}, "bandwidth": {}, "goals": {}}
     logf = open(args.log, "w") if args.log else None
-    for part in parts:
-        with tempfile.TemporaryDirectory() as d:
-            js, lg = os.path.join(d, "part.json"), os.path.join(d, "part.log")
-            cmd = [sys.executable, os.path.abspath(__file__), "--one-process", "--no-goals",
-                   "--device", args.device, "--repeats", str(args.repeats), "--steps",
-                   str(args.steps), "--json", js, "--log", lg] + (
-                ["--models", "", "--bandwidth-mib", str(args.bandwidth_mib)]
-                if part == "bandwidth" else ["--models", part, "--bandwidth-mib", "0"])
-            try:
-                rc = subprocess.run(cmd + (["--smoke"] if args.smoke else []),
-                                    timeout=args.part_timeout_s).returncode
-            except subprocess.TimeoutExpired:
-                rc = f"was killed after {args.part_timeout_s:.0f}s"
-            sub = json.load(open(js)) if os.path.exists(js) else {}
-            if logf and os.path.exists(lg):
-                logf.write(open(lg).read())
+    budget_end = time.time() + args.budget_s
+    for i, part in enumerate(parts):
+        limit, deadline = part_limits(budget_end, time.time(), len(parts) - i, args.part_timeout_s)
+        rc, sub = None, {}
+        if not limit:
+            rc = f"did not start: the bench's budget (--budget-s {args.budget_s:.0f}) was spent"
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                js, lg = os.path.join(d, "part.json"), os.path.join(d, "part.log")
+                cmd = [sys.executable, os.path.abspath(__file__), "--one-process", "--no-goals",
+                       "--device", args.device, "--repeats", str(args.repeats), "--steps",
+                       str(args.steps), "--json", js, "--log", lg, "--deadline",
+                       str(deadline)] + (
+                    ["--models", "", "--bandwidth-mib", str(args.bandwidth_mib)]
+                    if part == "bandwidth" else ["--models", part, "--bandwidth-mib", "0"])
+                try:
+                    rc = subprocess.run(cmd + (["--smoke"] if args.smoke else []),
+                                        timeout=limit).returncode
+                except subprocess.TimeoutExpired:
+                    rc = f"was killed after {limit:.0f}s"
+                sub = json.load(open(js)) if os.path.exists(js) else {}
+                if logf and os.path.exists(lg):
+                    logf.write(open(lg).read())
+                    logf.flush()
         results["meta"] = results["meta"] or sub.get("meta", {})
         results["models"].update(sub.get("models", {}))
         if part == "bandwidth":
@@ -408,6 +482,9 @@ def run_parts(args, parts: list) -> dict:
                 results["models"].setdefault(part, {})
             where["error"] = where.get("error", err)
             print(f"\n{part}: {err}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     return results
 
 
@@ -415,16 +492,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, 2 x 2 steps")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--models", default="mlp,cnn,transformer")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--models", default="mlp,transformer,cnn",
+                    help="in this order (the goals' models first: the budget may cut the last)")
     ap.add_argument("--bandwidth-mib", type=int, default=None, help="256 (--smoke: 4); 0: none")
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--log", help="tracebacks and loss traces here")
     ap.add_argument("--one-process", action="store_true",
                     help="every part in this process (otherwise each model and the bandwidth "
                          "run in a process of their own: see run_parts)")
-    ap.add_argument("--part-timeout-s", type=float, default=60.0)
+    ap.add_argument("--budget-s", type=float, default=165.0,
+                    help="wall-clock budget of all the parts together (see part_limits)")
+    ap.add_argument("--part-timeout-s", type=float, default=90.0, help="the most one part gets")
+    ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-goals", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from .. import backend
 from .._tensor import Tensor
 
@@ -86,6 +88,8 @@ class GradScaler:
                 if p.grad is None:
                     continue
                 g = p.grad.array
+                if g.dtype == np.float16:   # PyTorch's check: keep fp32 master weights
+                    raise ValueError("Attempting to unscale FP16 gradients.")
                 xp = backend.get_array_module(g)
                 key = str(backend.device_of(g))
                 if key not in found:

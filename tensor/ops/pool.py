@@ -155,14 +155,16 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     xp = _xp(input)
     x = input.array
     g = _pool_geom(op, x, kernel_size, stride, padding, 1, ceil_mode)
-    if divisor_override is not None:
-        if divisor_override == 0:
-            raise ValueError(f"{op}: divisor_override must be non-zero.")
-        div = np.full((g.OH, g.OW), float(divisor_override))
-    else:
-        div = np.outer(_avg_counts(g.OH, g.H, g.kh, g.sh, g.pt, count_include_pad),
-                       _avg_counts(g.OW, g.W, g.kw, g.sw, g.pl, count_include_pad))
-    inv = xp.asarray(1.0 / div, dtype=x.dtype)
+    if divisor_override is not None and divisor_override == 0:
+        raise ValueError(f"{op}: divisor_override must be non-zero.")
+
+    def inverse_divisors():
+        if divisor_override is not None:
+            return np.full((g.OH, g.OW), 1.0 / float(divisor_override))
+        return 1.0 / np.outer(_avg_counts(g.OH, g.H, g.kh, g.sh, g.pt, count_include_pad),
+                              _avg_counts(g.OW, g.W, g.kw, g.sw, g.pl, count_include_pad))
+    inv = _constant(xp, x, ("avg", g.OH, g.OW, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl,
+                            count_include_pad, divisor_override), inverse_divisors)
     y = _windows(xp, _padded(xp, x, g), g).sum(axis=(2, 3)) * inv
     N = x.shape[0]
 
@@ -175,14 +177,31 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     return from_op(y, (input,), backward, "avg_pool2d")
 
 
-def _adaptive_matrix(xp, n_in, n_out, dtype):
+_constants: dict = {}   # (device, dtype, geometry) -> a read-only constant array on that GPU
+
+
+def _constant(xp, x, key, make):
+    """make()'s numpy array in x's dtype on x's device. On a GPU it is copied there once per
+    device, dtype and key, and reused: no host-to-device copy per call (which a CUDA graph
+    capture refuses). Callers never write to it."""
+    if xp is np:
+        return make().astype(x.dtype, copy=False)
+    k = (backend.device_of(x).index, x.dtype.str) + key
+    a = _constants.get(k)
+    if a is None:
+        a = _constants[k] = xp.asarray(make(), dtype=x.dtype)
+    return a
+
+
+def _adaptive_matrix(xp, x, n_in, n_out):
     """(n_out, n_in) averaging matrix: row o averages [floor(o*n/m), ceil((o+1)*n/m))."""
-    o = np.arange(n_out)
-    start = (o * n_in) // n_out
-    end = -((-(o + 1) * n_in) // n_out)
-    i = np.arange(n_in)
-    m = ((i >= start[:, None]) & (i < end[:, None])) / (end - start)[:, None]
-    return _new(xp.asarray(m, dtype=dtype))
+    def make():
+        o = np.arange(n_out)
+        start = (o * n_in) // n_out
+        end = -((-(o + 1) * n_in) // n_out)
+        i = np.arange(n_in)
+        return ((i >= start[:, None]) & (i < end[:, None])) / (end - start)[:, None]
+    return _new(_constant(xp, x, ("adaptive", n_in, n_out), make))
 
 
 def adaptive_avg_pool2d(input, output_size):
@@ -205,9 +224,9 @@ def adaptive_avg_pool2d(input, output_size):
     xp = _xp(input)
     y = input
     if OW != W:
-        y = y @ _adaptive_matrix(xp, W, OW, x.dtype).mT
+        y = y @ _adaptive_matrix(xp, x, W, OW).mT
     if OH != H:
-        y = _adaptive_matrix(xp, H, OH, x.dtype) @ y
+        y = _adaptive_matrix(xp, x, H, OH) @ y
     return y if y is not input else input.clone()
 
 

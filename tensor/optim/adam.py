@@ -44,15 +44,7 @@ class Adam(Optimizer):
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
-    def _update_group(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        self._check_fused_params(group, params)
-        self._check_capturable(group, params)
-        parts, rest = self._multi_tensor_partitions(group, params)
-        for dtype, ps in parts.items():
-            self._update_multi_tensor(group, dtype, ps)
-        if rest:
-            self._update_loop(group, rest)
+    _update_group = Optimizer._update_group_multi_tensor
 
     def _names(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())

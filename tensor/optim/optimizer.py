@@ -175,6 +175,18 @@ class Optimizer:
                                          f"on supported devices: ['cuda'], got a parameter "
                                          f"on {p.device}; pass capturable=False on the CPU.")
 
+    def _update_group_multi_tensor(self, group: dict) -> None:
+        """An _update_group for optimizers with a multi-tensor kernel (Adam, AdamW, SGD): one
+        launch per dtype where the kernels apply (CUDA), _update_loop for the rest."""
+        params = [p for p in group["params"] if p.grad is not None]
+        self._check_fused_params(group, params)
+        self._check_capturable(group, params)
+        parts, rest = self._multi_tensor_partitions(group, params)
+        for dtype, ps in parts.items():
+            self._update_multi_tensor(group, dtype, ps)
+        if rest:
+            self._update_loop(group, rest)
+
     def _multi_tensor_partitions(self, group: dict, params):
         """(multi-tensor partitions {dtype: [p]}, the rest) of params (those with a grad)."""
         fused, foreach = group.get("fused"), group.get("foreach")

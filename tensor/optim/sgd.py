@@ -40,14 +40,7 @@ class SGD(Optimizer):
                                       maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
 
-    def _update_group(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        self._check_fused_params(group, params)
-        parts, rest = self._multi_tensor_partitions(group, params)
-        for dtype, ps in parts.items():
-            self._update_multi_tensor(group, dtype, ps)
-        if rest:
-            self._update_loop(group, rest)
+    _update_group = Optimizer._update_group_multi_tensor
 
     def _update_multi_tensor(self, group: dict, dtype, params) -> None:
         """All of params (CUDA arrays of one dtype) in one launch (Note [Fused optimizer flags])."""

@@ -196,3 +196,20 @@ def test_convolutions_run_in_the_autocast_dtype():
     with tensor.amp.autocast("cpu", dtype=tensor.float16):
         assert nn.ConvTranspose2d(3, 2, 3)(y.float()).dtype == tensor.float16
         assert nn.Conv1d(2, 3, 3)(tensor.randn(1, 2, 7)).dtype == tensor.float16
+
+
+def test_grad_scaler_refuses_fp16_gradients_as_pytorch():
+    import torch
+    p = tensor.zeros(2, dtype=tensor.float16, requires_grad=True)
+    p.grad = tensor.ones(2, dtype=tensor.float16)
+    opt = tensor.optim.SGD([p], lr=0.1)
+    scaler = tensor.amp.GradScaler("cpu")
+    tp = torch.zeros(2, dtype=torch.float16, requires_grad=True)
+    tp.grad = torch.ones(2, dtype=torch.float16)
+    tscaler = torch.amp.GradScaler("cpu")
+    tscaler.scale(torch.zeros(()))          # torch makes its scale lazily, in scale()
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients."):
+        tscaler.unscale_(torch.optim.SGD([tp], lr=0.1))
+    scaler.scale(tensor.zeros(()))
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients."):
+        scaler.unscale_(opt)

@@ -20,13 +20,14 @@ from tests.helpers import requires_cupy
 
 try:
     from cupy_backends.cuda.libs import nvrtc
+    nvrtc.getVersion()   # loads libnvrtc: CuPy without the NVRTC library can't compile either
 except Exception:  # CI has no CuPy
     nvrtc = None
 
 
 # -- offline compile ----------------------------------------------------------------------------
-@pytest.mark.skipif(nvrtc is None, reason="needs CuPy's NVRTC bindings (cupy_backends); "
-                                          "no GPU needed")
+@pytest.mark.skipif(nvrtc is None, reason="needs CuPy's NVRTC bindings (cupy_backends) and "
+                                          "libnvrtc; no GPU needed")
 @pytest.mark.parametrize("module", ["gelu", "layer_norm", "softmax_xent", "optim"])
 def test_kernel_source_compiles_for_compute_90(module):
     from tensor.cuda.kernels._sources import MODULES, name_expressions

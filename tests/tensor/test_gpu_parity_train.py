@@ -212,3 +212,15 @@ def test_cpu_scalar_tensor_joins_a_device_op(target):
     y.sum().backward()
     assert str(s.grad.device) == "cpu" and float(s.grad.item()) == 3.0 + 3.0
     close(x.grad, np.full(3, 2.0, np.float32), "x.grad")
+
+
+def test_pool_constants_reach_the_device_once(target):
+    """avg_pool2d's divisors and adaptive_avg_pool2d's averaging matrices are copied to the
+    device once per geometry, not at every call (a CUDA graph capture refuses such copies)."""
+    from tensor.ops import pool
+    x = T(np.ones((1, 1, 4, 4), np.float32), device=device_of(target))
+    pool._constants.clear()
+    for _ in range(2):
+        close(F.avg_pool2d(x, 2), np.ones((1, 1, 2, 2), np.float32), "avg_pool2d")
+        close(F.adaptive_avg_pool2d(x, 3), np.ones((1, 1, 3, 3), np.float32), "adaptive")
+        assert len(pool._constants) == (0 if target == "cpu" else 2)
