@@ -139,6 +139,11 @@ def check_grad(fn, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float =
 
 def _rank_main(fn, rank, world_size, env, args, conn):
     os.environ.update({k: str(v) for k, v in env.items()})
+    if os.environ.get("ZGRAD_FAKE_GPU") == "1":  # pytest --fake-gpu (Note [Fake GPU runs])
+        from tensor import backend
+        from tests import fakecuda
+        if backend.cupy is not fakecuda.cupy:  # a spawned rank; a forked one has it already
+            fakecuda.install(fused=True)
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ.setdefault("LOCAL_RANK", str(rank))

@@ -26,6 +26,31 @@ def test_probe_param(on_gpu):
     pass
 
 
+@requires_cupy
+def test_probe_sees_a_gpu():  # on a GPU, or on tests/fakecuda under --fake-gpu
+    from tensor import backend
+    assert backend.cuda_is_available()
+    assert float(backend.to_numpy((backend.cupy.arange(3) * 2).sum())) == 6.0
+
+
+@requires_cupy
+@pytest.mark.real_gpu_only("probe of the marker")
+def test_probe_real_gpu_only():
+    pass
+
+
+def test_fake_gpu_option_runs_the_gpu_tests_on_the_fake():
+    # pytest --fake-gpu (tests/conftest.py): the GPU subset runs, on tests/fakecuda, but for
+    # the real_gpu_only tests, which skip with their reason
+    env = {k: v for k, v in os.environ.items() if k != "ZGRAD_FAKE_GPU"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+                        "--fake-gpu", "-m", "gpu", "tests/test_gpu_check.py"],
+                       cwd=_ROOT, env=dict(env, PYTHONPATH=_ROOT), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "3 passed, 1 skipped" in r.stdout, r.stdout + r.stderr
+    assert "real GPU only: probe of the marker" in r.stdout, r.stdout
+
+
 def test_gpu_marker_follows_requires_cupy(request):
     items = {i.name: i for i in request.session.items}
     probes = ["test_probe_decorated", "test_probe_param[True]", "test_probe_param[False]"]

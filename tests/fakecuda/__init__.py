@@ -8,12 +8,15 @@ makes ``import cupy``, ``cupy.cuda`` and ``cupy.cuda.nccl`` resolve to it. The p
   - arrays.py: ``cupy`` itself, over numpy's namespace, and its ``ndarray``: a wrapper that
     refuses to mix with numpy arrays as CuPy does (so numpy-on-CuPy bugs fail on the CPU) and
     whose ``.data.ptr`` points into real memory (so pointer tables and copies work);
-  - runtime.py: ``cupy.cuda``: devices, streams and events that record waits, stream capture,
-    memory pools, allocators, pinned memory, runtime copies; ``runtime.log`` is what a test
+  - runtime.py: ``cupy.cuda``: devices, streams and events that record waits, stream capture
+    that CUDA graphs replay (Note [Fake graph capture]), memory pools, allocators, pinned
+    memory, runtime copies; ``runtime.log`` is what a test
     reads back (kernel launches, host waits, pinned allocations, devices made current);
   - kernels.py: RawModule/RawKernel and ElementwiseKernel running numpy transcriptions of the
     fused kernels and of the device-assert kernels, launch arguments checked against the C;
-  - nccl.py: a communicator of one rank.
+  - nccl.py: a communicator of one rank;
+  - site/sitecustomize.py: a new Python process of a ``pytest --fake-gpu`` test installs it
+    (Note [Fake GPU runs] in tests/conftest.py).
 Every test gets the same strictness (no lenient mode: the code under test must pass what CuPy
 would refuse); ``fused`` only chooses which paths run. It checks protocol, not CUDA, and the
 results are numpy's: the GPU tests (requires_cupy) check the real thing, and
@@ -52,13 +55,15 @@ class _ForProcess:
         os.environ.pop(k, None)
 
 
-def install(monkeypatch=None, *, fused=False, device_count=1):
+def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False):
     """Make the fake tensor.backend's CuPy (for this test, or this process without a
     monkeypatch) and return it, with a fresh ``runtime.log`` (what the test reads back).
 
     fused: let tensor.cuda.kernels take its fused paths (RawModule runs the transcriptions);
       off, ZGRAD_FUSED_KERNELS=0 and the eager xp paths run, as the parity tests want.
     device_count: what cupy.cuda.runtime.getDeviceCount() says.
+    import_cupy: with a monkeypatch, `import cupy` (and cupy.cuda, cupy.cuda.nccl) finds the
+      fake too, as it always does without one (``pytest --fake-gpu``: the GPU tests import it).
     """
     mp = _ForProcess if monkeypatch is None else monkeypatch
     runtime.reset(device_count)
@@ -85,8 +90,15 @@ def install(monkeypatch=None, *, fused=False, device_count=1):
     scipy.special = special
     cupyx = types.ModuleType("cupyx")
     cupyx.scipy = scipy
-    mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
-    if monkeypatch is None:  # a whole process: `import cupy` finds the fake too
+    cupyx.allow_synchronize = runtime.allow_synchronize
+    cupyx.DeviceSynchronized = runtime.DeviceSynchronized
+    gen_api = types.ModuleType("cupy.random._generator_api")
+    gen_api.init_curand = arrays.init_curand
+    # always: with a real CuPy importable, tensor.random's in-place reseed would otherwise
+    # hand the fake's pointer to the real init_curand
+    mods = {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special,
+            "cupy.random._generator_api": gen_api}
+    if monkeypatch is None or import_cupy:  # a whole process: `import cupy` finds the fake
         mods.update({"cupy": cupy, "cupy.cuda": runtime.cuda, "cupy.cuda.nccl": nccl.nccl})
     for name, mod in mods.items():
         mp.setitem(sys.modules, name, mod)

@@ -39,6 +39,47 @@ GENERATOR_METHODS = {"random", "standard_normal", "integers", "uniform", "beta",
 AT_DTYPES = {np.dtype(t) for t in ("int32", "uint32", "uint64", "float16", "float32", "float64")}
 
 BY_PTR = weakref.WeakValueDictionary()  # data pointer -> the array whose .data gave it out
+LIVE = weakref.WeakValueDictionary()    # id -> every fake array alive: the device memory, for
+                                        # Note [Fake graph capture]
+
+
+_ALLOCATED = weakref.WeakValueDictionary()  # id -> numpy buffers an allocator gave out
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def snapshot():
+    """A copy of every device buffer alive (begin_capture)."""
+    roots = {}
+    for w in list(LIVE.values()):
+        r = _root(w._a)
+        roots.setdefault(id(r), (r, r.copy()))
+    return roots
+
+
+def restore(snap):
+    """Give the buffers of snapshot() their contents back; fill float buffers made since then
+    with NaN (end_capture: the capture ran nothing, they are uninitialised)."""
+    for r, saved in snap.values():
+        np.copyto(r, saved)
+    for w in list(LIVE.values()):
+        r = _root(w._a)
+        if id(r) not in snap and r.dtype.kind in "fc" and r.flags.writeable:
+            r[...] = np.nan
+
+
+def _refill(out, new):
+    """Replay of an op that made `out`: its new result goes into out's buffer."""
+    if isinstance(out, ndarray):
+        if out._a is not new:
+            np.copyto(out._a, new, casting="unsafe")
+    elif isinstance(out, (tuple, list)) and isinstance(new, (tuple, list)):
+        for o, n in zip(out, new):
+            _refill(o, n)
 
 
 def _mixed(where):
@@ -115,17 +156,53 @@ def missing_in(cupy) -> list:
     return out
 
 
+_NO_NODE = ("empty", "empty_like")   # allocations: no graph node
+
+
 def _call(fn, where, args, kw, allow_numpy=False, parent=None):
     USED.add((where, tuple(sorted(kw))))
     if parent is None:
         parent = next((a for a in args if isinstance(a, ndarray)), None)
-    return _wrap(fn(*unwrap(args, where, allow_numpy), **unwrap(kw, where, allow_numpy)),
-                 parent)
+    ua, ukw = unwrap(args, where, allow_numpy), unwrap(kw, where, allow_numpy)
+    out = _wrap(fn(*ua, **ukw), parent)
+    if not where.endswith(_NO_NODE):
+        runtime.record(lambda: _refill(out, fn(*ua, **ukw)))
+    return out
 
 
 def _host_read():
-    """A device -> host read waits for the stream: CUDA refuses that inside a capture."""
+    """A device -> host read waits for the stream: CUDA refuses that inside a capture, and
+    under cupyx.allow_synchronize(False) CuPy raises DeviceSynchronized."""
     runtime._no_sync_in_capture(runtime.get_current_stream())
+    runtime._declare_synchronize()
+
+
+def _wrapped_index(shape, key):
+    """key with its integer-array parts taken modulo their axis' size: CuPy's integer-array
+    indexing (getitem, setitem, take, take_along_axis, scatter) wraps out-of-range indices
+    where numpy raises (CuPy's documented difference; Note [Device asserts] relies on it)."""
+    parts = list(key) if isinstance(key, tuple) else [key]
+
+    def width(p):  # the axes p consumes
+        if p is None:
+            return 0
+        if isinstance(p, np.ndarray) and p.dtype == np.bool_:
+            return p.ndim
+        return 1
+    axis, out = 0, []
+    for i, p in enumerate(parts):
+        if p is Ellipsis:
+            axis = len(shape) - sum(width(q) for q in parts[i + 1:] if q is not Ellipsis)
+            out.append(p)
+            continue
+        if isinstance(p, list) and p and all(isinstance(e, (int, np.integer)) for e in p):
+            p = np.asarray(p)
+        if isinstance(p, np.ndarray) and p.dtype.kind in "iu" and axis < len(shape) \
+                and shape[axis] > 0:
+            p = np.mod(p, shape[axis])
+        out.append(p)
+        axis += width(p)
+    return tuple(out) if isinstance(key, tuple) else out[0]
 
 
 class _MemoryPointer:
@@ -158,6 +235,11 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
 
     def __init__(self, a):  # on the current device, as CuPy's new arrays
         self._a, self._own, self._dev = a, None, runtime.state.device
+        LIVE[id(self)] = self
+        alloc = runtime.state.allocator
+        if alloc is not None and a.base is None and _ALLOCATED.get(id(a)) is not a:
+            _ALLOCATED[id(a)] = a      # a new buffer comes from the thread's allocator (a
+            alloc(a.nbytes)            # graph's private pool), once
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
@@ -209,6 +291,7 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
 
     def set(self, arr, stream=None):
         self._a[...] = arr
+        runtime.record(lambda: self._a.__setitem__(Ellipsis, arr))
 
     def item(self):
         _host_read()
@@ -249,24 +332,33 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
         return "fake_cupy." + repr(self._a)
 
     def __getitem__(self, key):
-        k = unwrap(key, "__getitem__", allow_numpy=True)
+        k = _wrapped_index(self._a.shape, unwrap(key, "__getitem__", allow_numpy=True))
         y = self._a[k]
         if isinstance(y, np.generic):  # CuPy's element is a 0-d view, not a copied scalar
-            y = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
-        return _wrap(y, self)
+            k = (k if isinstance(k, tuple) else (k,)) + (Ellipsis,)
+            y = self._a[k]
+        out = _wrap(y, self)
+        if not (isinstance(y, np.ndarray) and
+                np.may_share_memory(y, self._a)):  # a view is no node; a gathered copy is
+            runtime.record(lambda: _refill(out, self._a[k]))
+        return out
 
     def __setitem__(self, key, value):
-        k = unwrap(key, "__setitem__", allow_numpy=True)
+        k = _wrapped_index(self._a.shape, unwrap(key, "__setitem__", allow_numpy=True))
         advanced = any(isinstance(e, (np.ndarray, list)) for e in
                        (k if isinstance(k, tuple) else (k,)))
         # CuPy's setitem without an array index fills from a scalar or copies a cupy array
-        self._a[k] = unwrap(value, "__setitem__ (a non-scalar numpy value)", advanced)
+        v = unwrap(value, "__setitem__ (a non-scalar numpy value)", advanced)
+        self._a[k] = v
+        runtime.record(lambda: self._a.__setitem__(k, v))
 
     def __copy__(self):
-        return ndarray(self._a.copy())
+        out = ndarray(self._a.copy())
+        runtime.record(lambda: _refill(out, self._a))
+        return out
 
     def __deepcopy__(self, memo):
-        return ndarray(self._a.copy())
+        return self.__copy__()
 
     def __reduce__(self):
         raise TypeError("fake cupy arrays are not picklable in this test double")
@@ -275,8 +367,11 @@ class ndarray(_core_ndarray):  # noqa: N801 (CuPy's name)
 def _binop(name):
     def op(self, other):
         f = getattr(self._a.__class__, name)
-        r = f(self._a, unwrap(other, f"ndarray.{name}"))
-        return self if r is self._a else _wrap(r)
+        o = unwrap(other, f"ndarray.{name}")
+        r = f(self._a, o)
+        out = self if r is self._a else _wrap(r)
+        runtime.record(lambda: _refill(out, f(self._a, o)))
+        return out
     op.__name__ = name
     return op
 
@@ -288,8 +383,17 @@ for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "
             setattr(_core_ndarray, _f, _binop(_f))
 for _f in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__"):
     setattr(_core_ndarray, _f, _binop(_f))
+def _unop(name):
+    def op(self):
+        f = getattr(self._a.__class__, name)
+        out = _wrap(f(self._a))
+        runtime.record(lambda: _refill(out, f(self._a)))
+        return out
+    return op
+
+
 for _f in ("__neg__", "__pos__", "__abs__", "__invert__"):
-    setattr(_core_ndarray, _f, (lambda f: lambda s: _wrap(getattr(s._a.__class__, f)(s._a)))(_f))
+    setattr(_core_ndarray, _f, _unop(_f))
 _core_ndarray.__hash__ = None
 
 
@@ -315,8 +419,10 @@ class _Ufunc:
                             "CuPy's scatter kernels (int32, uint32, uint64, float16, float32, "
                             "float64 only)")
         vals = unwrap(b, f"{self.__name__}.at", allow_numpy=True)
-        self._uf.at(unwrap(a, "ufunc.at"), unwrap(indices, "ufunc.at", True),
-                    None if vals is None else np.asarray(vals).astype(a.dtype))
+        args = (unwrap(a, "ufunc.at"), _wrapped_index(a.shape, unwrap(indices, "ufunc.at", True)),
+                None if vals is None else np.asarray(vals).astype(a.dtype))
+        self._uf.at(*args)
+        runtime.record(lambda: self._uf.at(*args))
 
     def reduce(self, *a, **k):
         return _call(self._uf.reduce, f"{self.__name__}.reduce", a, k)
@@ -329,8 +435,23 @@ class _Ufunc:
 
 
 class _BitGenerator:
-    def __init__(self, seed):  # _state stands for the device array of cuRAND states
-        self._state = ndarray(np.array([int(seed) % 2 ** 64], np.uint64))
+    """cupy.random.XORWOW's attributes that tensor.random reads: ``_state`` (the device array
+    of cuRAND states: here one uint64), ``_size`` (how many states), ``generator`` (the
+    RandGenerators enum that init_curand takes) and ``_seed``."""
+
+    def __init__(self, seed):  # CuPy's BitGenerator: an int seed -> SeedSequence -> a uint32
+        seed = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+        self._seed, self._size, self.generator = seed, 1, 0   # generator: CURAND_XOR_WOW
+        self._state = ndarray(np.array([self._seed], np.uint64))
+
+
+def init_curand(generator, state, seed, size):
+    """cupy.random._generator_api.init_curand(generator, state_ptr, seed, size): re-seed the
+    cuRAND states at ``state`` in place (a kernel on the current stream)."""
+    arr = BY_PTR[int(state)]
+    assert generator == 0 and size == arr.size, (generator, size, arr.size)
+    arr._a[...] = int(seed) % 2 ** 64
+    runtime.record(lambda: arr._a.__setitem__(Ellipsis, int(seed) % 2 ** 64))
 
 
 class Generator:
@@ -344,11 +465,17 @@ class Generator:
         if name not in GENERATOR_METHODS:
             raise AttributeError(f"'cupy.random.Generator' object has no attribute '{name}'")
 
-        def draw(*a, **k):
+        def run(*a, **k):
             st = self.bit_generator._state._a
             g = np.random.default_rng([int(v) for v in st])
             st += np.uint64(1)
             return _call(getattr(g, name), f"Generator.{name}", a, k)
+
+        def draw(*a, **k):  # one node: a replay reads and advances the state again
+            with runtime.quiet():
+                out = run(*a, **k)
+            runtime.record(lambda: _refill(out, unwrap(run(*a, **k), "draw")))
+            return out
         return draw
 
 
@@ -385,6 +512,21 @@ def _make_module():
         setattr(m, n, (lambda f: lambda a, *r, **k: _call(
             f, "asarray", (np.array(a) if isinstance(a, (np.ndarray, np.generic)) else a,) + r,
             k, True))(getattr(np, n)))
+    def along_axis(name):  # CuPy's take/put_along_axis index with wrapped integer arrays
+        f = getattr(np, name)
+
+        pos = 1 if name == "put_along_axis" else 0   # axis' place among the rest
+
+        def call(a, indices, *rest, **kw):
+            ax = rest[pos] if len(rest) > pos else kw.get("axis")
+            n = a.size if ax is None else a.shape[ax]
+            idx = unwrap(indices, name) if isinstance(indices, ndarray) else np.asarray(indices)
+            if idx.dtype.kind in "iu" and n:
+                idx = ndarray(np.mod(idx, n))
+            return _call(f, f"cupy.{name}", (a, idx) + rest, kw)
+        return call
+    for n in ("take", "take_along_axis", "put_along_axis"):
+        setattr(m, n, along_axis(n))
     m.asnumpy = lambda a, stream=None, **k: a.get() if isinstance(a, ndarray) else np.asarray(a)
     m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
     rnd = _Module("cupy.random", np.random)

@@ -69,7 +69,9 @@ class RawKernel:
         assert all(g >= 1 for g in grid) and 1 <= math.prod(block) <= 1024, (grid, block)
         _check_args(self.name, self.sig, self.dtype, args)
         runtime.log.calls.append(self.name)
-        _BODIES[self.name](grid, *arrays.unwrap(tuple(args), self.name))
+        body, host = _BODIES[self.name], arrays.unwrap(tuple(args), self.name)
+        body(grid, *host)
+        runtime.record(lambda: body(grid, *host))
 
 
 # -- ElementwiseKernel: the device-assert kernels ---------------------------------------------
@@ -108,7 +110,9 @@ class ElementwiseKernel:
                 f"{self.name}: {' '.join(p)} needs a device array, got {type(a).__name__}"
         host = arrays.unwrap(args, self.name, allow_numpy=True)
         runtime.log.checks.append((self.name, [np.array(a, copy=True) for a in host]))
-        ELEMENTWISE[self.name](*host)
+        body = ELEMENTWISE[self.name]
+        body(*host)
+        runtime.record(lambda: body(*host))
 
 
 # -- kernel bodies (numpy transcriptions of _sources.py) -------------------------------------

@@ -1,7 +1,8 @@
 """``cupy.cuda`` of the fake: devices, streams, events, stream capture, memory pools, allocators,
 pinned memory and runtime copies.
 
-It models ordering, not speed: every kernel and copy runs at once. Streams record what they
+It models ordering, not speed: every kernel and copy runs at once. A stream capture records
+as well (Note [Fake graph capture]). Streams record what they
 were told to do (``log``: ("record", event), ("wait", event), ("launch", graph)), so tests
 check that the right stream waited and that the host was not blocked. What CUDA refuses in a
 stream capture fails here too: a host synchronize or read, a pinned allocation, and (CuPy 14)
@@ -24,6 +25,18 @@ import types
 
 _ptrs = itertools.count(0x1000, 0x10)
 
+# Note [Fake graph capture]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# CUDA runs nothing while a stream captures: the kernels and copies become graph nodes, and
+# Graph.launch runs them all, on whatever the captured buffers then hold. The fake needs the
+# results' shapes during capture, so it does run each op, and also records it (``record``: a
+# closure that reruns the op into the very buffer it produced, or reruns an in-place write,
+# a kernel, a copy). end_capture then undoes what the capture wrote: every device buffer
+# alive at begin_capture gets its contents back (arrays.snapshot/restore), and float buffers
+# made during the capture are filled with NaN, as uninitialised device memory they are until
+# a replay. launch() runs the closures in order. A stream that waits on an event recorded in
+# a capturing stream joins that capture, as in CUDA. Allocations (empty) are no nodes.
+
 
 class Log:
     def __init__(self, device_count=1):
@@ -40,6 +53,8 @@ class _Local(threading.local):
         self.allocator = None
         self.null = None
         self.device = 0           # the current device
+        self.quiet = 0            # > 0: inside a recorded op or a replay (nothing records)
+        self.sync_allowed = True  # cupyx.allow_synchronize
 
 
 state = _Local()
@@ -96,6 +111,8 @@ class Stream(metaclass=_StreamType):
         self.device_id = -1 if null else state.device
         self.non_blocking, self.priority = non_blocking, priority
         self.capturing = None       # the capture mode while capturing
+        self._nodes = None          # the capture's recorded ops (shared with joined streams)
+        self._joined, self._snap, self._root = [], None, None
         self.log = []
 
     @property
@@ -117,11 +134,19 @@ class Stream(metaclass=_StreamType):
         assert self.ptr != 0, "CUDA can't capture the legacy default stream"
         assert self.capturing is None, "capture already running"
         self.capturing = 0 if mode is None else mode   # CuPy's default: global (0)
+        from .arrays import snapshot
+        self._nodes, self._joined, self._snap, self._root = [], [], snapshot(), self
 
     def end_capture(self):
         assert self.capturing is not None, "no capture running"
-        self.capturing = None
-        return Graph()
+        assert self._snap is not None, "end_capture on a stream that only joined a capture"
+        from .arrays import restore
+        nodes, snap = self._nodes, self._snap
+        for s in [self] + self._joined:
+            s.capturing, s._nodes, s._root = None, None, None
+        self._joined, self._snap = [], None
+        restore(snap)   # Note [Fake graph capture]: the capture ran nothing on the device
+        return Graph(nodes)
 
     def is_capturing(self):
         return self.capturing is not None
@@ -133,6 +158,11 @@ class Stream(metaclass=_StreamType):
 
     def wait_event(self, event):
         self.log.append(("wait", event))
+        origin = event.recorded_on
+        if origin is not None and origin._nodes is not None and self._nodes is None:
+            self.capturing, self._nodes = origin.capturing, origin._nodes   # joins the capture
+            self._root = origin._root
+            self._root._joined.append(self)
 
     @property
     def done(self):
@@ -140,6 +170,33 @@ class Stream(metaclass=_StreamType):
 
     def synchronize(self):
         _no_sync_in_capture(self)
+
+
+class DeviceSynchronized(RuntimeError):
+    """cupyx.DeviceSynchronized: a host synchronization under allow_synchronize(False)."""
+
+    def __init__(self, message=None):
+        super().__init__(message or "Device synchronization was detected while disallowed.")
+
+
+@contextlib.contextmanager
+def allow_synchronize(allow):
+    """cupyx.allow_synchronize (deprecated in CuPy, which warns): the fake detects the host
+    reads of device arrays (get, item, bool, float, ...), as CuPy's ndarray.get does."""
+    import warnings
+    warnings.warn("cupyx.allow_synchronize will be removed in future releases as it is not "
+                  "possible to reliably detect synchronizations.")
+    old = state.sync_allowed
+    state.sync_allowed = allow
+    try:
+        yield
+    finally:
+        state.sync_allowed = old
+
+
+def _declare_synchronize():
+    if not state.sync_allowed:
+        raise DeviceSynchronized()
 
 
 def _no_sync_in_capture(stream):
@@ -150,6 +207,26 @@ def _no_sync_in_capture(stream):
 
 def get_current_stream(device_id=-1):
     return state.stack[-1] if state.stack else Stream.null
+
+
+def record(op):
+    """Keep op (a closure that redoes a device op) for the current stream's capture, if one
+    runs (Note [Fake graph capture])."""
+    if state.quiet:
+        return
+    nodes = get_current_stream()._nodes
+    if nodes is not None:
+        nodes.append(op)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Nothing records inside (an op recorded as a whole, or a replay)."""
+    state.quiet += 1
+    try:
+        yield
+    finally:
+        state.quiet -= 1
 
 
 class Event:
@@ -173,8 +250,14 @@ class Event:
 
 
 class Graph:
+    def __init__(self, nodes=()):
+        self._nodes = list(nodes)
+
     def launch(self, stream=None):
         (stream or get_current_stream()).log.append(("launch", self))
+        with quiet():
+            for op in self._nodes:
+                op()
 
 
 class MemoryPool:
@@ -212,13 +295,15 @@ def using_allocator(allocator=None):
 
 def set_capturing(on: bool):
     """Test hook: make this thread's current stream a side stream under capture (on) or end
-    that capture (off), for code that only asks ``get_current_stream().is_capturing()``."""
+    that capture (off) and return its Graph (None if none ran), for code that only asks
+    ``get_current_stream().is_capturing()``. The capture's work happens at Graph.launch()."""
     if on:
         s = Stream(non_blocking=True)
         s.begin_capture()
         state.stack.append(s)
     elif state.stack and state.stack[-1].is_capturing():
-        state.stack.pop().end_capture()
+        return state.stack.pop().end_capture()
+    return None
 
 
 def alloc_pinned_memory(size):
@@ -239,8 +324,29 @@ def _is_memory_pinned(ptr):
     return False
 
 
+class PointerAttributes:
+    """cupy.cuda.runtime.PointerAttributes: device, devicePointer, hostPointer, type."""
+
+    def __init__(self, device, devicePointer, hostPointer, type=-1):  # noqa: A002 (CuPy's)
+        self.device, self.devicePointer, self.hostPointer, self.type = \
+            device, devicePointer, hostPointer, type
+
+
+def _pointer_attributes(ptr):
+    """cupy.cuda.runtime.pointerGetAttributes: pinned host memory is memoryTypeHost (1), a
+    fake device array's memory memoryTypeDevice (2), anything else unregistered (0)."""
+    from .arrays import BY_PTR
+    if _is_memory_pinned(ptr):
+        return PointerAttributes(state.device, ptr, ptr, 1)
+    for base, arr in list(BY_PTR.items()):
+        if base <= ptr < base + max(arr.nbytes, 1):
+            return PointerAttributes(arr._dev, ptr, 0, 2)
+    return PointerAttributes(-2, 0, 0, 0)
+
+
 def memcpy(dst, src, size):
     ctypes.memmove(dst, src, size)
+    record(lambda: ctypes.memmove(dst, src, size))
 
 
 def _memcpy_async(dst, src, size, kind, stream):
@@ -255,8 +361,10 @@ def _memcpy_async(dst, src, size, kind, stream):
 
 runtime = types.SimpleNamespace(
     getDevice=lambda: state.device, getDeviceCount=lambda: log.device_count,
-    memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async, memcpyHostToHost=0,
-    memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
+    memGetInfo=lambda: (6, 8), memcpyAsync=_memcpy_async,
+    pointerGetAttributes=_pointer_attributes, PointerAttributes=PointerAttributes,
+    memoryTypeUnregistered=0, memoryTypeHost=1, memoryTypeDevice=2, memoryTypeManaged=3,
+    memcpyHostToHost=0, memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8, "major": 9,
                                    "minor": 0, "multiProcessorCount": 132})
 

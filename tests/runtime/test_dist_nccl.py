@@ -153,5 +153,7 @@ def _wait_does_not_block(rank, ws):
     return pending
 
 
+@pytest.mark.real_gpu_only("a 2 s busy-wait CUDA kernel keeps the collective pending; the fake "
+                            "runs every kernel at once and has no cupy.RawKernel of raw source")
 def test_nccl_work_wait_orders_the_stream_without_blocking_the_host():
     assert spawn(_wait_does_not_block, 1, timeout_s=120, start_method="spawn") == [True]

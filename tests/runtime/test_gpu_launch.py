@@ -61,7 +61,7 @@ def test_zgrad_run_cuda_config_trains_on_the_gpu(tmp_path, backend_name):
     cmd = [sys.executable, "-m", "launcher", "run", "configs/digits_mlp_cuda.yaml",
            "--run-dir", str(tmp_path), "--nproc-per-node", str(nproc),
            f"distributed.backend={backend_name}", "train.epochs=3", "logging.progress=false"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -13,7 +13,9 @@ import shm.multiprocessing as mp
 from tests.helpers import requires_cupy
 from tests.shm.test_multiprocessing import _get, _join
 
-pytestmark = requires_cupy
+pytestmark = [requires_cupy, pytest.mark.real_gpu_only(
+    "CUDA IPC (ipcGetMemHandle, UnownedMemory, MemoryPointer over another process's memory) is "
+    "not modelled by the fake, whose arrays are process-local numpy")]
 
 
 def _child_adds_one(q, r):

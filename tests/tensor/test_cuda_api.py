@@ -198,6 +198,7 @@ def test_gpu_events_time_and_sync():
 
 
 @requires_cupy
+@pytest.mark.real_gpu_only("the fake's arrays are numpy memory: no CuPy memory pool counts them")
 def test_gpu_memory_stats_follow_allocations():
     tcuda.synchronize()
     before = tcuda.memory_allocated()

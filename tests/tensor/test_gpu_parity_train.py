@@ -184,6 +184,7 @@ def test_gradcheck_and_gradgradcheck_on_device(target):
 
 
 @requires_cupy
+@pytest.mark.real_gpu_only("compares the names the fake served with the real CuPy module")
 def test_fake_cupy_served_only_what_cupy_has(tmp_path):
     """Run after the fake cases above: every function the fake served exists in CuPy."""
     import cupy
