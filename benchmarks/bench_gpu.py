@@ -227,6 +227,10 @@ class Bench:
             static_y.copy_(y)
             g.replay()
             return static_loss
+        # the graph writes into memory allocated before the capture (parameters, optimizer
+        # state): it is the caller's to keep alive, as in PyTorch, so the replay holds it (once
+        # the column's model was dropped, replays wrote into freed, reused memory)
+        replay.keep_alive = (model, params, opt)
         return replay, losses, note
 
     @contextlib.contextmanager
