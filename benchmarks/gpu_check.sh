@@ -21,6 +21,9 @@
 #   summary.json    every section's status and the numbers    gpu_check.log  all the output
 #   pytest_gpu.log  pytest_cpu.log  bench.json  bench.log (tracebacks, loss traces)
 #   multiproc.jsonl
+# A rehearsal on a CPU machine first: `python3 -m pytest -q --fake-gpu -m gpu` runs the GPU
+# tests on tests/fakecuda (a strict CPU stand-in for CuPy: plumbing, not numbers), and
+# `GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh` this script's own plumbing.
 # The device machine lacks pyzmq and omegaconf: carry .whl/ (the device tool's README; the
 # wheels are in /work/main/.whl) and they are installed into /tmp/site first:
 #     bash benchmarks/gpu_check.sh          (device tool: carry [".whl"], timeout_s 540)
