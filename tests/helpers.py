@@ -52,9 +52,9 @@ def grab_log(name: str = "runtime.distributed") -> LogLines:
     return grab
 
 
-def load_example(name: str):
-    """Import examples/<name>.py as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, "examples",
+def load_example(name: str, folder: str = "examples"):
+    """Import <folder>/<name>.py as a module (examples/ and benchmarks/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, folder,
                                                                      name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -226,3 +226,4 @@ def spawn_ranks(fn, world_size: int, *args, timeout_s: float = 30.0, env: dict |
     if check_shm:
         assert_no_new_shm(before)
     return results
+

@@ -2,21 +2,16 @@
 the defaults fit gpu_check.sh's bench section, and a graph that faults (a sticky CUDA error,
 simulated on the fake CuPy) leaves the eager columns their numbers."""
 import argparse
-import importlib.util
-import os
 import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import load_example
+
 
 
 def _bench_gpu():
-    spec = importlib.util.spec_from_file_location(
-        "bench_gpu_budget", os.path.join(_ROOT, "benchmarks", "bench_gpu.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("bench_gpu", "benchmarks")
 
 
 def test_part_limits_fit_the_budget():

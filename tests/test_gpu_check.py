@@ -2,7 +2,6 @@
 tests that carry requires_cupy, and bench_gpu.py's logic (columns, loss traces, the graph
 recipe's control flow) runs without a GPU."""
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import types
 
 import pytest
 
-from tests.helpers import requires_cupy
+from tests.helpers import load_example, requires_cupy
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,11 +74,7 @@ def test_gpu_marker_on_a_module_level_pytestmark():
 
 
 def _bench_gpu():
-    spec = importlib.util.spec_from_file_location(
-        "bench_gpu", os.path.join(_ROOT, "benchmarks", "bench_gpu.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("bench_gpu", "benchmarks")
 
 
 def test_bench_gpu_smoke_on_cpu(tmp_path, monkeypatch, capsys):

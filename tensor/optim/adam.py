@@ -29,9 +29,8 @@ class Adam(Optimizer):
         if fused and differentiable:
             raise RuntimeError("`fused` does not support `differentiable`")
         if differentiable:
-            raise NotImplementedError("Adam(differentiable=True) is not supported: the update "
-                                      "runs in place outside autograd; pass "
-                                      "differentiable=False.")
+            raise ValueError("Adam(differentiable=True) is not supported: the update runs "
+                             "in place outside autograd; pass differentiable=False.")
         self._check_non_negative(("learning rate", self._lr_float(lr)), ("epsilon value", eps),
                                  ("weight_decay value", weight_decay))
         for i, b in enumerate(betas):

@@ -25,9 +25,8 @@ class SGD(Optimizer):
         if fused and differentiable:
             raise RuntimeError("`fused` does not support `differentiable`")
         if differentiable:
-            raise NotImplementedError("SGD(differentiable=True) is not supported: the update "
-                                      "runs in place outside autograd; pass "
-                                      "differentiable=False.")
+            raise ValueError("SGD(differentiable=True) is not supported: the update runs "
+                             "in place outside autograd; pass differentiable=False.")
         self._check_non_negative(("learning rate", self._lr_float(lr)),
                                  ("momentum value", momentum),
                                  ("weight_decay value", weight_decay))
