@@ -11,7 +11,7 @@ import tensor
 import tensor.cuda as tcuda
 from tensor import nn
 from tensor import random as trandom
-from tensor.cuda import _capture, graphs, memory
+from tensor.cuda import graphs, memory
 from tests import fakecuda
 from tests.helpers import requires_cupy
 
