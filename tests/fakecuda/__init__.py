@@ -70,7 +70,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False)
     for name, value in (("stack", []), ("allocator", None), ("null", None), ("device", 0)):
         mp.setattr(runtime.state, name, value)  # this thread's streams, fresh, undone after
     from tensor import _device_checks, backend
-    from tensor.cuda import _util, graphs, kernels as fused_kernels
+    from tensor.cuda import _blas, _util, graphs, kernels as fused_kernels
     mp.setattr(backend, "cupy", cupy)
     mp.setattr(backend, "_gpu_seen", [False])             # asked again: device_count may be 0
     if fused:
@@ -83,6 +83,7 @@ def install(monkeypatch=None, *, fused=False, device_count=1, import_cupy=False)
             mp.setattr(mod, name, {})
     mp.setattr(_device_checks, "_slot_info", [])
     mp.setattr(_util, "_available", [])                  # asked again: the fake has a GPU
+    mp.setattr(_blas, "_lib", [None])   # never a real libcublas on the fake's host pointers
     mp.setattr(graphs.graph, "_capture_streams", {})      # streams of an earlier fake
     special = types.ModuleType("cupyx.scipy.special")
     special.erf = arrays.erf
