@@ -52,10 +52,10 @@ def _add_bias(a, b):
 
 def _softmax_rows(s, xp):
     """Softmax over the last axis; a row that is all -inf gives zeros (no NaN)."""
-    from ..cuda import kernels
-    from ..cuda.kernels import ops as fused
-    if kernels.enabled() and fused.applies_softmax(s, s.ndim - 1):  # one launch on a GPU
-        return fused.softmax_rows_safe(s)
+    if xp is not np:  # one fused launch on a GPU, see Note [Fused kernels]
+        from ..cuda import kernels as _fused
+        if _fused.applies_softmax(s, s.ndim - 1):
+            return _fused.softmax_rows_safe(s)
     m = s.max(axis=-1, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)
     e = xp.exp(s - m)

@@ -98,7 +98,9 @@ def _graph_backward(eager, inputs, gy):
 
 
 from .ops import (applies_cross_entropy, applies_gelu, applies_layer_norm,  # noqa: E402
-                  applies_softmax, cross_entropy, gelu, layer_norm, softmax)
+                  applies_softmax, cross_entropy, gelu, layer_norm, softmax,
+                  softmax_rows_safe)
 
 __all__ = ["enabled", "fusable", "kernel", "applies_gelu", "gelu", "applies_layer_norm",
-           "layer_norm", "applies_softmax", "softmax", "applies_cross_entropy", "cross_entropy"]
+           "layer_norm", "applies_softmax", "softmax", "softmax_rows_safe", "applies_cross_entropy",
+           "cross_entropy"]
