@@ -280,12 +280,19 @@ def is_pinned(x) -> bool:
         return False
 
 
+def pinned_empty(shape, dtype) -> numpy.ndarray:
+    """An uninitialised numpy array in page-locked host memory (CuPy's pinned memory pool);
+    the array keeps that memory alive."""
+    dtype = numpy.dtype(dtype)
+    n = int(numpy.prod(shape, dtype=numpy.int64))
+    mem = cupy.cuda.alloc_pinned_memory(max(n * dtype.itemsize, 1))
+    return numpy.frombuffer(mem, dtype, n).reshape(shape)
+
+
 def pin_array(x: numpy.ndarray) -> numpy.ndarray:
-    """A copy of numpy array `x` in page-locked host memory (CuPy's pinned memory pool);
-    the returned array keeps that memory alive."""
+    """A copy of numpy array `x` in page-locked host memory."""
     _require_cuda("pin_memory")
-    mem = cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1))
-    out = numpy.frombuffer(mem, x.dtype, x.size).reshape(x.shape)
+    out = pinned_empty(x.shape, x.dtype)
     numpy.copyto(out, x)
     return out
 
@@ -313,8 +320,7 @@ def _to_gpu(x, non_blocking: bool):
 def to_host_async(x):
     """GPU array `x` copied into new pinned host memory on the current stream, without waiting
     (Note [Async copies]); the caller synchronises before reading the result."""
-    out = numpy.frombuffer(cupy.cuda.alloc_pinned_memory(max(x.nbytes, 1)), x.dtype,
-                           x.size).reshape(x.shape)
+    out = pinned_empty(x.shape, x.dtype)
     if x.size:
         cupy.ascontiguousarray(x).get(stream=cupy.cuda.get_current_stream(), out=out,
                                       blocking=False)

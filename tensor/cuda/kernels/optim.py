@@ -116,8 +116,7 @@ class TableCache:
     def _host_buffer(self, count: int, capturing: bool):
         """A pinned int64 array of count elements: fresh, or carved from the spare in a capture."""
         if not capturing:
-            return np.ndarray((count,), np.int64, buffer=backend.cupy.cuda.alloc_pinned_memory(
-                count * 8))
+            return backend.pinned_empty((count,), np.int64)
         spare = self._spare
         if spare is None or spare[1] - spare[2] < count * 8:
             raise RuntimeError(
