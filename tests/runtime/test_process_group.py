@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import grab_log
+from tests.helpers import free_port, grab_log
 from tests.runtime.test_collectives import spawn
 
 
@@ -22,7 +22,7 @@ def _layout(rank, tcp):
 # init
 
 
-def _init_variants(rank, ws):
+def _init_variants(rank, ws, tcp_port):
     import runtime.distributed as dist
     assert "ZGRAD_SECRET" not in os.environ
     assert not dist.is_initialized()
@@ -36,9 +36,9 @@ def _init_variants(rank, ws):
     x = np.array([rank + 1.0])
     dist.all_reduce(x)
     dist.destroy_process_group()
-    # tcp:// with explicit rank and world size, on the next port
-    port = int(os.environ["MASTER_PORT"]) + 1
-    dist.init_process_group("zmq", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # tcp:// with explicit rank and world size, on a port of its own (MASTER_PORT + 1 could be
+    # any socket's ephemeral port)
+    dist.init_process_group("zmq", init_method=f"tcp://127.0.0.1:{tcp_port}", rank=rank,
                             world_size=ws, timeout=20)
     y = np.array([rank + 1.0])
     dist.all_reduce(y, op=dist.ReduceOp.MAX)
@@ -48,7 +48,7 @@ def _init_variants(rank, ws):
 
 def test_init_with_pytorch_variables_only_and_tcp_init_method(monkeypatch):
     monkeypatch.delenv("ZGRAD_SECRET", raising=False)
-    res = spawn(_init_variants, 3, timeout_s=60)
+    res = spawn(_init_variants, 3, free_port(), timeout_s=60)
     assert res == [(6.0, 3.0)] * 3
 
 
